@@ -1,0 +1,87 @@
+//! Outer headers of encapsulated packets (IPv4-in-IPv4, IPv6-in-IPv6, IPv4-in-IPv6).
+//!
+//! Pure builders: the balancer writes what they return in front of the original IP packet,
+//! and host tests check them field by field.
+
+use crate::csum::ipv4_header_checksum;
+use crate::parse::{IPV4_HLEN, IPV6_HLEN};
+
+/// TTL / hop limit of outer headers.
+pub const OUTER_TTL: u8 = 64;
+
+/// An outer IPv4 header (no options) carrying an inner IP datagram of `inner_len` bytes
+/// with protocol `proto` (4 for IPv4-in-IPv4). DF is always set: the balancer answers
+/// too-big packets itself rather than letting the tunnel fragment. `None` if the result
+/// would exceed the IPv4 maximum length.
+#[inline(always)]
+pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], inner_len: u16, proto: u8, tos: u8) -> Option<[u8; 20]> {
+    let total = inner_len.checked_add(IPV4_HLEN as u16)?;
+    let t = total.to_be_bytes();
+    let mut h = [
+        0x45, tos, t[0], t[1], // version/IHL, TOS, total length
+        0, 0, 0x40, 0, // id, flags (DF) / fragment offset
+        OUTER_TTL, proto, 0, 0, // TTL, protocol, checksum
+        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+    ];
+    let c = ipv4_header_checksum(&h).to_be_bytes();
+    h[10] = c[0];
+    h[11] = c[1];
+    Some(h)
+}
+
+/// An outer IPv6 header carrying `payload_len` bytes whose first header is `next` (41 for
+/// IPv6, 4 for IPv4). `flow_label` (20 bits) gives routers on the way ECMP entropy per
+/// flow; `tclass` is copied from the inner packet.
+#[inline(always)]
+pub fn outer_ipv6(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    payload_len: u16,
+    next: u8,
+    tclass: u8,
+    flow_label: u32,
+) -> [u8; 40] {
+    let mut h = [0u8; IPV6_HLEN];
+    let first = (6u32 << 28) | (u32::from(tclass) << 20) | (flow_label & 0x000f_ffff);
+    h[0..4].copy_from_slice(&first.to_be_bytes());
+    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    h[6] = next;
+    h[7] = OUTER_TTL;
+    h[8..24].copy_from_slice(src);
+    h[24..40].copy_from_slice(dst);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csum::{fold, sum_words};
+
+    #[test]
+    fn ipv4_outer_fields_and_checksum() {
+        let h = outer_ipv4([198, 51, 100, 10], [198, 51, 100, 21], 60, 4, 0xb8).unwrap();
+        assert_eq!(h[0], 0x45);
+        assert_eq!(h[1], 0xb8);
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]), 80);
+        assert_eq!(h[6], 0x40);
+        assert_eq!((h[8], h[9]), (64, 4));
+        assert_eq!(&h[12..16], &[198, 51, 100, 10]);
+        assert_eq!(&h[16..20], &[198, 51, 100, 21]);
+        assert_eq!(fold(sum_words(&h, 0)), 0, "checksum must verify");
+        assert!(outer_ipv4([0; 4], [0; 4], u16::MAX - 19, 4, 0).is_none());
+    }
+
+    #[test]
+    fn ipv6_outer_fields() {
+        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+        let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21];
+        let h = outer_ipv6(&src, &dst, 1000, 41, 0xb8, 0xabcde);
+        assert_eq!(h[0], 0x6b);
+        assert_eq!(h[1], 0x8a);
+        assert_eq!(&h[1..4], &[0x8a, 0xbc, 0xde]);
+        assert_eq!(u16::from_be_bytes([h[4], h[5]]), 1000);
+        assert_eq!((h[6], h[7]), (41, 64));
+        assert_eq!(&h[8..24], &src);
+        assert_eq!(&h[24..40], &dst);
+    }
+}

@@ -1,0 +1,256 @@
+//! Keys and values of the BPF maps, with their byte order and size pinned down.
+//!
+//! Conventions for every type here:
+//! - Addresses are [`Addr`]: 16 bytes in network order. An IPv4 address fills the first four
+//!   bytes and the other twelve are zero; a `family` field beside it says which it is.
+//! - Ports are `u16` holding the two on-the-wire bytes as read (`u16::from_ne_bytes`), i.e.
+//!   network order in memory. Use [`port_to_map`] / [`port_from_map`] to convert.
+//! - Values hold integers and named constants only; every padding byte is an explicit field
+//!   that must be zero (hash-map keys are compared bytewise).
+
+/// Address family tag for IPv4 (stored in `family` fields).
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag for IPv6 (stored in `family` fields).
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol number of TCP.
+pub const PROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const PROTO_UDP: u8 = 17;
+
+/// An address as stored in maps; see the module documentation.
+pub type Addr = [u8; 16];
+
+/// Converts a host-order port to the in-map representation (network order in memory).
+#[inline(always)]
+pub const fn port_to_map(port: u16) -> u16 {
+    u16::from_ne_bytes(port.to_be_bytes())
+}
+
+/// Converts an in-map port (network order in memory) to host order.
+#[inline(always)]
+pub const fn port_from_map(port: u16) -> u16 {
+    u16::from_be_bytes(port.to_ne_bytes())
+}
+
+/// Key of the `VIPS` hash map: which (address, port, protocol) is a virtual IP.
+///
+/// A VIP with `port == 0` takes every port of its address and protocol; the data plane
+/// looks up the exact port first and the wildcard second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: Addr,
+    /// Network order in memory; 0 = every port.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// `VipInfo::flags`: hash on the source address only (client affinity) instead of the
+/// 5-tuple, so every connection of one client reaches the same backend.
+pub const VIP_F_HASH_SOURCE: u32 = 1;
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index of this VIP in `VIP_STATS`; also owns Maglev tables `2 * id` and `2 * id + 1`.
+    pub id: u32,
+    /// The Maglev table in use (`2 * id` or `2 * id + 1`): entries
+    /// `[table * M, (table + 1) * M)` of the `MAGLEV` array. Switching tables is one write
+    /// of this value, after the spare table has been filled.
+    pub table: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    /// Must be zero.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<VipInfo>() == 16);
+
+/// Backend slot not in use (`Backend::state`).
+pub const BACKEND_UNUSED: u8 = 0;
+/// Backend takes new flows (when it is in its VIP's Maglev table) and keeps existing ones.
+pub const BACKEND_ACTIVE: u8 = 1;
+/// Backend keeps the flows it has but is not in the Maglev table (drain, deregistration).
+pub const BACKEND_DRAINING: u8 = 2;
+/// Backend is down (unhealthy or removed): flows pinned to it are moved elsewhere.
+pub const BACKEND_DOWN: u8 = 3;
+
+/// Value of the `BACKENDS` array, indexed by backend id. Id 0 is never used, so an all-zero
+/// Maglev entry means "no backend".
+///
+/// A backend id belongs to one (VIP, backend address) pair; its counters in
+/// `BACKEND_STATS` are indexed by the same id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Outer destination of the encapsulated packets.
+    pub addr: Addr,
+    pub family: u8,
+    /// `BACKEND_*`.
+    pub state: u8,
+    /// Must be zero.
+    pub reserved: [u8; 2],
+    /// Bumped every time the id is given to a new backend, so flows remembered for the
+    /// previous owner of the id are not sent to the new one.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+impl Backend {
+    /// Whether a remembered flow to this backend (made under `generation`) may stay.
+    #[inline(always)]
+    pub fn keeps_flow(&self, generation: u32) -> bool {
+        self.generation == generation
+            && (self.state == BACKEND_ACTIVE || self.state == BACKEND_DRAINING)
+    }
+}
+
+/// Key of the `FLOWS` LRU map, and the input of the flow hash.
+///
+/// For a 5-tuple VIP it is the packet's 5-tuple. For a source-affinity VIP the source port
+/// is zero and the destination port is the VIP's configured port (0 for an any-port VIP),
+/// so every connection of a client shares one entry and one hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network order in memory.
+    pub sport: u16,
+    /// Network order in memory.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// Must be zero.
+    pub reserved: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of the `FLOWS` map: the backend a flow was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+    /// `Backend::generation` when the flow was remembered.
+    pub generation: u32,
+}
+const _: () = assert!(size_of::<FlowValue>() == 8);
+
+/// `DataplaneConfig::flags`: `source_v4` is set.
+pub const CFG_F_SOURCE_V4: u32 = 1;
+/// `DataplaneConfig::flags`: `source_v6` is set.
+pub const CFG_F_SOURCE_V6: u32 = 2;
+/// `DataplaneConfig::flags`: at least one VIP has port 0, so a miss on the exact port must
+/// be followed by a wildcard lookup. Without it non-VIP traffic costs one lookup, not two.
+pub const CFG_F_WILDCARD_VIPS: u32 = 4;
+
+/// The single entry of the `CONFIG` array: settings the controller may change at run time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Outer IPv4 source of encapsulated packets (network order).
+    pub source_v4: [u8; 4],
+    /// `CFG_F_*` bits.
+    pub flags: u32,
+    /// Outer IPv6 source of encapsulated packets (network order).
+    pub source_v6: [u8; 16],
+}
+const _: () = assert!(size_of::<DataplaneConfig>() == 24);
+
+/// Per-CPU counters of one VIP (`VIP_STATS`, indexed by `VipInfo::id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    /// Packets forwarded to a backend.
+    pub packets: u64,
+    /// Bytes of those packets as received (before encapsulation).
+    pub bytes: u64,
+    /// Flows newly remembered in the flow table.
+    pub new_flows: u64,
+    /// Packets whose flow was found in the flow table with a usable backend.
+    pub flow_hits: u64,
+    /// Packets that went through Maglev (new flow, evicted entry, or backend gone).
+    pub flow_misses: u64,
+}
+const _: () = assert!(size_of::<VipStats>() == 40);
+
+/// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<BackendStats>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], made only of integers and integer arrays, and
+    // have no implicit padding (the size asserts above pin their layout), so every bit
+    // pattern is a valid value.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(feature = "std")]
+mod conv {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    /// Splits an `IpAddr` into the map representation and its family tag.
+    pub fn addr_to_map(ip: IpAddr) -> (Addr, u8) {
+        let mut a = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => {
+                a[..4].copy_from_slice(&v4.octets());
+                (a, FAMILY_V4)
+            }
+            IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+        }
+    }
+
+    /// The inverse of [`addr_to_map`]; `None` for an unknown family tag.
+    pub fn addr_from_map(addr: &Addr, family: u8) -> Option<IpAddr> {
+        match family {
+            FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+            FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*addr))),
+            _ => None,
+        }
+    }
+
+    impl VipKey {
+        /// The key of the VIP `ip:port/proto` (`port` in host order, 0 = every port).
+        pub fn new(ip: IpAddr, port: u16, proto: u8) -> Self {
+            let (addr, family) = addr_to_map(ip);
+            Self { addr, port: port_to_map(port), proto, family }
+        }
+
+        pub fn ip(&self) -> IpAddr {
+            addr_from_map(&self.addr, self.family).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        }
+
+        /// The port in host order (0 = every port).
+        pub fn port_host(&self) -> u16 {
+            port_from_map(self.port)
+        }
+    }
+
+    impl Backend {
+        pub fn ip(&self) -> Option<IpAddr> {
+            addr_from_map(&self.addr, self.family)
+        }
+    }
+}
+#[cfg(feature = "std")]
+pub use conv::{addr_from_map, addr_to_map};

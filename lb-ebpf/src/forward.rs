@@ -1,0 +1,220 @@
+//! Encapsulation towards the backend, next hop from the kernel's FIB, and transmission.
+
+use aya_ebpf::{
+    bindings::{
+        xdp_md,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, xdp_action,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, DataplaneConfig, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, FAMILY_V4, FAMILY_V6,
+    encap::{outer_ipv4, outer_ipv6},
+    parse::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
+        PacketBytes, VLAN_HLEN,
+    },
+    stats::reason,
+};
+use lb_ebpf::packet::{XdpPacket, adjust_head};
+
+use crate::CONFIG;
+
+/// `struct bpf_fib_lookup` with its unions flattened to the members we use, so it can be
+/// built field by field (the bindgen type's unions would need a zeroing memset, which the
+/// BPF backend emits as a call to a byte loop).
+#[repr(C)]
+struct FibParams {
+    family: u8,
+    l4_protocol: u8,
+    sport: u16,
+    dport: u16,
+    /// In: L3 length, for the MTU check. Out: the MTU when the answer is FRAG_NEEDED.
+    tot_len: u16,
+    /// In: ingress interface. Out: egress interface.
+    ifindex: u32,
+    flowinfo: u32,
+    src: [u32; 4],
+    /// In: the destination. Out: the next hop.
+    dst: [u32; 4],
+    vlan_proto: u16,
+    vlan_tci: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+const _: () = assert!(size_of::<FibParams>() == size_of::<aya_ebpf::bindings::bpf_fib_lookup>());
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Encapsulates the packet for `backend` and sends it towards it. Returns the XDP action
+/// and the reason to count.
+///
+/// The FIB lookup happens before the packet is touched, so every refusal leaves the packet
+/// as it was. On success the frame is rebuilt as
+/// `[MACs from the FIB][VLAN tag, if any][outer IP][original IP packet]`.
+///
+/// The lookup and the rewrite are separate BPF subprograms so their stack frames (the FIB
+/// parameters, the outer header) are not both live at once: the verifier allows 512 bytes
+/// for the deepest chain of frames.
+#[inline(always)]
+pub fn encapsulate_and_send(ctx: &XdpContext, h: &Headers, backend: &Backend, hash: u32) -> (u32, u32) {
+    let Some(cfg) = CONFIG.get(0) else {
+        return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+    };
+    let v6_outer = match (backend.family, h.family) {
+        (FAMILY_V4, FAMILY_V4) => false,
+        (FAMILY_V6, _) => true,
+        _ => return (xdp_action::XDP_DROP, reason::DROP_FAMILY),
+    };
+    let have_source = if v6_outer { CFG_F_SOURCE_V6 } else { CFG_F_SOURCE_V4 };
+    if cfg.flags & have_source == 0 {
+        return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+    }
+    let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
+    let ingress = ctx.ingress_ifindex() as u32;
+    let job = Encap { cfg, h, backend, hash, v6_outer, outer_total: h.ip_len.saturating_add(outer_len) };
+    let hop = next_hop(ctx.ctx, &job);
+    let neighbour_known = match hop.rc {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => return (xdp_action::XDP_DROP, reason::DROP_TOO_BIG),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return (xdp_action::XDP_DROP, reason::DROP_FWD_DISABLED),
+        _ => return (xdp_action::XDP_DROP, reason::DROP_NO_ROUTE),
+    };
+    if !rewrite(ctx.ctx, &job, &hop) {
+        return (xdp_action::XDP_DROP, reason::DROP_ENCAP_FAILED);
+    }
+    if !neighbour_known {
+        // The kernel routes the encapsulated packet itself and resolves the neighbour.
+        return (xdp_action::XDP_PASS, reason::PASS_NO_NEIGH);
+    }
+    if hop.ifindex == ingress || h.vlan {
+        // A tagged packet goes back out its trunk with its tag (see the README).
+        return (xdp_action::XDP_TX, reason::FORWARDED);
+    }
+    // SAFETY: plain helper call with an interface index from the FIB.
+    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
+    if action == xdp_action::XDP_REDIRECT {
+        (action, reason::FORWARDED)
+    } else {
+        (xdp_action::XDP_DROP, reason::DROP_NO_ROUTE)
+    }
+}
+
+/// What the two subprograms need to know about the encapsulation (BPF functions take at
+/// most five arguments, so they get it by reference).
+struct Encap<'a> {
+    cfg: &'a DataplaneConfig,
+    h: &'a Headers,
+    backend: &'a Backend,
+    hash: u32,
+    v6_outer: bool,
+    /// Length of the encapsulated IP packet.
+    outer_total: u16,
+}
+
+/// The answer of the FIB about the way to a backend.
+struct NextHop {
+    /// `BPF_FIB_LKUP_RET_*`.
+    rc: u32,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+/// Asks the kernel's FIB for the next hop towards `backend`, as if the encapsulated packet
+/// of `outer_total` bytes had arrived on the ingress interface (so the MTU of the way out
+/// is checked too).
+#[inline(never)]
+fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
+    let (cfg, backend, v6, outer_total) = (job.cfg, job.backend, job.v6_outer, job.outer_total);
+    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
+    let (src, dst) = if v6 {
+        (words(&cfg.source_v6), words(&backend.addr))
+    } else {
+        let d = &backend.addr;
+        ([u32::from_ne_bytes(cfg.source_v4), 0, 0, 0], [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0])
+    };
+    let mut fib = FibParams {
+        family: if v6 { AF_INET6 } else { AF_INET },
+        l4_protocol: 0,
+        sport: 0,
+        dport: 0,
+        tot_len: outer_total,
+        ifindex: ingress,
+        flowinfo: 0,
+        src,
+        dst,
+        vlan_proto: 0,
+        vlan_tci: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // SAFETY: the context and a pointer to our stack copy of the parameters, with its size.
+    let rc = unsafe { bpf_fib_lookup(ctx.cast(), (&raw mut fib).cast(), size_of::<FibParams>() as i32, 0) };
+    NextHop { rc: rc as u32, ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac }
+}
+
+/// Grows the packet at the front and writes the L2 header (MACs of the next hop, or the
+/// original ones when it is not resolved; the VLAN tag kept) and the outer IP header.
+/// `false` if the kernel refused to grow the packet.
+#[inline(never)]
+fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
+    let (cfg, h, backend, hash, v6_outer) = (job.cfg, job.h, job.backend, job.hash, job.v6_outer);
+    let ctx = XdpContext::new(ctx);
+    let inner_next = if h.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let old = XdpPacket::new(&ctx);
+    let (Some(eth), Some(tag)) = (old.bytes::<ETH_HLEN>(0), old.bytes::<VLAN_HLEN>(ETH_HLEN)) else {
+        return false;
+    };
+    let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN };
+    let Some(pkt) = adjust_head(&ctx, -(outer_len as i32)) else {
+        return false;
+    };
+
+    let mut l2 = eth;
+    if hop.rc == BPF_FIB_LKUP_RET_SUCCESS {
+        l2[0..6].copy_from_slice(&hop.dmac);
+        l2[6..12].copy_from_slice(&hop.smac);
+    }
+    let ethertype = if v6_outer { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
+    let l3 = if h.vlan {
+        // The tag keeps its protocol identifier and TCI; its ethertype names the outer IP.
+        if !pkt.write(ETH_HLEN, &[tag[0], tag[1], ethertype[0], ethertype[1]]) {
+            return false;
+        }
+        ETH_HLEN + VLAN_HLEN
+    } else {
+        l2[12] = ethertype[0];
+        l2[13] = ethertype[1];
+        ETH_HLEN
+    };
+    if !pkt.write(0, &l2) {
+        return false;
+    }
+    if v6_outer {
+        let outer = outer_ipv6(&cfg.source_v6, &backend.addr, h.ip_len, inner_next, h.tos, hash);
+        pkt.write(l3, &outer)
+    } else {
+        let d = &backend.addr;
+        match outer_ipv4(cfg.source_v4, [d[0], d[1], d[2], d[3]], h.ip_len, inner_next, h.tos) {
+            Some(outer) => pkt.write(l3, &outer),
+            None => false,
+        }
+    }
+}
+
+/// An IPv6 address as the four native-endian words `bpf_fib_lookup` takes (network order in
+/// memory).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}

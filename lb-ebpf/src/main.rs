@@ -1,0 +1,138 @@
+//! `xlb_balancer`: the XDP load balancer. Entry point and maps; the steps live in
+//! `select` (flow table and Maglev), `forward` (encapsulation, FIB lookup, transmit).
+//!
+//! Per packet: parse (lb-common), find the VIP, find or choose the backend, encapsulate
+//! towards it and send it back out. Anything that is not VIP traffic is returned
+//! `XDP_PASS` untouched; the program never returns `XDP_ABORTED`.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod select;
+
+use aya_ebpf::{
+    Global,
+    bindings::{xdp_action, xdp_md},
+    macros::{map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
+    VipKey, VipStats,
+    parse::{L4, Parsed, parse},
+    stats::{ACTIONS, GLOBAL_COUNTERS, reason},
+};
+use lb_ebpf::{packet::XdpPacket, stats::bump};
+
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists, so inserts on different CPUs do not contend.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// `BPF_F_MMAPABLE`: userspace writes Maglev tables with one memcpy through mmap.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Maglev table size M, set by the loader (must match the `MAGLEV` map's layout).
+#[unsafe(no_mangle)]
+static MAGLEV_SIZE: Global<u32> = Global::new(65_537);
+
+// Map sizes below are placeholders: the loader sets every one from the configuration.
+
+/// (VIP address, port, protocol) -> VIP.
+#[map]
+static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, 0);
+/// (VIP address, 0, protocol) -> number of VIPs on that address: lets fragments and
+/// malformed packets to a VIP address be recognised without ports.
+#[map]
+static VIP_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(1, 0);
+/// Backend id -> backend.
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
+/// Maglev tables, two per VIP: entry `table * M + slot` is a backend id (0 = none).
+#[map]
+static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// Flow table: flow key -> backend, least recently used evicted first.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+/// Run-time settings (entry 0).
+#[map]
+static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
+/// Counters by XDP action and by reason (`lb_common::stats`).
+#[map]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTERS, 0);
+/// Counters per VIP id.
+#[map]
+static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(1, 0);
+/// Counters per backend id.
+#[map]
+static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn xlb_balancer(ctx: XdpContext) -> u32 {
+    let (action, why) = balance(&ctx);
+    bump(&GLOBAL_STATS, action);
+    bump(&GLOBAL_STATS, ACTIONS + why);
+    action
+}
+
+/// Decides the fate of one packet: the XDP action and the reason counted for it.
+#[inline(always)]
+fn balance(ctx: &XdpContext) -> (u32, u32) {
+    let h = match parse_packet(ctx.ctx) {
+        Parsed::Ip(h) => h,
+        Parsed::NotIp => return (xdp_action::XDP_PASS, reason::PASS_NOT_IP),
+        Parsed::BadIp => return (xdp_action::XDP_PASS, reason::PASS_BAD_IP),
+    };
+    if h.proto != PROTO_TCP && h.proto != PROTO_UDP {
+        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+    }
+    let (sport, dport, tcp_flags) = match h.l4 {
+        L4::Ports => (h.sport, h.dport, h.tcp_flags),
+        L4::Fragment => return refuse_if_vip_address(&h.dst, h.proto, h.family, reason::DROP_FRAGMENT),
+        L4::Malformed | L4::Other => {
+            return refuse_if_vip_address(&h.dst, h.proto, h.family, reason::DROP_MALFORMED);
+        }
+    };
+    let Some((vip_key, vip)) = select::find_vip(&h, dport) else {
+        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+    };
+    let flow = select::flow_key(&h, &vip_key, &vip, sport, dport);
+    let Some(choice) = select::choose_backend(&flow, &vip, tcp_flags) else {
+        return (xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+    };
+    let result = forward::encapsulate_and_send(ctx, &h, &choice.backend, choice.hash);
+    if result.0 != xdp_action::XDP_DROP {
+        select::count(&vip, &choice, h.ip_len);
+    }
+    result
+}
+
+/// Parses the packet in a BPF subprogram of its own: the parser's temporaries then live in
+/// a stack frame that is released before encapsulation needs its own (the verifier allows
+/// 512 bytes for the deepest chain of frames, not per function).
+#[inline(never)]
+fn parse_packet(ctx: *mut xdp_md) -> Parsed {
+    parse(&XdpPacket::new(&XdpContext::new(ctx)))
+}
+
+/// A packet without usable ports: dropped (with `why`) when addressed to a VIP address of
+/// its protocol, passed untouched otherwise.
+#[inline(always)]
+fn refuse_if_vip_address(dst: &lb_common::Addr, proto: u8, family: u8, why: u32) -> (u32, u32) {
+    let key = VipKey { addr: *dst, port: 0, proto, family };
+    // SAFETY: the value is a plain u32 only read for presence.
+    if unsafe { VIP_ADDRS.get(&key) }.is_some() {
+        (xdp_action::XDP_DROP, why)
+    } else {
+        (xdp_action::XDP_PASS, reason::PASS_NOT_VIP)
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that gets here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,9 @@
+//! The xlb controller: loads the XDP balancer, fills its maps from a configuration,
+//! builds Maglev tables, checks backend health, and reports counters.
+//!
+//! The `xlb` binary (src/main.rs) is a thin command-line layer over this library; the
+//! end-to-end tests and benchmarks use the library directly. Nothing here runs per packet:
+//! the data plane is the XDP program in `lb-ebpf`.
+
+pub mod dataplane;
+pub mod programs;
