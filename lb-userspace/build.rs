@@ -21,14 +21,23 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for dir in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-common/src", "lb-common/Cargo.toml"] {
+    for dir in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-common/src",
+        "lb-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=XLB_EBPF_TOOLCHAIN");
 
     let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("CARGO_CFG_TARGET_ARCH");
     let endian = env::var("CARGO_CFG_TARGET_ENDIAN").expect("CARGO_CFG_TARGET_ENDIAN");
-    let target = if endian == "big" { "bpfeb-unknown-none" } else { "bpfel-unknown-none" };
+    let target = if endian == "big" {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
     let toolchain = env::var("XLB_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
 
     let flags = [
@@ -41,17 +50,26 @@ fn main() {
 
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &toolchain, "cargo", "build", "--package", "lb-ebpf", "--bins", "--release"])
-        .args(["--target", target, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&root)
-        .env("CARGO_ENCODED_RUSTFLAGS", flags)
-        // The outer build's compiler settings must not leak into the nightly BPF build.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    cmd.args([
+        "run",
+        &toolchain,
+        "cargo",
+        "build",
+        "--package",
+        "lb-ebpf",
+        "--bins",
+        "--release",
+    ])
+    .args(["--target", target, "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&root)
+    .env("CARGO_ENCODED_RUSTFLAGS", flags)
+    // The outer build's compiler settings must not leak into the nightly BPF build.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_BUILD_RUSTFLAGS");
     let status = cmd.status().unwrap_or_else(|e| {
         panic!("cannot run rustup to build the XDP programs ({e}); run `cargo xtask setup`")
     });

@@ -14,7 +14,13 @@ pub const OUTER_TTL: u8 = 64;
 /// too-big packets itself rather than letting the tunnel fragment. `None` if the result
 /// would exceed the IPv4 maximum length.
 #[inline(always)]
-pub fn outer_ipv4(src: [u8; 4], dst: [u8; 4], inner_len: u16, proto: u8, tos: u8) -> Option<[u8; 20]> {
+pub fn outer_ipv4(
+    src: [u8; 4],
+    dst: [u8; 4],
+    inner_len: u16,
+    proto: u8,
+    tos: u8,
+) -> Option<[u8; 20]> {
     let total = inner_len.checked_add(IPV4_HLEN as u16)?;
     let t = total.to_be_bytes();
     let mut h = [
@@ -73,8 +79,12 @@ mod tests {
 
     #[test]
     fn ipv6_outer_fields() {
-        let src = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
-        let dst = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21];
+        let src = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let dst = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x21,
+        ];
         let h = outer_ipv6(&src, &dst, 1000, 41, 0xb8, 0xabcde);
         assert_eq!(h[0], 0x6b);
         assert_eq!(h[1], 0x8a);

@@ -4,7 +4,8 @@
 //! goes, so they must give the same answer on every host: the key is read as little-endian
 //! words explicitly, never through the host's native order.
 
-use crate::maps::FlowKey;
+use crate::maps::{FlowKey, VIP_F_HASH_SOURCE};
+use crate::parse::Headers;
 
 const K0: u64 = 0x9e37_79b9_7f4a_7c15;
 const K1: u64 = 0xff51_afd7_ed55_8ccd;
@@ -51,6 +52,31 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     h = h.wrapping_mul(K2);
     h ^= h >> 33;
     h as u32
+}
+
+/// The flow-table key (and hash input) of a packet to a VIP: its 5-tuple, or for a
+/// source-affinity VIP (`VIP_F_HASH_SOURCE`) the source address with the VIP's address,
+/// configured port (`vip_port`, 0 for an any-port VIP) and protocol, so that every
+/// connection of one client shares one entry and one backend.
+#[inline(always)]
+pub fn flow_key(h: &Headers, vip_port: u16, vip_flags: u32) -> FlowKey {
+    let affinity = vip_flags & VIP_F_HASH_SOURCE != 0;
+    FlowKey {
+        src: h.src,
+        dst: h.dst,
+        sport: if affinity { 0 } else { h.sport },
+        dport: if affinity { vip_port } else { h.dport },
+        proto: h.proto,
+        family: h.family,
+        reserved: [0; 2],
+    }
+}
+
+/// Index in the `MAGLEV` array of the slot a flow hash selects in Maglev table `table` of
+/// size `m`.
+#[inline(always)]
+pub fn table_index(table: u32, m: u32, hash: u32) -> u32 {
+    table.wrapping_mul(m).wrapping_add(maglev_slot(hash, m))
 }
 
 /// Maps a 32-bit hash uniformly onto `[0, m)` with one multiplication and a shift

@@ -223,7 +223,9 @@ mod conv {
     /// The inverse of [`addr_to_map`]; `None` for an unknown family tag.
     pub fn addr_from_map(addr: &Addr, family: u8) -> Option<IpAddr> {
         match family {
-            FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+            FAMILY_V4 => Some(IpAddr::V4(Ipv4Addr::new(
+                addr[0], addr[1], addr[2], addr[3],
+            ))),
             FAMILY_V6 => Some(IpAddr::V6(Ipv6Addr::from(*addr))),
             _ => None,
         }
@@ -233,7 +235,12 @@ mod conv {
         /// The key of the VIP `ip:port/proto` (`port` in host order, 0 = every port).
         pub fn new(ip: IpAddr, port: u16, proto: u8) -> Self {
             let (addr, family) = addr_to_map(ip);
-            Self { addr, port: port_to_map(port), proto, family }
+            Self {
+                addr,
+                port: port_to_map(port),
+                proto,
+                family,
+            }
         }
 
         pub fn ip(&self) -> IpAddr {

@@ -46,6 +46,10 @@ pub const TCP_ACK: u8 = 0x10;
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// Read access to a packet's bytes, bounds-checked.
+#[expect(
+    clippy::len_without_is_empty,
+    reason = "a packet is never empty where this is used; `len` bounds header lengths"
+)]
 pub trait PacketBytes {
     /// Length of the packet in bytes.
     fn len(&self) -> usize;
@@ -307,7 +311,12 @@ const NO_PORTS: (u16, u16, u8) = (0, 0, 0);
 
 /// Reads the ports of a TCP or UDP header at `off`; `end` is where the IP datagram ends.
 #[inline(always)]
-fn parse_l4<P: PacketBytes + ?Sized>(pkt: &P, proto: u8, off: usize, end: usize) -> (L4, (u16, u16, u8)) {
+fn parse_l4<P: PacketBytes + ?Sized>(
+    pkt: &P,
+    proto: u8,
+    off: usize,
+    end: usize,
+) -> (L4, (u16, u16, u8)) {
     match proto {
         PROTO_TCP => {
             if off + 20 > end {
@@ -320,7 +329,11 @@ fn parse_l4<P: PacketBytes + ?Sized>(pkt: &P, proto: u8, off: usize, end: usize)
             if data_offset < 20 || off + data_offset > end {
                 return (L4::Malformed, NO_PORTS);
             }
-            let ports = (u16::from_ne_bytes([tcp[0], tcp[1]]), u16::from_ne_bytes([tcp[2], tcp[3]]), tcp[13]);
+            let ports = (
+                u16::from_ne_bytes([tcp[0], tcp[1]]),
+                u16::from_ne_bytes([tcp[2], tcp[3]]),
+                tcp[13],
+            );
             (L4::Ports, ports)
         }
         PROTO_UDP => {
@@ -334,7 +347,14 @@ fn parse_l4<P: PacketBytes + ?Sized>(pkt: &P, proto: u8, off: usize, end: usize)
             if len < 8 || off + len > end {
                 return (L4::Malformed, NO_PORTS);
             }
-            (L4::Ports, (u16::from_ne_bytes([udp[0], udp[1]]), u16::from_ne_bytes([udp[2], udp[3]]), 0))
+            (
+                L4::Ports,
+                (
+                    u16::from_ne_bytes([udp[0], udp[1]]),
+                    u16::from_ne_bytes([udp[2], udp[3]]),
+                    0,
+                ),
+            )
         }
         _ => (L4::Other, NO_PORTS),
     }
@@ -398,19 +418,26 @@ mod tests {
     #[test]
     fn ipv4_tcp() {
         let (f, n) = tcp_v4_frame(&[]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!("not parsed") };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!("not parsed")
+        };
         assert_eq!((h.l3_offset, h.l4_offset, h.ip_len), (14, 34, 40));
         assert_eq!(h.family, FAMILY_V4);
         assert_eq!(&h.dst[..4], &[203, 0, 113, 10]);
         assert!(h.dont_fragment);
         assert_eq!(h.l4, L4::Ports);
-        assert_eq!((port_from_map(h.sport), port_from_map(h.dport), h.tcp_flags), (40000, 80, TCP_SYN));
+        assert_eq!(
+            (port_from_map(h.sport), port_from_map(h.dport), h.tcp_flags),
+            (40000, 80, TCP_SYN)
+        );
     }
 
     #[test]
     fn ipv4_options_move_the_l4_header() {
         let (f, n) = tcp_v4_frame(&[1, 1, 1, 0, 0x94, 4, 0, 0]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!("not parsed") };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!("not parsed")
+        };
         assert_eq!(h.l4_offset, 14 + 28);
         assert_eq!(h.l4, L4::Ports);
     }
@@ -433,7 +460,9 @@ mod tests {
     fn ethernet_padding_is_ignored() {
         // A 54-byte TCP/IPv4 frame padded to the 60-byte Ethernet minimum.
         let (f, n) = tcp_v4_frame(&[]);
-        let Parsed::Ip(h) = parse(&f[..n + 6]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n + 6]) else {
+            panic!()
+        };
         assert_eq!(h.ip_len, 40);
     }
 
@@ -450,7 +479,9 @@ mod tests {
         f[16..18].copy_from_slice(&41u16.to_be_bytes()); // total > frame
         assert_eq!(parse(&f[..n]), Parsed::BadIp);
         f[16..18].copy_from_slice(&39u16.to_be_bytes()); // TCP header cut by total length
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Malformed);
     }
 
@@ -458,7 +489,9 @@ mod tests {
     fn tcp_data_offset_below_five_is_malformed() {
         let (mut f, n) = tcp_v4_frame(&[]);
         f[34 + 12] = 4 << 4;
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Malformed);
     }
 
@@ -467,7 +500,9 @@ mod tests {
         for frag in [0x2000u16, 0x0001, 0x2010] {
             let (mut f, n) = tcp_v4_frame(&[]);
             f[20..22].copy_from_slice(&frag.to_be_bytes());
-            let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+            let Parsed::Ip(h) = parse(&f[..n]) else {
+                panic!()
+            };
             assert_eq!(h.l4, L4::Fragment, "frag field {frag:#x}");
         }
     }
@@ -477,11 +512,18 @@ mod tests {
         let t = tcp(1, 2, 0);
         let ip = ipv4(PROTO_TCP, &t, &[]);
         let (f, n) = frame(&[&eth(ETH_P_8021Q), &[0, 100, 0x08, 0x00], &ip[..40]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert!(h.vlan);
         assert_eq!((h.l3_offset, h.l4_offset), (18, 38));
         // Two tags: not parsed further.
-        let (f, n) = frame(&[&eth(ETH_P_8021AD), &[0, 1, 0x81, 0x00], &[0, 2, 8, 0], &ip[..40]]);
+        let (f, n) = frame(&[
+            &eth(ETH_P_8021AD),
+            &[0, 1, 0x81, 0x00],
+            &[0, 2, 8, 0],
+            &ip[..40],
+        ]);
         assert_eq!(parse(&f[..n]), Parsed::NotIp);
         let (f, n) = frame(&[&eth(0x0806), &[0u8; 28]]);
         assert_eq!(parse(&f[..n]), Parsed::NotIp);
@@ -494,7 +536,9 @@ mod tests {
         out[6] = next;
         out[7] = 64;
         out[8..24].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
-        out[24..40].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        out[24..40].copy_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ]);
         out[40..40 + payload.len()].copy_from_slice(payload);
         out
     }
@@ -510,7 +554,9 @@ mod tests {
         payload[24..44].copy_from_slice(&t);
         let ip = ipv6(0, &payload);
         let (f, n) = frame(&[&eth(ETH_P_IPV6), &ip[..84]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.proto, PROTO_TCP);
         assert_eq!(h.l4_offset, 14 + 40 + 24);
         assert_eq!((h.l4, h.tcp_flags), (L4::Ports, TCP_ACK));
@@ -522,7 +568,9 @@ mod tests {
         payload[8..28].copy_from_slice(&t);
         let ip = ipv6(44, &payload);
         let (f, n) = frame(&[&eth(ETH_P_IPV6), &ip[..68]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Fragment);
 
         // An atomic fragment (offset 0, M 0) still has its ports.
@@ -531,18 +579,26 @@ mod tests {
         payload[8..28].copy_from_slice(&t);
         let ip = ipv6(44, &payload);
         let (f, n) = frame(&[&eth(ETH_P_IPV6), &ip[..68]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Ports);
 
         // A chain longer than the parser walks.
         let mut payload = [0u8; 8 * (MAX_IPV6_EXT_HEADERS + 1) + 20];
         for i in 0..=MAX_IPV6_EXT_HEADERS {
-            payload[i * 8] = if i == MAX_IPV6_EXT_HEADERS { PROTO_TCP } else { 60 };
+            payload[i * 8] = if i == MAX_IPV6_EXT_HEADERS {
+                PROTO_TCP
+            } else {
+                60
+            };
         }
         let ip = ipv6(60, &payload);
         let len = 40 + payload.len();
         let (f, n) = frame(&[&eth(ETH_P_IPV6), &ip[..len]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Malformed);
     }
 
@@ -553,7 +609,9 @@ mod tests {
         udp[2..4].copy_from_slice(&53u16.to_be_bytes());
         let ip = ipv4(PROTO_UDP, &udp, &[]);
         let (f, n) = frame(&[&eth(ETH_P_IP), &ip[..28]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else { panic!() };
+        let Parsed::Ip(h) = parse(&f[..n]) else {
+            panic!()
+        };
         assert_eq!(h.l4, L4::Malformed);
     }
 

@@ -80,6 +80,11 @@ pub mod decap {
     /// Number of decapsulator counters.
     pub const COUNT: u32 = 5;
     /// Names as shown by `xlb decap --stats`.
-    pub const NAMES: [&str; COUNT as usize] =
-        ["decapsulated", "not_encapsulated", "not_local", "malformed", "adjust_failed"];
+    pub const NAMES: [&str; COUNT as usize] = [
+        "decapsulated",
+        "not_encapsulated",
+        "not_local",
+        "malformed",
+        "adjust_failed",
+    ];
 }

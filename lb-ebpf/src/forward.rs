@@ -2,15 +2,14 @@
 
 use aya_ebpf::{
     bindings::{
-        xdp_md,
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, xdp_action,
+        BPF_FIB_LKUP_RET_SUCCESS, xdp_action, xdp_md,
     },
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, DataplaneConfig, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, FAMILY_V4, FAMILY_V6,
+    Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4, FAMILY_V6,
     encap::{outer_ipv4, outer_ipv6},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -60,7 +59,12 @@ const AF_INET6: u8 = 10;
 /// parameters, the outer header) are not both live at once: the verifier allows 512 bytes
 /// for the deepest chain of frames.
 #[inline(always)]
-pub fn encapsulate_and_send(ctx: &XdpContext, h: &Headers, backend: &Backend, hash: u32) -> (u32, u32) {
+pub fn encapsulate_and_send(
+    ctx: &XdpContext,
+    h: &Headers,
+    backend: &Backend,
+    hash: u32,
+) -> (u32, u32) {
     let Some(cfg) = CONFIG.get(0) else {
         return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
     };
@@ -69,13 +73,24 @@ pub fn encapsulate_and_send(ctx: &XdpContext, h: &Headers, backend: &Backend, ha
         (FAMILY_V6, _) => true,
         _ => return (xdp_action::XDP_DROP, reason::DROP_FAMILY),
     };
-    let have_source = if v6_outer { CFG_F_SOURCE_V6 } else { CFG_F_SOURCE_V4 };
+    let have_source = if v6_outer {
+        CFG_F_SOURCE_V6
+    } else {
+        CFG_F_SOURCE_V4
+    };
     if cfg.flags & have_source == 0 {
         return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
     }
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
     let ingress = ctx.ingress_ifindex() as u32;
-    let job = Encap { cfg, h, backend, hash, v6_outer, outer_total: h.ip_len.saturating_add(outer_len) };
+    let job = Encap {
+        cfg,
+        h,
+        backend,
+        hash,
+        v6_outer,
+        outer_total: h.ip_len.saturating_add(outer_len),
+    };
     let hop = next_hop(ctx.ctx, &job);
     let neighbour_known = match hop.rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
@@ -136,7 +151,10 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
         (words(&cfg.source_v6), words(&backend.addr))
     } else {
         let d = &backend.addr;
-        ([u32::from_ne_bytes(cfg.source_v4), 0, 0, 0], [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0])
+        (
+            [u32::from_ne_bytes(cfg.source_v4), 0, 0, 0],
+            [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0],
+        )
     };
     let mut fib = FibParams {
         family: if v6 { AF_INET6 } else { AF_INET },
@@ -154,8 +172,20 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
         dmac: [0; 6],
     };
     // SAFETY: the context and a pointer to our stack copy of the parameters, with its size.
-    let rc = unsafe { bpf_fib_lookup(ctx.cast(), (&raw mut fib).cast(), size_of::<FibParams>() as i32, 0) };
-    NextHop { rc: rc as u32, ifindex: fib.ifindex, smac: fib.smac, dmac: fib.dmac }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.cast(),
+            (&raw mut fib).cast(),
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    NextHop {
+        rc: rc as u32,
+        ifindex: fib.ifindex,
+        smac: fib.smac,
+        dmac: fib.dmac,
+    }
 }
 
 /// Grows the packet at the front and writes the L2 header (MACs of the next hop, or the
@@ -165,9 +195,14 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
 fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
     let (cfg, h, backend, hash, v6_outer) = (job.cfg, job.h, job.backend, job.hash, job.v6_outer);
     let ctx = XdpContext::new(ctx);
-    let inner_next = if h.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_next = if h.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
     let old = XdpPacket::new(&ctx);
-    let (Some(eth), Some(tag)) = (old.bytes::<ETH_HLEN>(0), old.bytes::<VLAN_HLEN>(ETH_HLEN)) else {
+    let (Some(eth), Some(tag)) = (old.bytes::<ETH_HLEN>(0), old.bytes::<VLAN_HLEN>(ETH_HLEN))
+    else {
         return false;
     };
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN };
@@ -196,11 +231,24 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
         return false;
     }
     if v6_outer {
-        let outer = outer_ipv6(&cfg.source_v6, &backend.addr, h.ip_len, inner_next, h.tos, hash);
+        let outer = outer_ipv6(
+            &cfg.source_v6,
+            &backend.addr,
+            h.ip_len,
+            inner_next,
+            h.tos,
+            hash,
+        );
         pkt.write(l3, &outer)
     } else {
         let d = &backend.addr;
-        match outer_ipv4(cfg.source_v4, [d[0], d[1], d[2], d[3]], h.ip_len, inner_next, h.tos) {
+        match outer_ipv4(
+            cfg.source_v4,
+            [d[0], d[1], d[2], d[3]],
+            h.ip_len,
+            inner_next,
+            h.tos,
+        ) {
             Some(outer) => pkt.write(l3, &outer),
             None => false,
         }

@@ -20,6 +20,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
     VipKey, VipStats,
+    hash::flow_key,
     parse::{L4, Parsed, parse},
     stats::{ACTIONS, GLOBAL_COUNTERS, reason},
 };
@@ -39,16 +40,18 @@ static MAGLEV_SIZE: Global<u32> = Global::new(65_537);
 /// (VIP address, port, protocol) -> VIP.
 #[map]
 static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, 0);
-/// (VIP address, 0, protocol) -> number of VIPs on that address: lets fragments and
+/// (VIP address, port 0, protocol 0) -> number of VIPs on that address: lets fragments and
 /// malformed packets to a VIP address be recognised without ports.
 #[map]
 static VIP_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(1, 0);
 /// Backend id -> backend.
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
-/// Maglev tables, two per VIP: entry `table * M + slot` is a backend id (0 = none).
+/// Maglev tables, two per VIP, as one array of backend ids (0 = none): slot `s` of table
+/// `t` is id number `t * M + s`. Two ids per element: an mmap'd array places elements 8
+/// bytes apart, so 8-byte elements make the ids contiguous in userspace's mapping.
 #[map]
-static MAGLEV: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Flow table: flow key -> backend, least recently used evicted first.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
@@ -81,21 +84,21 @@ fn balance(ctx: &XdpContext) -> (u32, u32) {
         Parsed::NotIp => return (xdp_action::XDP_PASS, reason::PASS_NOT_IP),
         Parsed::BadIp => return (xdp_action::XDP_PASS, reason::PASS_BAD_IP),
     };
-    if h.proto != PROTO_TCP && h.proto != PROTO_UDP {
-        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
-    }
-    let (sport, dport, tcp_flags) = match h.l4 {
-        L4::Ports => (h.sport, h.dport, h.tcp_flags),
-        L4::Fragment => return refuse_if_vip_address(&h.dst, h.proto, h.family, reason::DROP_FRAGMENT),
-        L4::Malformed | L4::Other => {
-            return refuse_if_vip_address(&h.dst, h.proto, h.family, reason::DROP_MALFORMED);
+    match h.l4 {
+        L4::Ports => {}
+        L4::Other => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
+            return refuse_if_vip_address(&h.dst, h.family, reason::DROP_FRAGMENT);
         }
-    };
-    let Some((vip_key, vip)) = select::find_vip(&h, dport) else {
+        L4::Fragment => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        // A bad TCP/UDP header, or an IPv6 header chain too long to find one.
+        L4::Malformed => return refuse_if_vip_address(&h.dst, h.family, reason::DROP_MALFORMED),
+    }
+    let Some((vip_key, vip)) = select::find_vip(&h) else {
         return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
     };
-    let flow = select::flow_key(&h, &vip_key, &vip, sport, dport);
-    let Some(choice) = select::choose_backend(&flow, &vip, tcp_flags) else {
+    let flow = flow_key(&h, vip_key.port, vip.flags);
+    let Some(choice) = select::choose_backend(&flow, &vip, h.tcp_flags) else {
         return (xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     };
     let result = forward::encapsulate_and_send(ctx, &h, &choice.backend, choice.hash);
@@ -113,13 +116,18 @@ fn parse_packet(ctx: *mut xdp_md) -> Parsed {
     parse(&XdpPacket::new(&XdpContext::new(ctx)))
 }
 
-/// A packet without usable ports: dropped (with `why`) when addressed to a VIP address of
-/// its protocol, passed untouched otherwise.
+/// A TCP/UDP packet without usable ports: dropped (with `why`) when addressed to an
+/// address that has VIPs, passed untouched otherwise.
 #[inline(always)]
-fn refuse_if_vip_address(dst: &lb_common::Addr, proto: u8, family: u8, why: u32) -> (u32, u32) {
-    let key = VipKey { addr: *dst, port: 0, proto, family };
+fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u32) {
+    let key = VipKey {
+        addr: *dst,
+        port: 0,
+        proto: 0,
+        family,
+    };
     // SAFETY: the value is a plain u32 only read for presence.
-    if unsafe { VIP_ADDRS.get(&key) }.is_some() {
+    if unsafe { VIP_ADDRS.get(key) }.is_some() {
         (xdp_action::XDP_DROP, why)
     } else {
         (xdp_action::XDP_PASS, reason::PASS_NOT_VIP)

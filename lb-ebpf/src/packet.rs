@@ -22,7 +22,10 @@ pub struct XdpPacket {
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self { ctx: ctx.ctx, start: load_data(ctx.ctx) }
+        Self {
+            ctx: ctx.ctx,
+            start: load_data(ctx.ctx),
+        }
     }
 
     #[inline(always)]

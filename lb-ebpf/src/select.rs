@@ -3,8 +3,8 @@
 
 use aya_ebpf::maps::PerCpuArray;
 use lb_common::{
-    Backend, CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VIP_F_HASH_SOURCE, VipInfo, VipKey,
-    hash::{flow_hash, maglev_slot},
+    Backend, CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VipInfo, VipKey,
+    hash::{flow_hash, table_index},
     parse::{Headers, TCP_RST},
 };
 
@@ -13,44 +13,35 @@ use crate::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, VIP_STA
 /// The VIP a packet is addressed to: the exact port first, then (only when some VIP has
 /// port 0) the any-port VIP of that address and protocol.
 #[inline(always)]
-pub fn find_vip(h: &Headers, dport: u16) -> Option<(VipKey, VipInfo)> {
-    let mut key = VipKey { addr: h.dst, port: dport, proto: h.proto, family: h.family };
+pub fn find_vip(h: &Headers) -> Option<(VipKey, VipInfo)> {
+    let mut key = VipKey {
+        addr: h.dst,
+        port: h.dport,
+        proto: h.proto,
+        family: h.family,
+    };
     // SAFETY: VipInfo is plain integers; the controller replaces values whole (a hash-map
     // update swaps in a new element), so a reader never sees a half-written value.
-    if let Some(vip) = unsafe { VIPS.get(&key) } {
+    if let Some(vip) = unsafe { VIPS.get(key) } {
         return Some((key, *vip));
     }
-    let wildcard = CONFIG.get(0).is_some_and(|c| c.flags & CFG_F_WILDCARD_VIPS != 0);
+    let wildcard = CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CFG_F_WILDCARD_VIPS != 0);
     if !wildcard {
         return None;
     }
     key.port = 0;
     // SAFETY: as above.
-    unsafe { VIPS.get(&key) }.map(|vip| (key, *vip))
-}
-
-/// The flow-table key and hash input of a packet: its 5-tuple, or for a source-affinity
-/// VIP (source address, VIP address, VIP port, protocol).
-#[inline(always)]
-pub fn flow_key(h: &Headers, vip_key: &VipKey, vip: &VipInfo, sport: u16, dport: u16) -> FlowKey {
-    let affinity = vip.flags & VIP_F_HASH_SOURCE != 0;
-    FlowKey {
-        src: h.src,
-        dst: h.dst,
-        sport: if affinity { 0 } else { sport },
-        dport: if affinity { vip_key.port } else { dport },
-        proto: h.proto,
-        family: h.family,
-        reserved: [0; 2],
-    }
+    unsafe { VIPS.get(key) }.map(|vip| (key, *vip))
 }
 
 /// The backend chosen for a packet.
 pub struct Choice {
     pub id: u32,
     pub backend: Backend,
-    /// The flow hash when Maglev was consulted (0 on a flow-table hit); seeds the IPv6
-    /// flow label.
+    /// The flow hash; it also becomes the outer IPv6 flow label, so it is computed on hits
+    /// too (a label that changed after the first packet would let ECMP split the flow).
     pub hash: u32,
     /// Whether the flow was newly remembered.
     pub new_flow: bool,
@@ -63,19 +54,24 @@ pub struct Choice {
 /// flow it belongs to). `None` when the VIP has no backend for new flows.
 #[inline(never)]
 pub fn choose_backend(flow: &FlowKey, vip: &VipInfo, tcp_flags: u8) -> Option<Choice> {
+    let hash = flow_hash(flow);
     // SAFETY: FlowValue is plain integers, copied out at once.
     if let Some(v) = unsafe { FLOWS.get(flow) } {
         let v = *v;
-        if let Some(b) = BACKENDS.get(v.backend) {
-            if b.keeps_flow(v.generation) {
-                return Some(Choice { id: v.backend, backend: *b, hash: 0, new_flow: false, hit: true });
-            }
+        if let Some(b) = BACKENDS.get(v.backend)
+            && b.keeps_flow(v.generation)
+        {
+            return Some(Choice {
+                id: v.backend,
+                backend: *b,
+                hash,
+                new_flow: false,
+                hit: true,
+            });
         }
     }
-    let hash = flow_hash(flow);
-    let m = MAGLEV_SIZE.load();
-    let index = vip.table.wrapping_mul(m).wrapping_add(maglev_slot(hash, m));
-    let id = *MAGLEV.get(index)?;
+    let index = table_index(vip.table, MAGLEV_SIZE.load(), hash);
+    let id = MAGLEV.get(index >> 1)?[(index & 1) as usize];
     let backend = *BACKENDS.get(id)?;
     if id == 0 || backend.state == lb_common::BACKEND_UNUSED {
         return None;
@@ -83,9 +79,22 @@ pub fn choose_backend(flow: &FlowKey, vip: &VipInfo, tcp_flags: u8) -> Option<Ch
     let remember = flow.proto != lb_common::PROTO_TCP || tcp_flags & TCP_RST == 0;
     let new_flow = remember
         && FLOWS
-            .insert(flow, FlowValue { backend: id, generation: backend.generation }, 0)
+            .insert(
+                flow,
+                FlowValue {
+                    backend: id,
+                    generation: backend.generation,
+                },
+                0,
+            )
             .is_ok();
-    Some(Choice { id, backend, hash, new_flow, hit: false })
+    Some(Choice {
+        id,
+        backend,
+        hash,
+        new_flow,
+        hit: false,
+    })
 }
 
 /// Counts a forwarded packet of `ip_len` bytes for its VIP and backend.

@@ -54,14 +54,24 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_vips: 64, max_backends: 16_384, flow_table_entries: 1_000_000, maglev_size: 65_537 }
+        Self {
+            max_vips: 64,
+            max_backends: 16_384,
+            flow_table_entries: 1_000_000,
+            maglev_size: 65_537,
+        }
     }
 }
 
 impl Limits {
-    /// Entries of the `MAGLEV` array: two tables of M entries per VIP.
-    pub fn maglev_entries(&self) -> Option<u32> {
+    /// Backend ids in the Maglev tables: two tables of M ids per VIP.
+    pub fn maglev_ids(&self) -> Option<u32> {
         self.max_vips.checked_mul(2)?.checked_mul(self.maglev_size)
+    }
+
+    /// Elements of the `MAGLEV` array (two ids each).
+    pub fn maglev_entries(&self) -> Option<u32> {
+        Some(self.maglev_ids()?.div_ceil(2))
     }
 
     /// (type, key size, value size, max entries, flags) each map must have.
@@ -71,7 +81,11 @@ impl Limits {
             "VIPS" => (s::<VipKey>(), s::<VipInfo>(), self.max_vips),
             "VIP_ADDRS" => (s::<VipKey>(), s::<u32>(), self.max_vips),
             "BACKENDS" => (s::<u32>(), s::<Backend>(), self.max_backends),
-            "MAGLEV" => (s::<u32>(), s::<u32>(), self.maglev_entries().unwrap_or(0)),
+            "MAGLEV" => (
+                s::<u32>(),
+                s::<[u32; 2]>(),
+                self.maglev_entries().unwrap_or(0),
+            ),
             "FLOWS" => (s::<FlowKey>(), s::<FlowValue>(), self.flow_table_entries),
             "CONFIG" => (s::<u32>(), s::<DataplaneConfig>(), 1),
             "GLOBAL_STATS" => (s::<u32>(), s::<u64>(), GLOBAL_COUNTERS),
@@ -93,7 +107,12 @@ pub enum DataplaneError {
          configuration needs {wanted}); restore the previous setting or run `xlb teardown` \
          to start from empty maps"
     )]
-    IncompatiblePin { path: PathBuf, what: &'static str, pinned: u32, wanted: u32 },
+    IncompatiblePin {
+        path: PathBuf,
+        what: &'static str,
+        pinned: u32,
+        wanted: u32,
+    },
     #[error("cannot read pinned map {path}: {source}")]
     PinRead {
         path: PathBuf,
@@ -162,8 +181,12 @@ impl Balancer {
         let mut ebpf = loader.load(programs::BALANCER)?;
         let program: &mut Xdp = program_mut(&mut ebpf)?;
         program.load()?;
-        let tables = MaglevTables::map(&ebpf, limits.maglev_size, entries)?;
-        Ok(Self { ebpf, limits, tables })
+        let tables = MaglevTables::map(&ebpf, limits.maglev_size, entries * 2)?;
+        Ok(Self {
+            ebpf,
+            limits,
+            tables,
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -183,31 +206,61 @@ impl Balancer {
     }
 
     fn map(&self, name: &'static str) -> &aya::maps::Map {
-        self.ebpf.map(name).expect("the balancer object defines every map in MAPS")
+        self.ebpf
+            .map(name)
+            .expect("the balancer object defines every map in MAPS")
     }
 
     fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
-        self.ebpf.map_mut(name).expect("the balancer object defines every map in MAPS")
+        self.ebpf
+            .map_mut(name)
+            .expect("the balancer object defines every map in MAPS")
     }
 
     pub fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {
         let mut a: Array<_, DataplaneConfig> = typed("CONFIG", self.map_mut("CONFIG"))?;
-        a.set(0, cfg, 0).map_err(|source| DataplaneError::Map { map: "CONFIG", source })
+        a.set(0, cfg, 0).map_err(|source| DataplaneError::Map {
+            map: "CONFIG",
+            source,
+        })
     }
 
     pub fn config(&self) -> Result<DataplaneConfig> {
         let a: Array<_, DataplaneConfig> = typed("CONFIG", self.map("CONFIG"))?;
-        a.get(&0, 0).map_err(|source| DataplaneError::Map { map: "CONFIG", source })
+        a.get(&0, 0).map_err(|source| DataplaneError::Map {
+            map: "CONFIG",
+            source,
+        })
     }
 
     pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         let mut m: HashMap<_, VipKey, VipInfo> = typed("VIPS", self.map_mut("VIPS"))?;
-        m.insert(key, info, 0).map_err(|source| DataplaneError::Map { map: "VIPS", source })
+        m.insert(key, info, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "VIPS",
+                source,
+            })
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let mut m: HashMap<_, VipKey, VipInfo> = typed("VIPS", self.map_mut("VIPS"))?;
-        ignore_missing(m.remove(key)).map_err(|source| DataplaneError::Map { map: "VIPS", source })
+        ignore_missing(m.remove(key)).map_err(|source| DataplaneError::Map {
+            map: "VIPS",
+            source,
+        })
+    }
+
+    /// The VIP stored under `key`, if any.
+    pub fn vip(&self, key: &VipKey) -> Result<Option<VipInfo>> {
+        let m: HashMap<_, VipKey, VipInfo> = typed("VIPS", self.map("VIPS"))?;
+        match m.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DataplaneError::Map {
+                map: "VIPS",
+                source,
+            }),
+        }
     }
 
     /// Every VIP in the map.
@@ -215,31 +268,51 @@ impl Balancer {
         let m: HashMap<_, VipKey, VipInfo> = typed("VIPS", self.map("VIPS"))?;
         m.iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Map { map: "VIPS", source })
+            .map_err(|source| DataplaneError::Map {
+                map: "VIPS",
+                source,
+            })
     }
 
-    /// Records how many VIPs use an (address, protocol); 0 removes the entry.
+    /// Records how many VIPs use an address (`addr_key`: the address with port and protocol
+    /// 0); 0 removes the entry.
     pub fn set_vip_address(&mut self, addr_key: &VipKey, count: u32) -> Result<()> {
         let mut m: HashMap<_, VipKey, u32> = typed("VIP_ADDRS", self.map_mut("VIP_ADDRS"))?;
-        let r = if count == 0 { ignore_missing(m.remove(addr_key)) } else { m.insert(addr_key, count, 0) };
-        r.map_err(|source| DataplaneError::Map { map: "VIP_ADDRS", source })
+        let r = if count == 0 {
+            ignore_missing(m.remove(addr_key))
+        } else {
+            m.insert(addr_key, count, 0)
+        };
+        r.map_err(|source| DataplaneError::Map {
+            map: "VIP_ADDRS",
+            source,
+        })
     }
 
     pub fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>> {
         let m: HashMap<_, VipKey, u32> = typed("VIP_ADDRS", self.map("VIP_ADDRS"))?;
         m.iter()
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Map { map: "VIP_ADDRS", source })
+            .map_err(|source| DataplaneError::Map {
+                map: "VIP_ADDRS",
+                source,
+            })
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut a: Array<_, Backend> = typed("BACKENDS", self.map_mut("BACKENDS"))?;
-        a.set(id, backend, 0).map_err(|source| DataplaneError::Map { map: "BACKENDS", source })
+        a.set(id, backend, 0).map_err(|source| DataplaneError::Map {
+            map: "BACKENDS",
+            source,
+        })
     }
 
     pub fn backend(&self, id: u32) -> Result<Backend> {
         let a: Array<_, Backend> = typed("BACKENDS", self.map("BACKENDS"))?;
-        a.get(&id, 0).map_err(|source| DataplaneError::Map { map: "BACKENDS", source })
+        a.get(&id, 0).map_err(|source| DataplaneError::Map {
+            map: "BACKENDS",
+            source,
+        })
     }
 
     /// Writes Maglev table `table` (entries are backend ids; 0 = none) through the memory
@@ -263,13 +336,20 @@ impl Balancer {
         match m.get(key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DataplaneError::Map { map: "FLOWS", source }),
+            Err(source) => Err(DataplaneError::Map {
+                map: "FLOWS",
+                source,
+            }),
         }
     }
 
     pub fn set_flow(&mut self, key: &FlowKey, value: &FlowValue) -> Result<()> {
         let mut m: HashMap<_, FlowKey, FlowValue> = typed("FLOWS", self.map_mut("FLOWS"))?;
-        m.insert(key, value, 0).map_err(|source| DataplaneError::Map { map: "FLOWS", source })
+        m.insert(key, value, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "FLOWS",
+                source,
+            })
     }
 
     /// Every remembered flow (a full walk of the table; for tests and diagnostics).
@@ -285,7 +365,10 @@ impl Balancer {
             .map(|i| {
                 a.get(&i, 0)
                     .map(|v| v.iter().sum())
-                    .map_err(|source| DataplaneError::Map { map: "GLOBAL_STATS", source })
+                    .map_err(|source| DataplaneError::Map {
+                        map: "GLOBAL_STATS",
+                        source,
+                    })
             })
             .collect()
     }
@@ -293,7 +376,10 @@ impl Balancer {
     /// Counters of VIP `id`, summed over CPUs.
     pub fn vip_stats(&self, id: u32) -> Result<VipStats> {
         let a: PerCpuArray<_, VipStats> = typed("VIP_STATS", self.map("VIP_STATS"))?;
-        let per_cpu = a.get(&id, 0).map_err(|source| DataplaneError::Map { map: "VIP_STATS", source })?;
+        let per_cpu = a.get(&id, 0).map_err(|source| DataplaneError::Map {
+            map: "VIP_STATS",
+            source,
+        })?;
         Ok(per_cpu.iter().fold(VipStats::default(), |a, v| VipStats {
             packets: a.packets + v.packets,
             bytes: a.bytes + v.bytes,
@@ -306,38 +392,58 @@ impl Balancer {
     /// Counters of backend `id`, summed over CPUs.
     pub fn backend_stats(&self, id: u32) -> Result<BackendStats> {
         let a: PerCpuArray<_, BackendStats> = typed("BACKEND_STATS", self.map("BACKEND_STATS"))?;
-        let per_cpu =
-            a.get(&id, 0).map_err(|source| DataplaneError::Map { map: "BACKEND_STATS", source })?;
-        Ok(per_cpu.iter().fold(BackendStats::default(), |a, v| BackendStats {
-            packets: a.packets + v.packets,
-            bytes: a.bytes + v.bytes,
-            new_flows: a.new_flows + v.new_flows,
-        }))
+        let per_cpu = a.get(&id, 0).map_err(|source| DataplaneError::Map {
+            map: "BACKEND_STATS",
+            source,
+        })?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |a, v| BackendStats {
+                packets: a.packets + v.packets,
+                bytes: a.bytes + v.bytes,
+                new_flows: a.new_flows + v.new_flows,
+            }))
     }
 
     /// Zeroes the counters of a backend id (when the id is given to a new backend).
     pub fn reset_backend_stats(&mut self, id: u32) -> Result<()> {
         let mut a: PerCpuArray<_, BackendStats> =
             typed("BACKEND_STATS", self.map_mut("BACKEND_STATS"))?;
-        a.set(id, zeros()?, 0).map_err(|source| DataplaneError::Map { map: "BACKEND_STATS", source })
+        a.set(id, zeros()?, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "BACKEND_STATS",
+                source,
+            })
     }
 
     /// Zeroes the counters of a VIP id (when the id is given to a new VIP).
     pub fn reset_vip_stats(&mut self, id: u32) -> Result<()> {
         let mut a: PerCpuArray<_, VipStats> = typed("VIP_STATS", self.map_mut("VIP_STATS"))?;
-        a.set(id, zeros()?, 0).map_err(|source| DataplaneError::Map { map: "VIP_STATS", source })
+        a.set(id, zeros()?, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "VIP_STATS",
+                source,
+            })
     }
 
     /// Runs the program once on `packet` through `BPF_PROG_TEST_RUN`, as if it had arrived
     /// on interface `ingress_ifindex` (0: the loopback of the caller's network namespace).
     /// Returns the XDP action and the packet as the program left it.
-    pub fn test_run(&self, packet: &[u8], ingress_ifindex: u32) -> Result<(u32, Vec<u8>), ProgramError> {
+    pub fn test_run(
+        &self,
+        packet: &[u8],
+        ingress_ifindex: u32,
+    ) -> Result<(u32, Vec<u8>), ProgramError> {
         test_run(self.program(), packet, ingress_ifindex)
     }
 }
 
 /// Runs an XDP program once on `packet`; see [`Balancer::test_run`].
-pub fn test_run(prog: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<(u32, Vec<u8>), ProgramError> {
+pub fn test_run(
+    prog: &Xdp,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> Result<(u32, Vec<u8>), ProgramError> {
     // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
     let ctx: [u32; 6] = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0];
     let ctx_bytes: Vec<u8> = ctx.iter().flat_map(|w| w.to_ne_bytes()).collect();
@@ -346,7 +452,11 @@ pub fn test_run(prog: &Xdp, packet: &[u8], ingress_ifindex: u32) -> Result<(u32,
     let opts = TestRunOptions {
         data_in: Some(packet),
         data_out: Some(&mut out),
-        ctx_in: if ingress_ifindex == 0 { None } else { Some(&ctx_bytes) },
+        ctx_in: if ingress_ifindex == 0 {
+            None
+        } else {
+            Some(&ctx_bytes)
+        },
         ..TestRunOptions::default()
     };
     let r = prog.test_run(opts)?;
@@ -375,7 +485,11 @@ where
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -383,21 +497,29 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::M
 /// Checks a pinned map's key size, value size and entry count against what this
 /// configuration needs.
 fn check_pin(path: &Path, (key, value, entries, _): (u32, u32, u32, u32)) -> Result<()> {
-    let info = MapInfo::from_pin(path)
-        .map_err(|source| DataplaneError::PinRead { path: path.to_owned(), source })?;
+    let info = MapInfo::from_pin(path).map_err(|source| DataplaneError::PinRead {
+        path: path.to_owned(),
+        source,
+    })?;
     for (what, pinned, wanted) in [
         ("key size", info.key_size(), key),
         ("value size", info.value_size(), value),
         ("entries", info.max_entries(), entries),
     ] {
         if pinned != wanted {
-            return Err(DataplaneError::IncompatiblePin { path: path.to_owned(), what, pinned, wanted });
+            return Err(DataplaneError::IncompatiblePin {
+                path: path.to_owned(),
+                what,
+                pinned,
+                wanted,
+            });
         }
     }
     Ok(())
 }
 
-/// The `MAGLEV` array mapped into this process (the map has `BPF_F_MMAPABLE`).
+/// The `MAGLEV` array mapped into this process (the map has `BPF_F_MMAPABLE`). Its 8-byte
+/// elements hold two ids each, so the mapping is one contiguous array of `u32` ids.
 struct MaglevTables {
     base: NonNull<u32>,
     entries: usize,
@@ -411,8 +533,11 @@ unsafe impl Send for MaglevTables {}
 unsafe impl Sync for MaglevTables {}
 
 impl MaglevTables {
+    /// Maps the array; `entries` counts ids (twice the elements).
     fn map(ebpf: &Ebpf, m: u32, entries: u32) -> Result<Self> {
-        let map = ebpf.map("MAGLEV").expect("the balancer object defines MAGLEV");
+        let map = ebpf
+            .map("MAGLEV")
+            .expect("the balancer object defines MAGLEV");
         let data: &MapData = match map {
             aya::maps::Map::Array(d) => d,
             _ => unreachable!("MAGLEV is an array"),
@@ -433,8 +558,13 @@ impl MaglevTables {
         if p == libc::MAP_FAILED {
             return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
         }
-        let base = NonNull::new(p.cast::<u32>()).ok_or_else(|| DataplaneError::Mmap(std::io::Error::other("null mapping")))?;
-        Ok(Self { base, entries: entries as usize, m: m as usize })
+        let base = NonNull::new(p.cast::<u32>())
+            .ok_or_else(|| DataplaneError::Mmap(std::io::Error::other("null mapping")))?;
+        Ok(Self {
+            base,
+            entries: entries as usize,
+            m: m as usize,
+        })
     }
 
     fn tables(&self) -> u32 {
@@ -443,23 +573,36 @@ impl MaglevTables {
 
     fn read(&self, table: u32) -> Result<&[u32]> {
         if table >= self.tables() {
-            return Err(DataplaneError::NoSuchTable { table, tables: self.tables() });
+            return Err(DataplaneError::NoSuchTable {
+                table,
+                tables: self.tables(),
+            });
         }
         // SAFETY: the range lies inside the mapping (checked above); u32 has no invalid
         // values. The kernel may write entries concurrently only if a program did, which
         // ours never does (it only reads MAGLEV).
-        Ok(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(table as usize * self.m), self.m) })
+        Ok(unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(table as usize * self.m), self.m)
+        })
     }
 
     fn write(&mut self, table: u32, entries: &[u32]) -> Result<()> {
         if table >= self.tables() {
-            return Err(DataplaneError::NoSuchTable { table, tables: self.tables() });
+            return Err(DataplaneError::NoSuchTable {
+                table,
+                tables: self.tables(),
+            });
         }
         if entries.len() != self.m {
-            return Err(DataplaneError::TableSize { got: entries.len(), want: self.m });
+            return Err(DataplaneError::TableSize {
+                got: entries.len(),
+                want: self.m,
+            });
         }
         // SAFETY: the range lies inside the mapping (checked above) and we hold &mut self.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(table as usize * self.m), self.m) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(table as usize * self.m), self.m)
+        };
         dst.copy_from_slice(entries);
         Ok(())
     }

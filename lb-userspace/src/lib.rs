@@ -6,4 +6,7 @@
 //! the data plane is the XDP program in `lb-ebpf`.
 
 pub mod dataplane;
+pub mod decap;
+pub mod maglev;
+pub mod predict;
 pub mod programs;

@@ -5,4 +5,5 @@ pub static BALANCER: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 /// The decapsulator object (`xlb_decap`).
 pub static DECAP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-decap"));
 /// Reference programs (`xlb_pass`, `xlb_tx`, `xlb_macswap`).
-pub static REFERENCE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-reference"));
+pub static REFERENCE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb-reference"));

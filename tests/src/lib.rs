@@ -1,1 +1,9 @@
-//! placeholder
+//! Test support for xlb: a packet builder, network namespaces that clean up after
+//! themselves, and the fixture lab that runs the real XDP programs through
+//! `BPF_PROG_TEST_RUN`. The tests themselves are in `tests/tests/`; the ones that need root
+//! are `#[ignore]`d by default and run by `cargo xtask test`.
+
+pub mod fixtures;
+pub mod lab;
+pub mod netns;
+pub mod packet;

@@ -1,1 +1,231 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands.
+//!
+//! - `setup`: installs every prerequisite, idempotently (nightly's rust-src, bpf-linker,
+//!   the Debian packages the tests and the lab use).
+//! - `build`: release build of `xlb` (the XDP programs are embedded in it).
+//! - `test`: the whole suite, including the tests that need root (network namespaces and
+//!   BPF); runs `setup` first, so a fresh machine needs nothing else.
+//! - `lint`: rustfmt check and clippy with warnings denied, userspace and eBPF separately.
+//!
+//! Plain `std::process::Command` and anyhow only: this runs before anything else builds.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+const BPF_LINKER_VERSION: &str = "0.10.0";
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+/// Commands the tests and the lab run, and the Debian package that provides each.
+const DEBIAN_TOOLS: [(&str, &str); 6] = [
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sysctl", "procps"),
+    ("ethtool", "ethtool"),
+    ("ping", "iputils-ping"),
+    ("tc", "iproute2"),
+];
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup   install prerequisites (rust-src for nightly, bpf-linker, Debian packages)
+  build   build xlb in release mode
+  test    run every test, including the root-only ones (run as root)
+  lint    rustfmt --check and clippy -D warnings (userspace and eBPF)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("build") => setup().and_then(|()| build()),
+        Some("test") => test(&args[1..]),
+        Some("lint") => setup().and_then(|()| lint()),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown command `{other}`\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+/// Runs a command (in the workspace root unless it has a directory), failing with its name
+/// if it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.stderr(Stdio::null()).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn have(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs what is missing; prints one line per prerequisite.
+fn setup() -> Result<()> {
+    // The eBPF crate's toolchain and its standard library sources (build-std=core).
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]));
+    match components {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
+            println!("setup: {EBPF_TOOLCHAIN} toolchain with rust-src: present");
+        }
+        Some(_) => {
+            println!("setup: adding rust-src to the {EBPF_TOOLCHAIN} toolchain");
+            run(Command::new("rustup").args([
+                "component",
+                "add",
+                "rust-src",
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ]))?;
+        }
+        None => {
+            println!("setup: installing the {EBPF_TOOLCHAIN} toolchain with rust-src");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                EBPF_TOOLCHAIN,
+                "--profile",
+                "minimal",
+                "--component",
+                "rust-src",
+            ]))
+            .context("the eBPF programs need a nightly Rust toolchain")?;
+        }
+    }
+
+    // bpf-linker, which links the BPF objects with the nightly's own LLVM.
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if linker.contains(BPF_LINKER_VERSION) {
+        println!("setup: bpf-linker {BPF_LINKER_VERSION}: present");
+    } else {
+        println!("setup: installing bpf-linker {BPF_LINKER_VERSION} (about 2 minutes)");
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+        ]))?;
+    }
+
+    // Debian packages used by the tests and the lab.
+    let mut missing: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        println!(
+            "setup: system tools ({}): present",
+            DEBIAN_TOOLS.map(|(b, _)| b).join(", ")
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo cargo xtask setup` (or install them)",
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    let install = |pkgs: &[&str]| {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", "-q"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    if install(&missing).is_err() {
+        run(Command::new("apt-get").args(["update", "-q"]))?;
+        install(&missing)?;
+    }
+    Ok(())
+}
+
+fn build() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--package", "xlb"]))
+}
+
+/// Runs the whole suite. The namespace and BPF tests are `#[ignore]`d for plain
+/// `cargo test`; here they run, so this must be root.
+fn test(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the suite creates network namespaces and loads XDP programs, so it needs root: \
+             run `sudo -E env PATH=$PATH cargo xtask test`"
+        );
+    }
+    setup()?;
+    let started = std::time::Instant::now();
+    run(Command::new("cargo")
+        // The default members: every crate but lb-ebpf, which only builds for the BPF
+        // target (the userspace build script builds it).
+        .args(["test", "--no-fail-fast"])
+        .args(extra)
+        .args(["--", "--include-ignored"]))?;
+    println!("xtask test: passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate, for its own target (its .cargo/config.toml and rust-toolchain.toml).
+    run(Command::new("cargo")
+        .args(["clippy", "--release", "--", "-D", "warnings"])
+        .current_dir(root().join("lb-ebpf")))
+}

@@ -88,9 +88,14 @@ fn try_decap(ctx: &XdpContext) -> (u32, u32) {
         }
         _ => return (pass, decap::PASS_NOT_ENCAP),
     };
-    let key = VipKey { addr: dst, port: 0, proto: 0, family };
+    let key = VipKey {
+        addr: dst,
+        port: 0,
+        proto: 0,
+        family,
+    };
     // SAFETY: the value is a plain u32 only read for presence.
-    if unsafe { LOCAL_ADDRS.get(&key) }.is_none() {
+    if unsafe { LOCAL_ADDRS.get(key) }.is_none() {
         return (pass, decap::PASS_NOT_LOCAL);
     }
     // The inner header must be there, of the family the outer header announced.

@@ -1,0 +1,426 @@
+//! Golden packet fixtures for the balancer: a description, an input frame, the expected
+//! action, the expected output frame, and the counter that must move. The same fixtures
+//! feed the fixture test and the per-packet benchmark.
+
+use std::net::IpAddr;
+
+use lb_common::stats::{ACTIONS, reason};
+
+use crate::{
+    lab::Lab,
+    packet::{ACK, ETH_P_8021AD, ETH_P_8021Q, Ext, FIN, ICMP, PSH, Packet, RST, SYN, TCP},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// What the frame must look like after the program.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Byte for byte the input.
+    Unchanged,
+    /// Exactly this frame.
+    Frame(Vec<u8>),
+}
+
+#[derive(Clone, Debug)]
+pub struct Fixture {
+    pub name: &'static str,
+    pub input: Vec<u8>,
+    pub action: u32,
+    pub output: Output,
+    /// `lb_common::stats::reason` counter that must move by one.
+    pub reason: u32,
+    /// For forwarded packets, the backend id userspace predicted.
+    pub backend: Option<u32>,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("fixture address")
+}
+
+/// A client address of the fixtures.
+pub fn client4() -> IpAddr {
+    ip("192.0.2.1")
+}
+
+pub fn client6() -> IpAddr {
+    ip("2001:db8:c::1")
+}
+
+/// Every balancer fixture, with expectations computed from the lab's prediction.
+pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
+    let mut out = Vec::new();
+    let mut encap = |name: &'static str, p: Packet, action: u32| {
+        let (id, frame) = lab.expected_encap(&p);
+        out.push(Fixture {
+            name,
+            input: p.build(),
+            action,
+            output: Output::Frame(frame),
+            reason: reason::FORWARDED,
+            backend: Some(id),
+        });
+    };
+    let (c4, c6) = (client4(), client6());
+
+    // Forwarded, encapsulated.
+    encap(
+        "tcp4 SYN to a VIP: IPv4-in-IPv4 to the predicted backend",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN),
+        XDP_TX,
+    );
+    encap(
+        "tcp4 data without SYN (flow unknown here, e.g. after a restart elsewhere)",
+        Packet::tcp(c4, 40001, ip("203.0.113.10"), 80, ACK | PSH)
+            .payload(b"GET / HTTP/1.1\r\n\r\n"),
+        XDP_TX,
+    );
+    encap(
+        "tcp4 FIN",
+        Packet::tcp(c4, 40002, ip("203.0.113.10"), 80, FIN | ACK),
+        XDP_TX,
+    );
+    encap(
+        "udp4 to a UDP VIP",
+        Packet::udp(c4, 5353, ip("203.0.113.10"), 53).payload(&[0xab; 32]),
+        XDP_TX,
+    );
+    encap(
+        "tcp6 SYN to a v6 VIP: IPv6-in-IPv6",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN),
+        XDP_TX,
+    );
+    encap(
+        "udp6 to a v6 UDP VIP",
+        Packet::udp(c6, 5353, ip("2001:db8:203::20"), 53).payload(b"query"),
+        XDP_TX,
+    );
+    encap(
+        "tcp4 to a VIP with IPv6 backends: IPv4-in-IPv6",
+        Packet::tcp(c4, 40000, ip("203.0.113.20"), 80, SYN),
+        XDP_TX,
+    );
+    encap(
+        "any-port VIP, port 8080",
+        Packet::tcp(c4, 40000, ip("203.0.113.30"), 8080, SYN),
+        XDP_TX,
+    );
+    encap(
+        "any-port VIP, port 22",
+        Packet::tcp(c4, 40000, ip("203.0.113.30"), 22, SYN),
+        XDP_TX,
+    );
+    encap(
+        "source-affinity VIP, client port 40000",
+        Packet::tcp(c4, 40000, ip("203.0.113.40"), 80, SYN),
+        XDP_TX,
+    );
+    encap(
+        "source-affinity VIP, same client, port 50000",
+        Packet::tcp(c4, 50000, ip("203.0.113.40"), 80, SYN),
+        XDP_TX,
+    );
+    encap(
+        "VLAN-tagged tcp4: encapsulated inside its VLAN, sent back out the trunk",
+        Packet::tcp(c4, 40003, ip("203.0.113.10"), 80, SYN).vlan(100),
+        XDP_TX,
+    );
+    encap(
+        "IPv4 with options (IHL 7): parsed, inner packet kept whole",
+        Packet::tcp(c4, 40004, ip("203.0.113.10"), 80, SYN)
+            .ipv4_options(&[0x94, 0x04, 0, 0, 1, 1, 1, 0]),
+        XDP_TX,
+    );
+    encap(
+        "DSCP/ECN of the inner packet copied to the outer header",
+        Packet::tcp(c4, 40005, ip("203.0.113.10"), 80, SYN).tos(0xb9),
+        XDP_TX,
+    );
+    encap(
+        "minimum-size frame with Ethernet padding: lengths from the IP header",
+        Packet::udp(c4, 5000, ip("203.0.113.10"), 53).trailer(&[0; 18]),
+        XDP_TX,
+    );
+    encap(
+        "IPv6 with hop-by-hop and destination options before TCP",
+        Packet::tcp(c6, 40001, ip("2001:db8:203::10"), 443, SYN)
+            .ipv6_ext(Ext::HopByHop { len8: 0 })
+            .ipv6_ext(Ext::DestOpts { len8: 1 }),
+        XDP_TX,
+    );
+    encap(
+        "IPv6 atomic fragment (offset 0, no M): carries its ports, balanced",
+        Packet::tcp(c6, 40002, ip("2001:db8:203::10"), 443, SYN).ipv6_ext(Ext::Fragment {
+            offset: 0,
+            more: false,
+            id: 7,
+        }),
+        XDP_TX,
+    );
+    encap(
+        "backend reached through another interface: redirected",
+        Packet::tcp(c4, 40000, ip("203.0.113.70"), 80, SYN),
+        XDP_REDIRECT,
+    );
+
+    // Next hop not resolved yet: encapsulated, original MACs, handed to the kernel.
+    let p = Packet::tcp(c4, 40000, ip("203.0.113.80"), 80, SYN);
+    let pred = lab.lb.predict(&p.build()).unwrap().unwrap();
+    let backend = lab.backend_addr(pred.backend());
+    let frame = p.encapsulated(
+        IpAddr::V4(crate::lab::SOURCE_V4),
+        backend,
+        crate::packet::LB_MAC,
+        crate::packet::ROUTER_MAC,
+        0,
+    );
+    out.push(Fixture {
+        name: "next hop MAC unknown: encapsulated and passed to the kernel to resolve",
+        input: p.build(),
+        action: XDP_PASS,
+        output: Output::Frame(frame),
+        reason: reason::PASS_NO_NEIGH,
+        backend: Some(pred.backend()),
+    });
+
+    // Not VIP traffic: passed byte for byte.
+    let mut pass = |name: &'static str, p: Packet, why: u32| {
+        out.push(Fixture {
+            name,
+            input: p.build(),
+            action: XDP_PASS,
+            output: Output::Unchanged,
+            reason: why,
+            backend: None,
+        });
+    };
+    pass(
+        "ARP request",
+        Packet::arp_request(
+            "192.0.2.1".parse().unwrap(),
+            "203.0.113.10".parse().unwrap(),
+        ),
+        reason::PASS_NOT_IP,
+    );
+    pass(
+        "LLDP frame",
+        Packet::ethertype(0x88cc, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1])
+            .macs([0x01, 0x80, 0xc2, 0, 0, 0x0e], crate::packet::ROUTER_MAC),
+        reason::PASS_NOT_IP,
+    );
+    pass(
+        "tcp4 to another address",
+        Packet::tcp(c4, 40000, ip("203.0.113.11"), 80, SYN),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "tcp4 to the VIP address on another port",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 443, SYN),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "udp4 to the VIP address and port of a TCP VIP",
+        Packet::udp(c4, 40000, ip("203.0.113.10"), 80),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "ICMP echo request to a VIP address",
+        Packet::icmp(c4, ip("203.0.113.10"), 8, 0, &[0, 1, 0, 1]),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "GRE (another protocol) to a VIP address",
+        Packet::ip_proto(c4, ip("203.0.113.10"), 47).payload(&[0; 8]),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "tcp6 to another address",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::11"), 443, SYN),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "tcp4 from the LB host's own subnet to a non-VIP",
+        Packet::tcp(ip("198.51.100.21"), 22, ip("198.51.100.1"), 40000, ACK),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "two VLAN tags (QinQ) in front of a VIP packet: not parsed",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN)
+            .vlan_tpid(ETH_P_8021AD, 10)
+            .vlan_tpid(ETH_P_8021Q, 20),
+        reason::PASS_NOT_IP,
+    );
+    pass(
+        "IPv4 header cut short",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).truncate(14 + 16),
+        reason::PASS_BAD_IP,
+    );
+    pass(
+        "IPv4 IHL below 5",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ipv4_ihl(4),
+        reason::PASS_BAD_IP,
+    );
+    pass(
+        "IPv4 total length beyond the frame",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ipv4_total_len(200),
+        reason::PASS_BAD_IP,
+    );
+    pass(
+        "IPv6 payload length beyond the frame",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN).ipv6_payload_len(400),
+        reason::PASS_BAD_IP,
+    );
+    pass(
+        "fragment to a non-VIP address",
+        Packet::udp(c4, 1, ip("203.0.113.11"), 53).ipv4_frag(0x2000),
+        reason::PASS_NOT_VIP,
+    );
+
+    // VIP traffic that cannot be forwarded: dropped with a reason.
+    let mut drop = |name: &'static str, p: Packet, why: u32| {
+        out.push(Fixture {
+            name,
+            input: p.build(),
+            action: XDP_DROP,
+            output: Output::Unchanged,
+            reason: why,
+            backend: None,
+        });
+    };
+    drop(
+        "first IPv4 fragment (MF) to a VIP",
+        Packet::udp(c4, 5000, ip("203.0.113.10"), 53)
+            .payload(&[1; 64])
+            .ipv4_frag(0x2000),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        "later IPv4 fragment (offset) to a VIP address",
+        Packet::ip_proto(c4, ip("203.0.113.10"), 17)
+            .payload(&[1; 64])
+            .ipv4_frag(0x0010),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        "IPv6 fragment to a VIP",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN).ipv6_ext(Ext::Fragment {
+            offset: 0,
+            more: true,
+            id: 9,
+        }),
+        reason::DROP_FRAGMENT,
+    );
+    drop(
+        "TCP header cut short inside a consistent IP packet",
+        Packet::ip_proto(c4, ip("203.0.113.10"), TCP)
+            .payload(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0]),
+        reason::DROP_MALFORMED,
+    );
+    drop(
+        "TCP data offset below 5",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).tcp_data_offset(4),
+        reason::DROP_MALFORMED,
+    );
+    drop(
+        "UDP length 0",
+        Packet::udp(c4, 5000, ip("203.0.113.10"), 53).udp_len(0),
+        reason::DROP_MALFORMED,
+    );
+    drop(
+        "IPv6 extension chain longer than the parser walks",
+        long_ext_chain(c6),
+        reason::DROP_MALFORMED,
+    );
+    drop(
+        "VIP with no backend",
+        Packet::tcp(c4, 40000, ip("203.0.113.50"), 80, SYN),
+        reason::DROP_NO_BACKEND,
+    );
+    drop(
+        "backend behind an unreachable route",
+        Packet::tcp(c4, 40000, ip("203.0.113.60"), 80, SYN),
+        reason::DROP_NO_ROUTE,
+    );
+    drop(
+        "IPv6 VIP with an IPv4 backend (cannot be encapsulated)",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::30"), 80, SYN),
+        reason::DROP_FAMILY,
+    );
+    let _ = (ICMP, RST);
+    out
+}
+
+fn long_ext_chain(c6: IpAddr) -> Packet {
+    let mut p = Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN);
+    for _ in 0..=lb_common::parse::MAX_IPV6_EXT_HEADERS {
+        p = p.ipv6_ext(Ext::DestOpts { len8: 0 });
+    }
+    p
+}
+
+/// Runs one fixture in the lab and checks action, output and counters; returns an error
+/// message instead of panicking so a test can report every failing fixture at once.
+pub fn check(lab: &Lab, f: &Fixture) -> Result<(), String> {
+    let before = lab.lb.global_stats().map_err(|e| e.to_string())?;
+    let (action, out) = lab.run(&f.input);
+    let after = lab.lb.global_stats().map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    if action != f.action {
+        problems.push(format!("action {action}, expected {}", f.action));
+    }
+    let want = match &f.output {
+        Output::Unchanged => &f.input,
+        Output::Frame(w) => w,
+    };
+    if &out != want {
+        problems.push(format!(
+            "output differs: {}",
+            crate::packet::diff(&out, want)
+        ));
+    }
+    let moved: Vec<(usize, u64)> = after
+        .iter()
+        .zip(&before)
+        .enumerate()
+        .filter(|(_, (a, b))| a != b)
+        .map(|(i, (a, b))| (i, a - b))
+        .collect();
+    let expected = {
+        let mut e = vec![
+            (f.action as usize, 1u64),
+            ((ACTIONS + f.reason) as usize, 1u64),
+        ];
+        e.sort();
+        e
+    };
+    if moved != expected {
+        let names = |v: &[(usize, u64)]| {
+            v.iter()
+                .map(|(i, d)| format!("{}+{d}", counter_name(*i as u32)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        problems.push(format!(
+            "counters moved [{}], expected [{}]",
+            names(&moved),
+            names(&expected)
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}: {}", f.name, problems.join("; ")))
+    }
+}
+
+/// Name of a global counter index.
+pub fn counter_name(i: u32) -> String {
+    if i < ACTIONS {
+        format!("action:{}", lb_common::stats::ACTION_NAMES[i as usize])
+    } else {
+        format!("reason:{}", reason::NAMES[(i - ACTIONS) as usize])
+    }
+}

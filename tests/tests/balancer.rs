@@ -1,0 +1,231 @@
+//! The balancer's golden fixtures, run on the real program through BPF_PROG_TEST_RUN.
+
+use xlb_tests::{fixtures, lab::Lab};
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn golden_fixtures() {
+    let lab = Lab::new();
+    let all = fixtures::balancer_fixtures(&lab);
+    assert!(all.len() >= 30, "only {} fixtures", all.len());
+    let failures: Vec<String> = all
+        .iter()
+        .filter_map(|f| fixtures::check(&lab, f).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+use lb_common::{BACKEND_DOWN, BACKEND_DRAINING, hash::flow_hash};
+use xlb_tests::{
+    fixtures::{XDP_TX, client4},
+    packet::{ACK, Packet, RST, SYN, diff},
+};
+
+fn vip_addr() -> std::net::IpAddr {
+    "203.0.113.10".parse().unwrap()
+}
+
+/// Sends `p` and checks it went out encapsulated to backend `id`.
+fn assert_sent_to(lab: &Lab, p: &Packet, id: u32) {
+    let (action, out) = lab.run(&p.build());
+    assert_eq!(action, XDP_TX, "action");
+    let backend = lab.backend_addr(id);
+    let source = std::net::IpAddr::V4(xlb_tests::lab::SOURCE_V4);
+    let hash = lab.lb.predict(&p.build()).unwrap().unwrap().hash;
+    let want = p.encapsulated(
+        source,
+        backend,
+        xlb_tests::lab::neighbour_mac(backend),
+        xlb_tests::packet::LB_MAC,
+        hash,
+    );
+    assert!(
+        out == want,
+        "not sent to backend {id} ({backend}): {}",
+        diff(&out, &want)
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn established_flow_keeps_its_backend_when_the_table_changes() {
+    let mut lab = Lab::new();
+    let syn = Packet::tcp(client4(), 41000, vip_addr(), 80, SYN);
+    let first = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+    assert_sent_to(&lab, &syn, first);
+    // A new table without that backend (it stays active: e.g. a weight change).
+    let others: Vec<u32> = lab.backend_ids[0]
+        .iter()
+        .copied()
+        .filter(|&b| b != first)
+        .collect();
+    lab.switch_table("web4", &others);
+    let ack = Packet::tcp(client4(), 41000, vip_addr(), 80, ACK).payload(b"more");
+    assert_sent_to(&lab, &ack, first);
+    // A new flow follows the new table.
+    let fresh = Packet::tcp(client4(), 41001, vip_addr(), 80, SYN);
+    let p = lab.lb.predict(&fresh.build()).unwrap().unwrap();
+    assert!(
+        others.contains(&p.backend()),
+        "new flow predicted on {}",
+        p.backend()
+    );
+    assert_sent_to(&lab, &fresh, p.backend());
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn rst_is_forwarded_but_not_remembered() {
+    let lab = Lab::new();
+    let rst = Packet::tcp(client4(), 42000, vip_addr(), 80, RST);
+    let p = lab.lb.predict(&rst.build()).unwrap().unwrap();
+    assert_sent_to(&lab, &rst, p.backend());
+    assert_eq!(
+        lab.lb.flow(&p.flow).unwrap(),
+        None,
+        "an RST must not create a flow entry"
+    );
+    let syn = Packet::tcp(client4(), 42000, vip_addr(), 80, SYN);
+    assert_sent_to(&lab, &syn, p.backend());
+    assert_eq!(
+        lab.lb.flow(&p.flow).unwrap().map(|v| v.backend),
+        Some(p.backend())
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn flows_of_a_down_backend_move_and_drained_ones_stay() {
+    let mut lab = Lab::new();
+    // Find two flows on two different backends.
+    let mut flows = Vec::new();
+    for port in 43000..43100 {
+        let syn = Packet::tcp(client4(), port, vip_addr(), 80, SYN);
+        let b = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+        if flows.iter().all(|(_, other)| *other != b) {
+            assert_sent_to(&lab, &syn, b);
+            flows.push((port, b));
+        }
+        if flows.len() == 2 {
+            break;
+        }
+    }
+    let [(down_port, down), (drain_port, drained)] = flows[..] else {
+        panic!("two backends")
+    };
+    let survivors: Vec<u32> = lab.backend_ids[0]
+        .iter()
+        .copied()
+        .filter(|&b| b != down && b != drained)
+        .collect();
+    lab.switch_table("web4", &survivors);
+    lab.set_backend_state(down, BACKEND_DOWN, 1);
+    lab.set_backend_state(drained, BACKEND_DRAINING, 1);
+
+    // The drained backend keeps its flow.
+    assert_sent_to(
+        &lab,
+        &Packet::tcp(client4(), drain_port, vip_addr(), 80, ACK),
+        drained,
+    );
+    // The down backend's flow moves to the new table's choice, and is remembered there.
+    let ack = Packet::tcp(client4(), down_port, vip_addr(), 80, ACK);
+    let p = lab.lb.predict(&ack.build()).unwrap().unwrap();
+    assert_eq!(p.remembered, None, "a down backend must not keep flows");
+    assert!(survivors.contains(&p.maglev_backend));
+    assert_sent_to(&lab, &ack, p.maglev_backend);
+    assert_eq!(
+        lab.lb.flow(&p.flow).unwrap().map(|v| v.backend),
+        Some(p.maglev_backend)
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_reused_backend_id_does_not_inherit_flows() {
+    let mut lab = Lab::new();
+    let syn = Packet::tcp(client4(), 44000, vip_addr(), 80, SYN);
+    let first = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+    assert_sent_to(&lab, &syn, first);
+    // The id is given to another backend (new generation); the table no longer has it.
+    let others: Vec<u32> = lab.backend_ids[0]
+        .iter()
+        .copied()
+        .filter(|&b| b != first)
+        .collect();
+    lab.switch_table("web4", &others);
+    lab.set_backend_state(first, lb_common::BACKEND_ACTIVE, 2);
+    let ack = Packet::tcp(client4(), 44000, vip_addr(), 80, ACK);
+    let p = lab.lb.predict(&ack.build()).unwrap().unwrap();
+    assert_eq!(p.remembered, None);
+    assert_sent_to(&lab, &ack, p.maglev_backend);
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn counters_move_by_exactly_what_was_sent() {
+    let lab = Lab::new();
+    let (vip_id, _) = lab.vip("web4");
+    let mut per_backend = std::collections::HashMap::<u32, (u64, u64, u64)>::new();
+    let mut bytes_total = 0;
+    // 40 flows of 3 packets each (SYN, data, FIN).
+    for port in 45000..45040u16 {
+        for (i, flags) in [SYN, ACK, ACK | lb_common::parse::TCP_FIN]
+            .into_iter()
+            .enumerate()
+        {
+            let p = Packet::tcp(client4(), port, vip_addr(), 80, flags).payload(&vec![
+                7u8;
+                usize::from(
+                    port % 50
+                )
+            ]);
+            let pred = lab.lb.predict(&p.build()).unwrap().unwrap();
+            let (action, _) = lab.run(&p.build());
+            assert_eq!(action, XDP_TX);
+            let len = p.ip_bytes().len() as u64;
+            bytes_total += len;
+            let e = per_backend.entry(pred.backend()).or_default();
+            e.0 += 1;
+            e.1 += len;
+            e.2 += u64::from(i == 0);
+        }
+    }
+    let vs = lab.lb.vip_stats(vip_id).unwrap();
+    assert_eq!((vs.packets, vs.bytes, vs.new_flows), (120, bytes_total, 40));
+    assert_eq!((vs.flow_hits, vs.flow_misses), (80, 40));
+    for id in &lab.backend_ids[0] {
+        let s = lab.lb.backend_stats(*id).unwrap();
+        let want = per_backend.get(id).copied().unwrap_or_default();
+        assert_eq!((s.packets, s.bytes, s.new_flows), want, "backend {id}");
+    }
+    assert!(
+        per_backend.len() >= 2,
+        "flows should spread over backends: {per_backend:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn ipv6_outer_flow_label_is_the_flow_hash_on_every_packet() {
+    let lab = Lab::new();
+    let c6: std::net::IpAddr = "2001:db8:c::7".parse().unwrap();
+    let vip: std::net::IpAddr = "2001:db8:203::10".parse().unwrap();
+    let syn = Packet::tcp(c6, 46000, vip, 443, SYN);
+    let p = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    let label = |out: &[u8]| u32::from_be_bytes([0, out[15] & 0x0f, out[16], out[17]]);
+    let (_, first) = lab.run(&syn.build());
+    let (_, second) = lab.run(&Packet::tcp(c6, 46000, vip, 443, ACK).build());
+    assert_eq!(label(&first), flow_hash(&p.flow) & 0xfffff);
+    assert_eq!(
+        label(&first),
+        label(&second),
+        "label must not change once the flow is remembered"
+    );
+}
