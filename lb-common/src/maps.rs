@@ -78,11 +78,19 @@ pub const BACKEND_DRAINING: u8 = 2;
 /// Backend is down (unhealthy or removed): flows pinned to it are moved elsewhere.
 pub const BACKEND_DOWN: u8 = 3;
 
+/// `Backend::admin`: an operator drained this backend (`xlb backend drain`); it stays
+/// drained across daemon restarts until undrained.
+pub const ADMIN_F_DRAINED: u8 = 1;
+/// `Backend::admin`: the backend was removed and is serving out its deregistration delay.
+pub const ADMIN_F_REMOVING: u8 = 2;
+
 /// Value of the `BACKENDS` array, indexed by backend id. Id 0 is never used, so an all-zero
 /// Maglev entry means "no backend".
 ///
 /// A backend id belongs to one (VIP, backend address) pair; its counters in
-/// `BACKEND_STATS` are indexed by the same id.
+/// `BACKEND_STATS` are indexed by the same id. The data plane reads `addr`, `family`,
+/// `state` and `generation`; `admin`, `vip` and `weight` are the controller's, kept here so
+/// a restarted controller finds its whole state in the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
@@ -91,13 +99,19 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_*`.
     pub state: u8,
+    /// `ADMIN_F_*` bits.
+    pub admin: u8,
     /// Must be zero.
-    pub reserved: [u8; 2],
+    pub reserved: u8,
     /// Bumped every time the id is given to a new backend, so flows remembered for the
     /// previous owner of the id are not sent to the new one.
     pub generation: u32,
+    /// `VipInfo::id` of the VIP this backend serves.
+    pub vip: u32,
+    /// Maglev weight.
+    pub weight: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend>() == 32);
 
 impl Backend {
     /// Whether a remembered flow to this backend (made under `generation`) may stay.

@@ -5,8 +5,15 @@
 //! end-to-end tests and benchmarks use the library directly. Nothing here runs per packet:
 //! the data plane is the XDP program in `lb-ebpf`.
 
+pub mod api;
+pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod engine;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod predict;
 pub mod programs;
+pub mod stats;

@@ -1,42 +1,451 @@
-fn main() {
-    let limits = xlb::dataplane::Limits {
-        max_vips: 4,
-        max_backends: 64,
-        flow_table_entries: 1024,
-        maglev_size: 65537,
-    };
-    match xlb::dataplane::Balancer::load(limits, None) {
-        Ok(_) => println!("balancer loaded"),
-        Err(e) => {
-            println!("error: {e}");
-            let mut s: &dyn std::error::Error = &e;
-            while let Some(src) = s.source() {
-                println!("  caused by: {src}");
-                s = src;
-            }
+//! `xlb`: the command line. `xlb run` is the daemon; `check` and `decap` work alone; every
+//! other command is a client of the daemon's local API.
+//!
+//! Exit codes: 0 success; 1 the operation was refused or failed (the message says why,
+//! nothing was changed); 2 bad command line; 3 the daemon could not be reached.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use xlb::{
+    api::{self, ClientError, Request, Response},
+    config::{self, Config, HashMode, VipId, XdpModeSetting},
+    daemon, decap, stats,
+};
+
+const EXAMPLES: &str = "Examples:
+  xlb run --config /etc/xlb/xlb.toml            start the daemon (foreground)
+  xlb check -c /etc/xlb/xlb.toml                validate a configuration
+  xlb apply -f /etc/xlb/xlb.toml                apply a changed configuration
+  xlb status                                    VIPs, backends, health, counters
+  xlb stats --watch 1                           counters with rates, refreshed every second
+  xlb backend drain 203.0.113.10:80/tcp 198.51.100.21
+  xlb vip add 203.0.113.20:443/tcp --hash source-address
+  xlb decap --iface eth0                        on a backend: decapsulate what balancers send
+
+Exit codes: 0 ok, 1 refused or failed (nothing changed), 2 bad usage, 3 daemon unreachable.";
+
+#[derive(Parser)]
+#[command(name = "xlb", version, about = "An XDP L4 load balancer with Maglev consistent hashing", after_help = EXAMPLES)]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Output format of listings.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground: attach the balancer, apply the configuration, serve
+    /// the API and metrics, check health. Stopping it leaves the data plane forwarding.
+    #[command(after_help = "Example:\n  xlb run --config /etc/xlb/xlb.toml --iface eth0\n\nSIGHUP reloads the configuration file; SIGTERM stops the daemon (forwarding continues).")]
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The interface to attach to (overrides dataplane.interface).
+        #[arg(long)]
+        iface: Option<String>,
+        /// XDP attachment mode (overrides dataplane.xdp_mode).
+        #[arg(long, value_enum)]
+        xdp_mode: Option<Mode>,
+    },
+    /// Validate a configuration file without applying it.
+    #[command(after_help = "Example:\n  xlb check -c /etc/xlb/xlb.toml")]
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Apply a configuration file to the running daemon: VIPs and backends are added,
+    /// removed or changed; unchanged VIPs keep their tables and flows.
+    #[command(after_help = "Example:\n  xlb apply -f /etc/xlb/xlb.toml")]
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Add, remove or list VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, remove, drain, undrain or reweight backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// VIPs and backends with weight, health, state and counters.
+    Status,
+    /// Counters per VIP and backend, with rates.
+    #[command(after_help = "Example:\n  xlb stats --watch 2")]
+    Stats {
+        /// Refresh every INTERVAL seconds (default 1) until interrupted.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "INTERVAL")]
+        watch: Option<f64>,
+    },
+    /// On a backend: decapsulate packets that balancers send to this host's addresses.
+    #[command(after_help = "Examples:\n  xlb decap --iface eth0\n  xlb decap --iface eth0 --address 198.51.100.21\n  xlb decap --iface eth0 --detach")]
+    Decap(DecapArgs),
+    /// Detach the balancer and remove its pinned maps (remembered flows and counters are lost).
+    #[command(after_help = "Examples:\n  xlb teardown                   ask the running daemon to tear down and stop\n  xlb teardown --iface eth0      without a daemon: remove the pins for eth0")]
+    Teardown {
+        /// Interface whose pins to remove when no daemon is running.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Pin directory (as in daemon.pin_dir).
+        #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Hash {
+    #[value(name = "5-tuple")]
+    FiveTuple,
+    #[value(name = "source-address")]
+    SourceAddress,
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    /// Add a VIP (ADDRESS:PORT/PROTOCOL; port 0 takes every port).
+    #[command(after_help = "Example:\n  xlb vip add 203.0.113.10:80/tcp --name web")]
+    Add {
+        vip: VipId,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_enum, default_value_t = Hash::FiveTuple)]
+        hash: Hash,
+    },
+    /// Remove a VIP (its connections end).
+    Del { vip: VipId },
+    /// List VIPs.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Add a backend to a VIP; it takes traffic once its health check passes.
+    #[command(after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50")]
+    Add {
+        vip: VipId,
+        address: IpAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Remove a backend: it keeps its existing flows for the VIP's deregistration delay.
+    Del { vip: VipId, address: IpAddr },
+    /// Stop sending new flows to a backend; existing flows stay. Survives daemon restarts.
+    Drain { vip: VipId, address: IpAddr },
+    /// Let a drained backend take new flows again.
+    Undrain { vip: VipId, address: IpAddr },
+    /// Change a backend's weight (0: no new flows).
+    Weight { vip: VipId, address: IpAddr, weight: u32 },
+}
+
+#[derive(Args)]
+struct DecapArgs {
+    /// The backend's interface that receives encapsulated packets.
+    #[arg(long)]
+    iface: String,
+    /// Decapsulate for these addresses (default: every address of the interface).
+    #[arg(long)]
+    address: Vec<IpAddr>,
+    /// Remove the decapsulator from the interface.
+    #[arg(long)]
+    detach: bool,
+    /// XDP attachment mode.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    xdp_mode: Mode,
+    /// Pin directory.
+    #[arg(long, default_value = "/sys/fs/bpf/xlb-decap")]
+    pin_dir: PathBuf,
+}
+
+/// A failure with its exit code.
+struct Failure(u8, String);
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect { .. } => Failure(3, e.to_string()),
+            other => Failure(1, other.to_string()),
         }
     }
-    for (obj, progs) in [
-        (xlb::programs::DECAP, &["xlb_decap"][..]),
-        (
-            xlb::programs::REFERENCE,
-            &["xlb_pass", "xlb_tx", "xlb_macswap"][..],
-        ),
-    ] {
-        let mut e = aya::Ebpf::load(obj).unwrap();
-        for p in progs {
-            let x: &mut aya::programs::Xdp = e.program_mut(p).unwrap().try_into().unwrap();
-            match x.load() {
-                Ok(()) => println!("{p} loaded"),
-                Err(e) => {
-                    println!("{p}: {e}");
-                    let mut s: &dyn std::error::Error = &e;
-                    while let Some(src) = s.source() {
-                        println!("  caused by: {src}");
-                        s = src;
-                    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, msg)) => {
+            eprintln!("xlb: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn hash_mode(h: Hash) -> HashMode {
+    match h {
+        Hash::FiveTuple => HashMode::FiveTuple,
+        Hash::SourceAddress => HashMode::SourceAddress,
+    }
+}
+
+fn mode(m: Mode) -> XdpModeSetting {
+    match m {
+        Mode::Auto => XdpModeSetting::Auto,
+        Mode::Native => XdpModeSetting::Native,
+        Mode::Generic => XdpModeSetting::Generic,
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let json = cli.output == Output::Json;
+    let request = |req: Request| -> Result<Response, Failure> {
+        let r = api::call(&cli.socket, &req, TIMEOUT)?;
+        if r.ok { Ok(r) } else { Err(Failure(1, r.error.unwrap_or_else(|| "refused".to_owned()))) }
+    };
+    let print_changes = |r: Response| {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&r.changes).expect("serialisable"));
+        } else {
+            for c in r.changes {
+                println!("{c}");
+            }
+        }
+    };
+    match cli.command {
+        Command::Run { config, iface, xdp_mode } => {
+            init_logging();
+            let opts = daemon::RunOptions { config, iface, xdp_mode: xdp_mode.map(mode) };
+            daemon::run(opts).map_err(|e| Failure(1, format!("{e:#}").replace('\n', " ")))
+        }
+        Command::Check { config } => {
+            let c = Config::load(&config).map_err(|e| Failure(1, e.to_string()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c).expect("serialisable"));
+            } else {
+                let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
+                println!("{}: valid ({} VIPs, {backends} backends)", config.display(), c.vips.len());
+            }
+            Ok(())
+        }
+        Command::Apply { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Failure(1, format!("cannot read {}: {e}", file.display())))?;
+            // Validate locally first: a clear error even when no daemon runs.
+            Config::parse(&text, &file.display().to_string()).map_err(|e| Failure(1, e.to_string()))?;
+            print_changes(request(Request::Apply { config: text, origin: file.display().to_string() })?);
+            Ok(())
+        }
+        Command::Vip(VipCommand::Add { vip, name, hash }) => {
+            print_changes(request(Request::VipAdd { vip, name, hash: hash_mode(hash) })?);
+            Ok(())
+        }
+        Command::Vip(VipCommand::Del { vip }) => {
+            print_changes(request(Request::VipDel { vip })?);
+            Ok(())
+        }
+        Command::Vip(VipCommand::List) => {
+            let s = request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            if json {
+                let list: Vec<_> = s
+                    .vips
+                    .iter()
+                    .map(|v| serde_json::json!({"vip": v.vip, "name": v.name, "hash": v.hash, "backends": v.backends.len(), "fail_open": v.fail_open}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list).expect("serialisable"));
+            } else {
+                println!("{:<32} {:<20} {:<15} {:>8}", "VIP", "NAME", "HASH", "BACKENDS");
+                for v in s.vips {
+                    println!("{:<32} {:<20} {:<15} {:>8}", v.vip.to_string(), v.name, v.hash.to_string(), v.backends.len());
                 }
             }
+            Ok(())
+        }
+        Command::Backend(b) => {
+            let req = match b {
+                BackendCommand::Add { vip, address, weight } => Request::BackendAdd { vip, address, weight },
+                BackendCommand::Del { vip, address } => Request::BackendDel { vip, address },
+                BackendCommand::Drain { vip, address } => Request::BackendDrain { vip, address },
+                BackendCommand::Undrain { vip, address } => Request::BackendUndrain { vip, address },
+                BackendCommand::Weight { vip, address, weight } => Request::BackendWeight { vip, address, weight },
+            };
+            print_changes(request(req)?);
+            Ok(())
+        }
+        Command::Status => {
+            let s = request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).expect("serialisable"));
+            } else {
+                print!("{}", stats::status_text(&s));
+            }
+            Ok(())
+        }
+        Command::Stats { watch } => {
+            let take = || -> Result<api::Snapshot, Failure> {
+                request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))
+            };
+            let Some(interval) = watch else {
+                let s = take()?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&s).expect("serialisable"));
+                } else {
+                    print!("{}", stats::stats_table(&s, None));
+                }
+                return Ok(());
+            };
+            let interval = Duration::from_secs_f64(interval.max(0.1));
+            let mut previous = take()?;
+            loop {
+                std::thread::sleep(interval);
+                let now = take()?;
+                if json {
+                    println!("{}", serde_json::to_string(&now).expect("serialisable"));
+                } else {
+                    // Clear the screen and redraw in place.
+                    print!("\x1b[H\x1b[2J{}", stats::stats_table(&now, Some(&previous)));
+                }
+                previous = now;
+            }
+        }
+        Command::Decap(args) => run_decap(args, json),
+        Command::Teardown { iface, pin_dir } => {
+            match api::call(&cli.socket, &Request::Teardown, TIMEOUT) {
+                Ok(r) if r.ok => {
+                    print_changes(r);
+                    return Ok(());
+                }
+                Ok(r) => return Err(Failure(1, r.error.unwrap_or_default())),
+                Err(ClientError::Connect { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let iface = iface.ok_or_else(|| {
+                Failure(3, format!("no daemon answers at {}; pass --iface IF to remove that interface's pins directly", cli.socket.display()))
+            })?;
+            let removed = daemon::teardown_all_layouts(&pin_dir, &iface).map_err(|e| Failure(1, format!("{e:#}")))?;
+            if removed.is_empty() {
+                println!("nothing pinned for {iface} under {}", pin_dir.display());
+            }
+            for p in removed {
+                println!("removed {} (balancer detached)", p.display());
+            }
+            Ok(())
         }
     }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// `xlb decap`: attaches (and pins) the decapsulator, or detaches it.
+fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
+    let pins = args.pin_dir.join(&args.iface);
+    let link_pin = pins.join("link");
+    if args.detach {
+        if !link_pin.exists() {
+            return Err(Failure(1, format!("no decapsulator is attached to {} (no pin at {})", args.iface, link_pin.display())));
+        }
+        daemon::teardown_pins(&pins).map_err(|e| Failure(1, format!("{e:#}")))?;
+        println!("decapsulator detached from {}", args.iface);
+        return Ok(());
+    }
+    let ifidx = daemon::ifindex(&args.iface).ok_or_else(|| Failure(1, format!("--iface: no interface named {:?}", args.iface)))?;
+    let addrs = if args.address.is_empty() { interface_addresses(&args.iface) } else { args.address.clone() };
+    if addrs.is_empty() {
+        return Err(Failure(1, format!("{} has no address to decapsulate for; pass --address", args.iface)));
+    }
+    if link_pin.exists() {
+        return Err(Failure(1, format!("a decapsulator is already attached to {}; `xlb decap --iface {} --detach` first", args.iface, args.iface)));
+    }
+    daemon::ensure_bpffs(&args.pin_dir).map_err(|e| Failure(1, format!("{e:#}")))?;
+    let mut d = decap::Decap::load().map_err(|e| Failure(1, e.to_string()))?;
+    for a in &addrs {
+        d.add_local(*a).map_err(|e| Failure(1, e.to_string()))?;
+    }
+    let xmode = match args.xdp_mode {
+        Mode::Native => aya::programs::XdpMode::Driver,
+        Mode::Generic => aya::programs::XdpMode::Skb,
+        Mode::Auto => aya::programs::XdpMode::Driver,
+    };
+    let link = match d.attach(ifidx, xmode) {
+        Ok(l) => l,
+        Err(_) if matches!(args.xdp_mode, Mode::Auto) => {
+            eprintln!("xlb: native XDP failed on {}; using generic XDP", args.iface);
+            d.attach(ifidx, aya::programs::XdpMode::Skb).map_err(|e| Failure(1, e.to_string()))?
+        }
+        Err(e) => return Err(Failure(1, e.to_string())),
+    };
+    std::fs::create_dir_all(&pins).map_err(|e| Failure(1, format!("cannot create {}: {e}", pins.display())))?;
+    link.pin(&link_pin).map_err(|e| Failure(1, format!("cannot pin {}: {e}", link_pin.display())))?;
+    if json {
+        println!("{}", serde_json::json!({"interface": args.iface, "addresses": addrs}));
+    } else {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        println!("decapsulating on {} for {}", args.iface, list.join(", "));
+    }
+    Ok(())
+}
+
+/// Every address of an interface (from getifaddrs).
+fn interface_addresses(iface: &str) -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we free below; we only read entries it filled.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return out;
+        }
+        let mut p = list;
+        while !p.is_null() {
+            let e = &*p;
+            let name = std::ffi::CStr::from_ptr(e.ifa_name).to_string_lossy();
+            if name == iface && !e.ifa_addr.is_null() {
+                match i32::from((*e.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+            p = e.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    out
 }

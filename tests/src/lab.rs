@@ -275,8 +275,10 @@ impl Lab {
                     addr,
                     family,
                     state: BACKEND_ACTIVE,
-                    reserved: [0; 2],
                     generation: 1,
+                    vip: vid as u32,
+                    weight: 1,
+                    ..Backend::default()
                 };
                 lb.set_backend(next_id, &backend).expect("backend");
                 ids.push(next_id);

@@ -1,0 +1,163 @@
+//! The local API between the daemon and the `xlb` command: one JSON request per line on a
+//! unix socket, one JSON response per line back.
+//!
+//! The socket is created mode 0600 in a 0700 directory: only root can use it. Every
+//! change is validated whole before anything is written; a refused request changes
+//! nothing and its error is one line.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{HashMode, VipId},
+    engine::{Event, Health},
+};
+
+/// A request from the command line to the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Everything: VIPs, backends, health, counters.
+    Status,
+    /// Apply a whole configuration (TOML text); `origin` names it in errors.
+    Apply { config: String, origin: String },
+    /// Re-read the daemon's configuration file and apply it (what SIGHUP does).
+    Reload,
+    VipAdd { vip: VipId, name: Option<String>, hash: HashMode },
+    VipDel { vip: VipId },
+    BackendAdd { vip: VipId, address: IpAddr, weight: Option<u32> },
+    BackendDel { vip: VipId, address: IpAddr },
+    BackendDrain { vip: VipId, address: IpAddr },
+    BackendUndrain { vip: VipId, address: IpAddr },
+    BackendWeight { vip: VipId, address: IpAddr, weight: u32 },
+    /// Detach the balancer, remove every pin, and stop the daemon.
+    Teardown,
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    /// One line, when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What changed (apply and the runtime operations).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+    /// For `Status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Snapshot>,
+}
+
+impl Response {
+    pub fn ok(changes: Vec<String>) -> Self {
+        Self { ok: true, error: None, changes, status: None }
+    }
+
+    pub fn error(message: impl std::fmt::Display) -> Self {
+        Self { ok: false, error: Some(message.to_string().replace('\n', " ")), changes: Vec::new(), status: None }
+    }
+}
+
+/// Counters of a VIP or backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// The state of one backend as `xlb status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub id: u32,
+    pub weight: u32,
+    pub health: Health,
+    /// Why the health is what it is.
+    pub health_reason: String,
+    /// Seconds since the health last changed.
+    pub health_since_secs: u64,
+    /// `active`, `drained`, `deregistering` (removed, serving out its delay), or `down`.
+    pub state: String,
+    /// In the Maglev table: takes new flows.
+    pub takes_new_flows: bool,
+    /// Seconds left of the deregistration delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregistration_left_secs: Option<u64>,
+    pub counters: Counters,
+}
+
+/// The state of one VIP.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub vip: VipId,
+    pub hash: HashMode,
+    /// Every backend is unhealthy and all of them take traffic.
+    pub fail_open: bool,
+    pub counters: Counters,
+    pub flow_hits: u64,
+    pub flow_misses: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// A named global counter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NamedCount {
+    pub name: String,
+    pub value: u64,
+}
+
+/// Everything the daemon knows, read at one moment.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Milliseconds since the Unix epoch when it was taken (for rates).
+    pub taken_at_ms: u64,
+    pub interface: String,
+    /// `native` or `generic`.
+    pub xdp_mode: String,
+    pub vips: Vec<VipStatus>,
+    /// Packets by XDP action.
+    pub actions: Vec<NamedCount>,
+    /// Packets by reason (forwarded, and every pass/drop reason).
+    pub reasons: Vec<NamedCount>,
+    /// Recent transitions, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// Errors of talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the xlb daemon at {path}: {source} (is `xlb run` running? use --socket if it listens elsewhere)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the xlb daemon failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the xlb daemon sent an answer this xlb does not understand: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends one request and waits for the answer (up to `timeout`).
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    Ok(serde_json::from_str(&answer)?)
+}

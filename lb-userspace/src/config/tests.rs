@@ -1,0 +1,168 @@
+use super::*;
+
+const GOOD: &str = r#"
+[dataplane]
+interface = "eth0"
+source_v4 = "198.51.100.10"
+source_v6 = "2001:db8::10"
+flow_table_entries = 100000
+maglev_table_size = 65537
+
+[[vip]]
+name = "web"
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+backends = [ { address = "198.51.100.21", weight = 100 }, { address = "198.51.100.22" } ]
+[vip.health_check]
+protocol = "http"
+path = "/health"
+expect = "200-299,302"
+
+[[vip]]
+address = "2001:db8:203::10"
+port = 443
+hash = "source-address"
+deregistration_delay = "5s"
+backends = [ { address = "2001:db8::21" } ]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml")
+}
+
+/// The error for `GOOD` with `from` replaced by `to`.
+fn error_with(from: &str, to: &str) -> String {
+    assert!(GOOD.contains(from), "{from:?} not in the sample");
+    parse(&GOOD.replacen(from, to, 1)).expect_err("must fail").to_string()
+}
+
+#[test]
+fn good_config() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.dataplane.interface.as_deref(), Some("eth0"));
+    assert_eq!(c.vips.len(), 2);
+    let web = &c.vips[0];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.id.to_string(), "203.0.113.10:80/tcp");
+    assert_eq!(web.backends[1].weight, DEFAULT_WEIGHT);
+    assert_eq!(web.backends[0].health.kind, ProbeKind::Http);
+    assert_eq!(web.backends[0].health.expect, vec![(200, 299), (302, 302)]);
+    assert_eq!(web.backends[0].health.port, 80);
+    assert_eq!(web.deregistration_delay, DEFAULT_DEREGISTRATION_DELAY);
+    let v6 = &c.vips[1];
+    assert_eq!(v6.name, "[2001:db8:203::10]:443/tcp");
+    assert_eq!(v6.hash, HashMode::SourceAddress);
+    assert_eq!(v6.deregistration_delay, Duration::from_secs(5));
+    assert_eq!(v6.backends[0].health.kind, ProbeKind::Tcp);
+    assert_eq!(v6.backends[0].health.interval, health_defaults::INTERVAL);
+    assert_eq!(c.daemon.metrics_address, Some("127.0.0.1:9469".parse().unwrap()));
+}
+
+#[test]
+fn every_error_names_field_value_and_problem() {
+    let cases = [
+        ("\"203.0.113.10\"", "\"203.0.113.300\"", "vip[0].address: \"203.0.113.300\" is not an IP address"),
+        ("port = 80", "port = 70000", "vip[0].port: 70000 is out of range 0-65535"),
+        ("port = 80", "port = -1", "vip[0].port: -1 is out of range 0-65535"),
+        ("protocol = \"tcp\"", "protocol = \"sctp\"", "vip[0].protocol: \"sctp\" is not tcp or udp"),
+        ("maglev_table_size = 65537", "maglev_table_size = 65536", "dataplane.maglev_table_size: 65536 is not prime; use 65537"),
+        ("maglev_table_size = 65537", "maglev_table_size = 101", "dataplane.maglev_table_size: 101 is too small for the 2 backends of VIP 203.0.113.10:80/tcp: Maglev needs at least 100 entries per backend; use 211"),
+        ("{ address = \"2001:db8::21\" }", "{ address = \"198.51.100.30\" }", "vip[1].backends[0].address: IPv4 backend 198.51.100.30 cannot carry IPv6 VIP [2001:db8:203::10]:443/tcp: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address"),
+        ("source_v6 = \"2001:db8::10\"\n", "", "vip[1].backends[0].address: IPv6 backend 2001:db8::21 needs dataplane.source_v6 (the outer source address)"),
+        ("{ address = \"198.51.100.22\" }", "{ address = \"198.51.100.21\" }", "vip[0].backends[1].address: duplicate backend 198.51.100.21 in VIP 203.0.113.10:80/tcp"),
+        ("weight = 100", "weight = 2000000", "vip[0].backends[0].weight: 2000000 is out of range 0-1000000"),
+        ("hash = \"source-address\"", "hash = \"round-robin\"", "vip[1].hash: \"round-robin\" is not \"5-tuple\" or \"source-address\""),
+        ("deregistration_delay = \"5s\"", "deregistration_delay = \"5 parsecs\"", "vip[1].deregistration_delay: \"5 parsecs\" is not a duration like \"500ms\", \"2s\", \"1m\""),
+        ("expect = \"200-299,302\"", "expect = \"299-200\"", "vip[0].health_check.expect: \"299-200\" in \"299-200\" is not a status code or range like 200-299"),
+        ("path = \"/health\"", "path = \"health\"", "vip[0].health_check.path: \"health\" must start with / and have no spaces"),
+        ("source_v4 = \"198.51.100.10\"", "source_v4 = \"2001:db8::1\"", "dataplane.source_v4: \"2001:db8::1\" is not an IPv4 address"),
+        ("interface = \"eth0\"", "interface = \"a/b\"", "dataplane.interface: \"a/b\" is not a valid interface name"),
+    ];
+    for (from, to, want) in cases {
+        assert_eq!(error_with(from, to), want, "replacing {from:?} with {to:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_give_the_line() {
+    let e = error_with("flow_table_entries = 100000", "flow_table_entrys = 100000");
+    assert!(e.starts_with("test.toml:6: unknown field `flow_table_entrys`"), "{e}");
+    assert!(!e.contains('\n'));
+    let e = error_with("[[vip]]\nname", "[[vip]\nname");
+    assert!(e.starts_with("test.toml:"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn duplicate_vip() {
+    let text = format!("{GOOD}\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\n");
+    assert_eq!(
+        parse(&text).unwrap_err().to_string(),
+        "vip[2].address: duplicate VIP 203.0.113.10:80/tcp (also vip[0])"
+    );
+    // Same address and port, other protocol: a different VIP.
+    let text = format!("{GOOD}\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n");
+    assert!(parse(&text).is_ok());
+}
+
+#[test]
+fn any_port_vip_needs_a_health_check_port() {
+    let text = "[dataplane]\nsource_v4 = \"198.51.100.10\"\n[[vip]]\naddress = \"203.0.113.10\"\nport = 0\nbackends = [{ address = \"198.51.100.21\" }]\n";
+    assert_eq!(
+        parse(text).unwrap_err().to_string(),
+        "vip[0].health_check.port: required for a VIP with port 0 (every port): which port should be probed?"
+    );
+    let ok = text.replace("port = 0\n", "port = 0\nhealth_check = { port = 22 }\n");
+    assert_eq!(parse(&ok).unwrap().vips[0].backends[0].health.port, 22);
+}
+
+#[test]
+fn health_overrides_layer_global_vip_backend() {
+    let text = r#"
+[dataplane]
+source_v4 = "198.51.100.10"
+[health_check]
+interval = "10s"
+timeout = "3s"
+[[vip]]
+address = "203.0.113.10"
+port = 80
+health_check = { protocol = "http", path = "/ping" }
+backends = [
+  { address = "198.51.100.21" },
+  { address = "198.51.100.22", health_check = { port = 8080, timeout = "1s" } },
+]
+"#;
+    let c = parse(text).unwrap();
+    let (a, b) = (&c.vips[0].backends[0].health, &c.vips[0].backends[1].health);
+    assert_eq!((a.kind, a.port, a.path.as_str(), a.interval, a.timeout), (ProbeKind::Http, 80, "/ping", Duration::from_secs(10), Duration::from_secs(3)));
+    assert_eq!((b.kind, b.port, b.path.as_str(), b.interval, b.timeout), (ProbeKind::Http, 8080, "/ping", Duration::from_secs(10), Duration::from_secs(1)));
+    let bad = text.replace("timeout = \"1s\"", "timeout = \"20s\"");
+    assert_eq!(
+        parse(&bad).unwrap_err().to_string(),
+        "vip[0].backends[1].health_check.timeout: 20s must be above zero and at most the interval (10s)"
+    );
+}
+
+#[test]
+fn limits_are_checked() {
+    let text = "[dataplane]\nmax_vips = 1\nsource_v4 = \"198.51.100.10\"\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\n[[vip]]\naddress = \"203.0.113.11\"\nport = 80\n";
+    assert_eq!(parse(text).unwrap_err().to_string(), "dataplane.max_vips: 2 VIPs are configured but max_vips is 1");
+}
+
+#[test]
+fn vip_id_parsing() {
+    assert_eq!("203.0.113.10:80/tcp".parse::<VipId>().unwrap().to_string(), "203.0.113.10:80/tcp");
+    assert_eq!("[2001:db8::1]:53/udp".parse::<VipId>().unwrap().to_string(), "[2001:db8::1]:53/udp");
+    assert_eq!("203.0.113.10:80".parse::<VipId>().unwrap().protocol, Protocol::Tcp);
+    assert!("203.0.113.10/tcp".parse::<VipId>().is_err());
+    assert!("203.0.113.10:80/icmp".parse::<VipId>().is_err());
+}
+
+#[test]
+fn primes() {
+    assert!(is_prime(65_537) && is_prime(1_048_573) && !is_prime(65_536) && !is_prime(1));
+    assert_eq!(next_prime(65_536), 65_537);
+    assert_eq!(next_prime(1_048_576), 1_048_583);
+}

@@ -1,0 +1,112 @@
+//! The Prometheus endpoint: renders a [`Snapshot`] (read from the maps at scrape time) in
+//! the Prometheus text format with prometheus-client.
+//!
+//! Names follow Prometheus conventions (`_total` on counters, units in the name):
+//! `xlb_backend_packets_total{vip="203.0.113.10:80/tcp",vip_name="web",backend="198.51.100.21"}`,
+//! `xlb_backend_healthy`, `xlb_drops_total{reason="no_backend"}`, `xlb_build_info`.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::{Registry, Unit},
+};
+
+use crate::{api::Snapshot, engine::Health};
+
+type Labels = Vec<(String, String)>;
+
+fn family<M: prometheus_client::metrics::TypedMetric + Default + Clone + Send + Sync + 'static + std::fmt::Debug>(
+) -> Family<Labels, M>
+where
+    M: prometheus_client::encoding::EncodeMetric,
+{
+    Family::default()
+}
+
+/// The metrics text for a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut r = Registry::default();
+    r.register(
+        "xlb_build",
+        "xlb version",
+        Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+    );
+
+    let vip_packets: Family<Labels, Counter> = family();
+    let vip_bytes: Family<Labels, Counter> = family();
+    let vip_flows: Family<Labels, Counter> = family();
+    let vip_hits: Family<Labels, Counter> = family();
+    let vip_misses: Family<Labels, Counter> = family();
+    let vip_fail_open: Family<Labels, Gauge> = family();
+    let be_packets: Family<Labels, Counter> = family();
+    let be_bytes: Family<Labels, Counter> = family();
+    let be_flows: Family<Labels, Counter> = family();
+    let be_healthy: Family<Labels, Gauge> = family();
+    let be_weight: Family<Labels, Gauge> = family();
+    let be_new_flows_ok: Family<Labels, Gauge> = family();
+    let be_state: Family<Labels, Gauge> = family();
+
+    for v in &s.vips {
+        let l: Labels = vec![("vip".to_owned(), v.vip.to_string()), ("vip_name".to_owned(), v.name.clone())];
+        vip_packets.get_or_create(&l).inc_by(v.counters.packets);
+        vip_bytes.get_or_create(&l).inc_by(v.counters.bytes);
+        vip_flows.get_or_create(&l).inc_by(v.counters.new_flows);
+        vip_hits.get_or_create(&l).inc_by(v.flow_hits);
+        vip_misses.get_or_create(&l).inc_by(v.flow_misses);
+        vip_fail_open.get_or_create(&l).set(i64::from(v.fail_open));
+        for b in &v.backends {
+            let mut bl = l.clone();
+            bl.push(("backend".to_owned(), b.address.to_string()));
+            be_packets.get_or_create(&bl).inc_by(b.counters.packets);
+            be_bytes.get_or_create(&bl).inc_by(b.counters.bytes);
+            be_flows.get_or_create(&bl).inc_by(b.counters.new_flows);
+            be_healthy.get_or_create(&bl).set(i64::from(b.health == Health::Healthy));
+            be_weight.get_or_create(&bl).set(i64::from(b.weight));
+            be_new_flows_ok.get_or_create(&bl).set(i64::from(b.takes_new_flows));
+            for state in ["active", "drained", "deregistering", "down"] {
+                let mut sl = bl.clone();
+                sl.push(("state".to_owned(), state.to_owned()));
+                be_state.get_or_create(&sl).set(i64::from(b.state == state));
+            }
+        }
+    }
+    r.register("xlb_vip_packets", "Packets forwarded for the VIP", vip_packets);
+    r.register_with_unit("xlb_vip", "Bytes (IP length, as received) forwarded for the VIP", Unit::Bytes, vip_bytes);
+    r.register("xlb_vip_new_flows", "Flows remembered in the flow table for the VIP", vip_flows);
+    r.register("xlb_vip_flow_table_hits", "Packets whose flow was in the flow table", vip_hits);
+    r.register("xlb_vip_flow_table_misses", "Packets that went through Maglev", vip_misses);
+    r.register("xlb_vip_fail_open", "1 when every backend is unhealthy and all of them take traffic", vip_fail_open);
+    r.register("xlb_backend_packets", "Packets sent to the backend", be_packets);
+    r.register_with_unit("xlb_backend", "Bytes (IP length, before encapsulation) sent to the backend", Unit::Bytes, be_bytes);
+    r.register("xlb_backend_new_flows", "New flows sent to the backend", be_flows);
+    r.register("xlb_backend_healthy", "1 when the backend's health checks pass", be_healthy);
+    r.register("xlb_backend_weight", "Maglev weight of the backend", be_weight);
+    r.register("xlb_backend_takes_new_flows", "1 when the backend is in its VIP's Maglev table", be_new_flows_ok);
+    r.register("xlb_backend_state", "1 for the backend's administrative state", be_state);
+
+    let actions: Family<Labels, Counter> = family();
+    for a in &s.actions {
+        actions.get_or_create(&vec![("action".to_owned(), a.name.clone())]).inc_by(a.value);
+    }
+    r.register("xlb_xdp_actions", "Packets seen by the balancer, by XDP action", actions);
+    let drops: Family<Labels, Counter> = family();
+    let passes: Family<Labels, Counter> = family();
+    let forwarded: Counter = Counter::default();
+    for c in &s.reasons {
+        let l = vec![("reason".to_owned(), c.name.clone())];
+        if c.name == "forwarded" {
+            forwarded.inc_by(c.value);
+        } else if crate::stats::is_pass_reason(&c.name) {
+            passes.get_or_create(&l).inc_by(c.value);
+        } else {
+            drops.get_or_create(&l).inc_by(c.value);
+        }
+    }
+    r.register("xlb_forwarded_packets", "Packets encapsulated and sent to a backend", forwarded);
+    r.register("xlb_passes", "Packets left to the kernel, by reason", passes);
+    r.register("xlb_drops", "Packets dropped, by reason", drops);
+
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a String cannot fail");
+    out
+}

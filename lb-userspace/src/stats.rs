@@ -1,0 +1,223 @@
+//! Counters: reading them from the maps into a [`Snapshot`], and printing them
+//! (`xlb status`, `xlb stats` with rates).
+
+use std::{
+    fmt::Write as _,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use lb_common::stats::{ACTION_NAMES, ACTIONS, reason};
+
+use crate::{
+    api::{BackendStatus, Counters, NamedCount, Snapshot, VipStatus},
+    dataplane::DataplaneError,
+    engine::{Engine, ago},
+};
+
+/// Whether a reason name is one under which packets are passed to the kernel.
+pub fn is_pass_reason(name: &str) -> bool {
+    matches!(name, "not_ip" | "bad_ip_header" | "not_vip" | "no_neighbour")
+}
+
+/// Reads every counter and the controller's state.
+pub fn snapshot(engine: &Engine, interface: &str, xdp_mode: &str) -> Result<Snapshot, DataplaneError> {
+    let lb = engine.balancer();
+    let now = Instant::now();
+    let mut vips = Vec::new();
+    for (id, v) in engine.vips() {
+        let s = lb.vip_stats(v.id)?;
+        let mut backends = Vec::new();
+        for (addr, b) in &v.backends {
+            let c = lb.backend_stats(b.id)?;
+            let state = if b.removing.is_some() {
+                "deregistering"
+            } else if b.drained {
+                "drained"
+            } else if b.dataplane_state == lb_common::BACKEND_DOWN {
+                "down"
+            } else {
+                "active"
+            };
+            backends.push(BackendStatus {
+                address: *addr,
+                id: b.id,
+                weight: b.config.weight,
+                health: b.health,
+                health_reason: b.health_reason.clone(),
+                health_since_secs: ago(b.health_since).as_secs(),
+                state: state.to_owned(),
+                takes_new_flows: b.in_table,
+                deregistration_left_secs: b.removing.map(|d| d.saturating_duration_since(now).as_secs()),
+                counters: Counters { packets: c.packets, bytes: c.bytes, new_flows: c.new_flows },
+            });
+        }
+        vips.push(VipStatus {
+            name: v.config.name.clone(),
+            vip: *id,
+            hash: v.config.hash,
+            fail_open: v.fail_open,
+            counters: Counters { packets: s.packets, bytes: s.bytes, new_flows: s.new_flows },
+            flow_hits: s.flow_hits,
+            flow_misses: s.flow_misses,
+            backends,
+        });
+    }
+    let global = lb.global_stats()?;
+    let actions = (0..ACTIONS as usize)
+        .map(|i| NamedCount { name: ACTION_NAMES[i].to_owned(), value: global[i] })
+        .collect();
+    let reasons = (0..reason::COUNT as usize)
+        .map(|i| NamedCount { name: reason::NAMES[i].to_owned(), value: global[ACTIONS as usize + i] })
+        .collect();
+    Ok(Snapshot {
+        taken_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        interface: interface.to_owned(),
+        xdp_mode: xdp_mode.to_owned(),
+        vips,
+        actions,
+        reasons,
+        events: engine.events().cloned().collect(),
+    })
+}
+
+/// Human-readable count: 1234567 -> "1.23M".
+pub fn human(n: f64) -> String {
+    let (v, unit) = match n {
+        n if n >= 1e12 => (n / 1e12, "T"),
+        n if n >= 1e9 => (n / 1e9, "G"),
+        n if n >= 1e6 => (n / 1e6, "M"),
+        n if n >= 1e4 => (n / 1e3, "k"),
+        n => return format!("{n:.0}"),
+    };
+    format!("{v:.2}{unit}")
+}
+
+/// The `xlb stats` table. With `previous` (an earlier snapshot), adds rates.
+pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
+    let secs = previous.map(|p| (now.taken_at_ms.saturating_sub(p.taken_at_ms)) as f64 / 1000.0).filter(|s| *s > 0.0);
+    let rate = |cur: u64, old: Option<u64>| match (secs, old) {
+        (Some(s), Some(o)) => human(cur.saturating_sub(o) as f64 / s),
+        _ => "-".to_owned(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+        "VIP", "BACKEND", "STATE", "WEIGHT", "PACKETS", "BYTES", "FLOWS", "PKT/S", "BIT/S"
+    );
+    for v in &now.vips {
+        let pv = previous.and_then(|p| p.vips.iter().find(|x| x.vip == v.vip));
+        let name = if v.name == v.vip.to_string() { v.name.clone() } else { format!("{} ({})", v.vip, v.name) };
+        let _ = writeln!(
+            out,
+            "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+            name,
+            if v.fail_open { "(all backends, FAIL-OPEN)" } else { "(all backends)" },
+            "",
+            "",
+            human(v.counters.packets as f64),
+            human(v.counters.bytes as f64),
+            human(v.counters.new_flows as f64),
+            rate(v.counters.packets, pv.map(|p| p.counters.packets)),
+            rate(v.counters.bytes * 8, pv.map(|p| p.counters.bytes * 8)),
+        );
+        for b in &v.backends {
+            let pb = pv.and_then(|p| p.backends.iter().find(|x| x.address == b.address));
+            let state = format!("{}/{}", b.state, health_word(b.health));
+            let _ = writeln!(
+                out,
+                "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+                "",
+                b.address.to_string(),
+                state,
+                b.weight,
+                human(b.counters.packets as f64),
+                human(b.counters.bytes as f64),
+                human(b.counters.new_flows as f64),
+                rate(b.counters.packets, pb.map(|p| p.counters.packets)),
+                rate(b.counters.bytes * 8, pb.map(|p| p.counters.bytes * 8)),
+            );
+        }
+    }
+    let drops: Vec<String> = now
+        .reasons
+        .iter()
+        .filter(|r| r.name != "forwarded" && !is_pass_reason(&r.name) && r.value > 0)
+        .map(|r| format!("{}={}", r.name, r.value))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nforwarded {}  passed to the kernel {}  dropped {}{}",
+        count(now, "forwarded"),
+        now.reasons.iter().filter(|r| is_pass_reason(&r.name)).map(|r| r.value).sum::<u64>(),
+        now.reasons.iter().filter(|r| r.name != "forwarded" && !is_pass_reason(&r.name)).map(|r| r.value).sum::<u64>(),
+        if drops.is_empty() { String::new() } else { format!(" ({})", drops.join(", ")) },
+    );
+    out
+}
+
+fn count(s: &Snapshot, name: &str) -> u64 {
+    s.reasons.iter().find(|r| r.name == name).map_or(0, |r| r.value)
+}
+
+fn health_word(h: crate::engine::Health) -> &'static str {
+    match h {
+        crate::engine::Health::Unknown => "unknown",
+        crate::engine::Health::Healthy => "healthy",
+        crate::engine::Health::Unhealthy => "unhealthy",
+    }
+}
+
+/// The `xlb status` report: VIPs, backends with health and reasons, recent events.
+pub fn status_text(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "interface {} (XDP {}), {} VIPs", s.interface, s.xdp_mode, s.vips.len());
+    for v in &s.vips {
+        let _ = writeln!(
+            out,
+            "\nVIP {}  name={}  hash={}  packets={} flows={}{}",
+            v.vip,
+            v.name,
+            v.hash,
+            v.counters.packets,
+            v.counters.new_flows,
+            if v.fail_open { "  FAIL-OPEN: every backend is unhealthy; sending to all" } else { "" }
+        );
+        if v.backends.is_empty() {
+            let _ = writeln!(out, "  (no backends: packets to this VIP are dropped)");
+        }
+        for b in &v.backends {
+            let extra = match b.deregistration_left_secs {
+                Some(s) => format!(", removed: {s}s of deregistration delay left"),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<40} weight {:<7} {:<13} {:<9} new flows: {:<3} packets={} flows={}  ({} for {}s: {}{extra})",
+                b.address.to_string(),
+                b.weight,
+                b.state,
+                health_word(b.health),
+                if b.takes_new_flows { "yes" } else { "no" },
+                b.counters.packets,
+                b.counters.new_flows,
+                health_word(b.health),
+                b.health_since_secs,
+                b.health_reason,
+            );
+        }
+    }
+    let recent: Vec<_> = s.events.iter().rev().take(10).collect();
+    if !recent.is_empty() {
+        let _ = writeln!(out, "\nrecent events (newest first):");
+        for e in recent {
+            let age = SystemTime::now().duration_since(e.at).unwrap_or_default().as_secs();
+            let who = match e.backend {
+                Some(b) => format!("{} {b}", e.vip),
+                None => e.vip.clone(),
+            };
+            let _ = writeln!(out, "  {age:>5}s ago  {who}: {}", e.message);
+        }
+    }
+    out
+}

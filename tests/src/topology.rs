@@ -1,0 +1,149 @@
+//! The end-to-end topology, built from network namespaces unique to each test and removed
+//! when the value is dropped (also when the test fails):
+//!
+//! ```text
+//!   client (192.0.2.2, 2001:db8:c::2) --eth0 -- cli-- router --lb-- eth0-- lb (198.18.0.2, 2001:db8:18::2)
+//!                                                  |  (VIPs 203.0.113.0/24 and 2001:db8:203::/64 routed to lb)
+//!                                                  +--bebr (198.51.100.1, 2001:db8:be::1)
+//!                                                       |-- be1 -- eth0 backend-1 (198.51.100.11, 2001:db8:be::11)
+//!                                                       |-- be2 -- eth0 backend-2 (198.51.100.12, ...)
+//!                                                       ...
+//! ```
+//! The load balancer transmits encapsulated packets back to the router (XDP_TX), which
+//! routes them to the backends; backends decapsulate (`xlb decap`), answer from the VIP on
+//! their loopback, and reply to the client directly through the router.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::{Ebpf, programs::Xdp};
+
+use crate::netns::{Netns, run};
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x18, 0, 0, 0, 0, 2);
+
+/// Address of backend `i` (1-based).
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 10 + i as u8)
+}
+
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0xbe, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// Namespaces and links of one test.
+pub struct Topology {
+    pub client: Netns,
+    pub router: Netns,
+    pub lb: Netns,
+    pub backends: Vec<Netns>,
+    /// The XDP_PASS program on the router's side of the LB link (veth delivers XDP_TX frames
+    /// only to a peer that has an XDP program). Dropping it detaches.
+    _router_xdp: Ebpf,
+}
+
+impl Topology {
+    /// Builds the topology with `n` backends. The VIPs are routed to the LB; nothing runs yet.
+    pub fn new(n: usize) -> Self {
+        crate::netns::require_root();
+        let client = Netns::new("cli");
+        let router = Netns::new("rtr");
+        let lb = Netns::new("lb");
+        let backends: Vec<Netns> = (1..=n).map(|i| Netns::new(&format!("be{i}"))).collect();
+
+        veth(&client, "eth0", &router, "cli");
+        veth(&lb, "eth0", &router, "lb");
+        router.ip(&["link", "add", "bebr", "type", "bridge"]);
+        router.ip(&["link", "set", "bebr", "up"]);
+        for (i, b) in backends.iter().enumerate() {
+            let port = format!("be{}", i + 1);
+            veth(b, "eth0", &router, &port);
+            router.ip(&["link", "set", &port, "master", "bebr"]);
+        }
+
+        addr(&client, "eth0", "192.0.2.2/24", "2001:db8:c::2/64");
+        addr(&router, "cli", "192.0.2.1/24", "2001:db8:c::1/64");
+        addr(&router, "lb", "198.18.0.1/24", "2001:db8:18::1/64");
+        addr(&lb, "eth0", "198.18.0.2/24", "2001:db8:18::2/64");
+        addr(&router, "bebr", "198.51.100.1/24", "2001:db8:be::1/64");
+        for (i, b) in backends.iter().enumerate() {
+            let v4 = format!("{}/24", backend_v4(i + 1));
+            let v6 = format!("{}/64", backend_v6(i + 1));
+            addr(b, "eth0", &v4, &v6);
+            b.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+            b.ip(&["-6", "route", "add", "default", "via", "2001:db8:be::1"]);
+        }
+        client.ip(&["route", "add", "default", "via", "192.0.2.1"]);
+        client.ip(&["-6", "route", "add", "default", "via", "2001:db8:c::1"]);
+        lb.ip(&["route", "add", "default", "via", "198.18.0.1"]);
+        lb.ip(&["-6", "route", "add", "default", "via", "2001:db8:18::1"]);
+        router.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.2"]);
+        router.ip(&["-6", "route", "add", "2001:db8:203::/64", "via", "2001:db8:18::2"]);
+        router.sysctl("net.ipv4.ip_forward=1");
+        router.sysctl("net.ipv6.conf.all.forwarding=1");
+
+        // Encapsulated packets must carry complete checksums: a veth passes partial ones
+        // (checksum offload), which a real NIC would have completed.
+        client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+
+        // Fill neighbour caches up front so the first packets are not lost to ARP/ND.
+        router.exec("ping", &["-c", "1", "-W", "1", "198.18.0.2"]);
+        for i in 1..=n {
+            router.exec("ping", &["-c", "1", "-W", "1", &backend_v4(i).to_string()]);
+        }
+        lb.exec("ping", &["-c", "1", "-W", "1", "198.18.0.1"]);
+        let _ = lb.command("ping").args(["-6", "-c", "1", "-W", "1", "2001:db8:18::1"]).output();
+        let _ = client.command("ping").args(["-c", "1", "-W", "1", "192.0.2.1"]).output();
+
+        let router_xdp = {
+            let _inside = router.enter();
+            let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("load reference programs");
+            let p: &mut Xdp = e.program_mut("xlb_pass").expect("xlb_pass").try_into().expect("xdp");
+            p.load().expect("load xlb_pass");
+            let idx = router.ifindex("lb");
+            p.attach_to_if_index(idx, aya::programs::XdpMode::Driver).expect("attach xlb_pass on the router");
+            e
+        };
+        Self { client, router, lb, backends, _router_xdp: router_xdp }
+    }
+
+    /// Puts `vip` on every backend's loopback (so they accept its packets).
+    pub fn add_vip_on_backends(&self, vip: IpAddr) {
+        for b in &self.backends {
+            let prefix = if vip.is_ipv4() { format!("{vip}/32") } else { format!("{vip}/128") };
+            b.ip(&["addr", "add", &prefix, "dev", "lo"]);
+        }
+    }
+
+    /// Runs `xlb decap` on every backend (pins under a directory unique to this test).
+    pub fn start_decap(&self) {
+        for b in &self.backends {
+            let pins = format!("/sys/fs/bpf/xlb-test-decap/{}", b.name());
+            b.exec(&crate::daemon::xlb_bin().to_string_lossy(), &["decap", "--iface", "eth0", "--pin-dir", &pins]);
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for b in &self.backends {
+            let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xlb-test-decap/{}", b.name()));
+        }
+    }
+}
+
+fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+    run(
+        "ip",
+        &["link", "add", a_name, "netns", a.name(), "type", "veth", "peer", "name", b_name, "netns", b.name()],
+    );
+    a.ip(&["link", "set", a_name, "up"]);
+    b.ip(&["link", "set", b_name, "up"]);
+}
+
+fn addr(ns: &Netns, dev: &str, v4: &str, v6: &str) {
+    ns.ip(&["addr", "add", v4, "dev", dev]);
+    ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
+}
