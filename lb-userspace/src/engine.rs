@@ -103,6 +103,9 @@ pub struct VipState {
     pub backends: BTreeMap<IpAddr, BackendState>,
     /// Every eligible backend is unhealthy, so all of them take traffic (fail-open).
     pub fail_open: bool,
+    /// Rebuilt from the maps and not yet matched with a configuration (its name,
+    /// deregistration delay and health settings are placeholders until then).
+    pub adopted: bool,
 }
 
 /// One line of the transition log (`xlb status` shows the recent ones).
@@ -237,7 +240,7 @@ impl Engine {
                 );
             }
             self.vip_ids.insert(info.id);
-            let mut vip = VipState { config, id: info.id, table: info.table, backends, fail_open: false };
+            let mut vip = VipState { config, id: info.id, table: info.table, backends, fail_open: false, adopted: true };
             // Which backends the live table names.
             let table = self.lb.read_table(info.table)?;
             let named: BTreeSet<u32> = table.iter().copied().collect();
@@ -399,7 +402,7 @@ impl Engine {
             let health = initial_health(&bc.health);
             backends.insert(bc.address, self.new_backend(bc, health)?);
         }
-        let vip = VipState { config: vc.clone(), id, table: 2 * id, backends, fail_open: false };
+        let vip = VipState { config: vc.clone(), id, table: 2 * id, backends, fail_open: false, adopted: false };
         self.vips.insert(vc.id, vip);
         // The table is written before the VIP entry exists, so the first packet finds it.
         self.sync_vip(&vc.id)?;
@@ -492,9 +495,10 @@ impl Engine {
             }
         }
         let vip = self.vips.get_mut(&vc.id).expect("exists");
-        if vip.config.name != vc.name || vip.config.deregistration_delay != vc.deregistration_delay {
+        if !vip.adopted && (vip.config.name != vc.name || vip.config.deregistration_delay != vc.deregistration_delay) {
             changes.push(format!("VIP {}: settings updated", vc.id));
         }
+        vip.adopted = false;
         vip.config = vc.clone();
         self.sync_vip(&vc.id)?;
         Ok(changes)

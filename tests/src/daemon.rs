@@ -56,7 +56,16 @@ impl Daemon {
     fn spawn(&mut self) {
         self.starts += 1;
         let log = std::fs::File::create(self.dir.join(format!("xlb-{}.log", self.starts))).expect("log file");
-        let child = std::process::Command::new("nsenter")
+        let mut cmd = std::process::Command::new("nsenter");
+        // SAFETY: prctl in the child between fork and exec, async-signal-safe. The daemon
+        // dies with the test thread that started it, even if the test is killed.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg(format!("--net={}", self.ns_path.display()))
             .arg("--")
             .arg(xlb_bin())

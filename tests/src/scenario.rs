@@ -65,16 +65,22 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// `n` backends, all of them behind the VIP.
     pub fn new(n: usize) -> Self {
+        let all: Vec<usize> = (1..=n).collect();
+        Self::with_config(n, &(header() + &tcp_vip(80, &all, "")), n)
+    }
+
+    /// `n` backends with servers; the daemon runs `config`; waits for `healthy` backends.
+    pub fn with_config(n: usize, config: &str, healthy: usize) -> Self {
         let topo = Topology::new(n);
         topo.add_vip_on_backends(VIP.parse().unwrap());
         topo.add_vip_on_backends(VIP6.parse().unwrap());
         topo.start_decap();
         let servers = on_every_backend(&topo, 80, servers::echo_server);
-        let all: Vec<usize> = (1..=n).collect();
-        let daemon = Daemon::start(&topo.lb, &(header() + &tcp_vip(80, &all, "")));
+        let daemon = Daemon::start(&topo.lb, config);
         let s = Self { topo, daemon, servers };
-        s.wait_healthy(n, std::time::Duration::from_secs(10));
+        s.wait_healthy(healthy, std::time::Duration::from_secs(10));
         s
     }
 

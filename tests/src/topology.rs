@@ -81,6 +81,16 @@ impl Topology {
         lb.ip(&["-6", "route", "add", "default", "via", "2001:db8:18::1"]);
         router.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.2"]);
         router.ip(&["-6", "route", "add", "2001:db8:203::/64", "via", "2001:db8:18::2"]);
+        // The LB-to-backend side carries encapsulated packets, 20 or 40 bytes larger than
+        // what clients send: a larger MTU there, as in a real deployment, so full-size client
+        // segments fit. (Native XDP on veth refuses MTUs above about 3.5 KB.)
+        for (ns, dev) in [(&lb, "eth0"), (&router, "lb"), (&router, "bebr")] {
+            ns.ip(&["link", "set", dev, "mtu", "2000"]);
+        }
+        for (i, b) in backends.iter().enumerate() {
+            router.ip(&["link", "set", &format!("be{}", i + 1), "mtu", "2000"]);
+            b.ip(&["link", "set", "eth0", "mtu", "2000"]);
+        }
         router.sysctl("net.ipv4.ip_forward=1");
         router.sysctl("net.ipv6.conf.all.forwarding=1");
 
