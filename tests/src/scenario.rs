@@ -61,7 +61,10 @@ pub fn on_every_backend(
 pub struct Scenario {
     pub topo: Topology,
     pub daemon: Daemon,
+    /// The echo servers on port 80, one per backend.
     pub servers: Vec<Server>,
+    /// Servers a test started before the daemon (see `with_servers`).
+    pub extra: Vec<Server>,
 }
 
 impl Scenario {
@@ -73,13 +76,19 @@ impl Scenario {
 
     /// `n` backends with servers; the daemon runs `config`; waits for `healthy` backends.
     pub fn with_config(n: usize, config: &str, healthy: usize) -> Self {
+        Self::with_servers(n, config, healthy, |_| Vec::new())
+    }
+
+    /// As `with_config`, with more servers started by `extra` before the daemon.
+    pub fn with_servers(n: usize, config: &str, healthy: usize, extra: impl FnOnce(&Topology) -> Vec<Server>) -> Self {
         let topo = Topology::new(n);
         topo.add_vip_on_backends(VIP.parse().unwrap());
         topo.add_vip_on_backends(VIP6.parse().unwrap());
         topo.start_decap();
         let servers = on_every_backend(&topo, 80, servers::echo_server);
+        let extra = extra(&topo);
         let daemon = Daemon::start(&topo.lb, config);
-        let s = Self { topo, daemon, servers };
+        let s = Self { topo, daemon, servers, extra };
         s.wait_healthy(healthy, std::time::Duration::from_secs(10));
         s
     }
