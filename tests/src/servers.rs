@@ -97,6 +97,36 @@ pub fn echo_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
     })
 }
 
+/// Reads everything until the client half-closes, then answers `"<bytes> <fnv1a64>\n"` of
+/// what it received: a bulk upload's receipt.
+pub fn sink_server(ns: &Netns, addr: SocketAddr, _name: &str) -> Server {
+    serve_tcp(ns, addr, move |mut c| {
+        let mut buf = vec![0u8; 256 * 1024];
+        let (mut n, mut h) = (0u64, FNV_OFFSET);
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break,
+                Ok(r) => {
+                    h = fnv1a(h, &buf[..r]);
+                    n += r as u64;
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = c.write_all(format!("{n} {h:016x}\n").as_bytes());
+    })
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a over `data`, continuing from `h`.
+pub fn fnv1a(mut h: u64, data: &[u8]) -> u64 {
+    for b in data {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 /// A minimal HTTP/1.1 server: `GET /health` -> 200, `GET /bytes/N` -> N bytes of a
 /// deterministic pattern, anything else -> `name` as the body.
 pub fn http_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
