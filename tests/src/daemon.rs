@@ -17,9 +17,13 @@ pub fn xlb_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("XLB_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>/deps/test");
-    let bin = profile_dir.join("xlb");
+    let exe = std::env::current_exe().expect("own executable path");
+    let dir = exe.parent().expect("executable directory");
+    // A binary sits next to xlb (target/<profile>/); a test sits in target/<profile>/deps/.
+    let bin = [dir.join("xlb"), dir.parent().unwrap_or(dir).join("xlb")]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join("xlb"));
     assert!(bin.exists(), "{} not found: build it with `cargo build -p xlb` (cargo xtask test does) or set XLB_BIN", bin.display());
     bin
 }
@@ -49,6 +53,25 @@ impl Daemon {
         let config_path = dir.join("xlb.toml");
         std::fs::write(&config_path, text).expect("write config");
         let mut d = Self { dir, socket, config_path, pin_dir, ns_path: ns.path(), child: None, starts: 0 };
+        d.spawn();
+        d
+    }
+
+    /// Starts `xlb run` in `ns` with the configuration file `path` as it is (the socket and
+    /// pin directory it names are used).
+    pub fn start_file(ns: &Netns, path: &std::path::Path) -> Self {
+        let config = xlb::config::Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        let dir = PathBuf::from("/run/xlb-test").join(ns.name());
+        std::fs::create_dir_all(&dir).expect("run dir");
+        let mut d = Self {
+            dir,
+            socket: config.daemon.socket.clone(),
+            config_path: path.to_owned(),
+            pin_dir: config.daemon.pin_dir.clone(),
+            ns_path: ns.path(),
+            child: None,
+            starts: 0,
+        };
         d.spawn();
         d
     }

@@ -152,3 +152,42 @@ pub fn require_root() {
         "this test needs root (network namespaces, BPF): run `sudo cargo xtask test`"
     );
 }
+
+/// Removes every namespace this process created (`xlbt-<pid>-*`) and the pins its daemons
+/// and decapsulators left: what drops do, for when they cannot run.
+pub fn cleanup_everything_of_this_process() {
+    let prefix = format!("xlbt-{}-", std::process::id());
+    if let Ok(entries) = std::fs::read_dir("/run/netns") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = Command::new("ip").args(["netns", "delete", &name]).stderr(Stdio::null()).status();
+                let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xlb-test-decap/{name}"));
+                let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xlb-test/{name}"));
+                let _ = std::fs::remove_dir_all(format!("/run/xlb-test/{name}"));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/xlb-lab");
+    let _ = std::fs::remove_dir_all("/run/xlb-lab");
+}
+
+/// On SIGINT or SIGTERM, cleans up everything of this process and exits with 130. Call
+/// before starting threads (the signals are blocked in every thread but the watcher).
+pub fn cleanup_on_signal() {
+    // SAFETY: plain signal-mask calls on a local, zero-initialised sigset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("\ninterrupted: removing the lab's namespaces, programs and pins");
+            cleanup_everything_of_this_process();
+            std::process::exit(130);
+        });
+    }
+}

@@ -5,6 +5,8 @@
 //! - `build`: release build of `xlb` (the XDP programs are embedded in it).
 //! - `test`: the whole suite, including the tests that need root (network namespaces and
 //!   BPF); runs `setup` first, so a fresh machine needs nothing else.
+//! - `demo`: the lab (`xlb-lab`): client, router, xlb and three backends in namespaces,
+//!   real traffic, counters, a failover; everything removed at the end.
 //! - `lint`: rustfmt check and clippy with warnings denied, userspace and eBPF separately.
 //!
 //! Plain `std::process::Command` and anyhow only: this runs before anything else builds.
@@ -34,6 +36,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   setup   install prerequisites (rust-src for nightly, bpf-linker, Debian packages)
+  demo    run the lab: namespaces with a client, router, xlb and 3 backends (run as root)
   build   build xlb in release mode
   test    run every test, including the root-only ones (run as root)
   lint    rustfmt --check and clippy -D warnings (userspace and eBPF)";
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some("setup") => setup(),
         Some("build") => setup().and_then(|()| build()),
         Some("test") => test(&args[1..]),
+        Some("demo") => demo(&args[1..]),
         Some("lint") => setup().and_then(|()| lint()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -211,6 +215,8 @@ fn test(extra: &[String]) -> Result<()> {
     }
     setup()?;
     let started = std::time::Instant::now();
+    // The end-to-end tests run the real `xlb` binary (target/debug/xlb).
+    run(Command::new("cargo").args(["build", "--package", "xlb", "--bins"]))?;
     run(Command::new("cargo")
         // The default members: every crate but lb-ebpf, which only builds for the BPF
         // target (the userspace build script builds it).
@@ -219,6 +225,28 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["--", "--include-ignored"]))?;
     println!("xtask test: passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Builds xlb and the lab, then runs the lab (`tests/src/bin/xlb-lab.rs`).
+fn demo(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the lab creates network namespaces and attaches XDP programs, so it needs root: \
+             run `sudo -E env PATH=$PATH cargo xtask demo`"
+        );
+    }
+    setup()?;
+    println!("xtask demo: building xlb and the lab (the first build takes a few minutes)");
+    run(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "--package",
+        "xlb",
+        "--package",
+        "xlb-tests",
+        "--bins",
+    ]))?;
+    run(Command::new(root().join("target/debug/xlb-lab")).args(extra))
 }
 
 fn lint() -> Result<()> {
