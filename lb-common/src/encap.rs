@@ -35,10 +35,19 @@ pub fn outer_ipv4(
     Some(h)
 }
 
-/// An outer IPv6 header carrying `payload_len` bytes whose first header is `next` (41 for
-/// IPv6, 4 for IPv4). `flow_label` (20 bits) gives routers on the way ECMP entropy per
-/// flow; `tclass` is copied from the inner packet.
+/// The first 8 bytes of an outer IPv6 header carrying `payload_len` bytes whose first
+/// header is `next` (41 for IPv6, 4 for IPv4); the source and destination addresses follow.
+/// `flow_label` (20 bits) gives routers on the way ECMP entropy per flow; `tclass` is
+/// copied from the inner packet.
 #[inline(always)]
+pub fn outer_ipv6_first_words(payload_len: u16, next: u8, tclass: u8, flow_label: u32) -> [u8; 8] {
+    let w = ((6u32 << 28) | (u32::from(tclass) << 20) | (flow_label & 0x000f_ffff)).to_be_bytes();
+    let p = payload_len.to_be_bytes();
+    [w[0], w[1], w[2], w[3], p[0], p[1], next, OUTER_TTL]
+}
+
+/// A whole outer IPv6 header (the data plane writes the first words and the addresses
+/// separately, to keep 40 bytes off its stack).
 pub fn outer_ipv6(
     src: &[u8; 16],
     dst: &[u8; 16],
@@ -48,11 +57,12 @@ pub fn outer_ipv6(
     flow_label: u32,
 ) -> [u8; 40] {
     let mut h = [0u8; IPV6_HLEN];
-    let first = (6u32 << 28) | (u32::from(tclass) << 20) | (flow_label & 0x000f_ffff);
-    h[0..4].copy_from_slice(&first.to_be_bytes());
-    h[4..6].copy_from_slice(&payload_len.to_be_bytes());
-    h[6] = next;
-    h[7] = OUTER_TTL;
+    h[0..8].copy_from_slice(&outer_ipv6_first_words(
+        payload_len,
+        next,
+        tclass,
+        flow_label,
+    ));
     h[8..24].copy_from_slice(src);
     h[24..40].copy_from_slice(dst);
     h

@@ -17,6 +17,7 @@ extern crate std;
 pub mod csum;
 pub mod encap;
 pub mod hash;
+pub mod icmp;
 pub mod maps;
 pub mod parse;
 pub mod stats;

@@ -92,8 +92,15 @@ pub enum L4 {
 }
 
 /// The parsed headers of an IP packet.
+///
+/// Aligned to 8 bytes with the addresses first: the BPF backend then moves each address
+/// with two 8-byte loads instead of sixteen byte loads (which also cost a stack slot each
+/// when registers run out).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Headers {
+    pub src: Addr,
+    pub dst: Addr,
     /// Offset of the IP header (14, or 18 behind a VLAN tag).
     pub l3_offset: u16,
     /// Offset of the L4 header (after IPv4 options or IPv6 extension headers).
@@ -101,6 +108,10 @@ pub struct Headers {
     /// Length of the IP datagram from its header (IPv4 total length, IPv6 40 + payload
     /// length); never more than the bytes present after `l3_offset`.
     pub ip_len: u16,
+    /// Source port (network order in memory); 0 unless `l4` is `Ports`.
+    pub sport: u16,
+    /// Destination port (network order in memory); 0 unless `l4` is `Ports`.
+    pub dport: u16,
     /// Whether one VLAN tag precedes the IP header.
     pub vlan: bool,
     /// `FAMILY_V4` or `FAMILY_V6`.
@@ -111,15 +122,9 @@ pub struct Headers {
     pub tos: u8,
     /// IPv4 "don't fragment" flag (always true for IPv6, which routers never fragment).
     pub dont_fragment: bool,
-    pub src: Addr,
-    pub dst: Addr,
-    pub l4: L4,
-    /// Source port (network order in memory); 0 unless `l4` is `Ports`.
-    pub sport: u16,
-    /// Destination port (network order in memory); 0 unless `l4` is `Ports`.
-    pub dport: u16,
     /// TCP flags byte; 0 for UDP and unless `l4` is `Ports`.
     pub tcp_flags: u8,
+    pub l4: L4,
 }
 
 impl Headers {

@@ -40,8 +40,43 @@ pub mod reason {
     pub const DROP_NO_SOURCE: u32 = 12;
     /// Dropped: the backend's family cannot carry this packet (IPv6 in IPv4).
     pub const DROP_FAMILY: u32 = 13;
+    /// Answered: an ICMP/ICMPv6 echo request to a VIP address, replied to by the balancer.
+    pub const ICMP_ECHO_ANSWERED: u32 = 14;
+    /// Forwarded: an ICMP error about a VIP flow, sent to the backend that owns the flow.
+    pub const ICMP_ERROR_STEERED: u32 = 15;
+    /// Answered: a VIP packet too big once encapsulated, answered with "fragmentation
+    /// needed" / "packet too big" so the client lowers its path MTU.
+    pub const TOO_BIG_SIGNALLED: u32 = 16;
     /// Number of reasons.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
+
+    /// What a reason means for the packet.
+    pub const KIND_FORWARD: u8 = 0;
+    pub const KIND_PASS: u8 = 1;
+    pub const KIND_DROP: u8 = 2;
+    /// The balancer answered the packet itself.
+    pub const KIND_REPLY: u8 = 3;
+
+    /// The kind of each reason, by index.
+    pub const KINDS: [u8; COUNT as usize] = [
+        KIND_FORWARD,
+        KIND_PASS,
+        KIND_PASS,
+        KIND_PASS,
+        KIND_PASS,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_DROP,
+        KIND_REPLY,
+        KIND_FORWARD,
+        KIND_REPLY,
+    ];
 
     /// Names as shown by `xlb stats` and in `xlb_packets_total{reason=...}`.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -59,6 +94,9 @@ pub mod reason {
         "forwarding_disabled",
         "no_source_address",
         "family_mismatch",
+        "icmp_echo_answered",
+        "icmp_error_to_backend",
+        "too_big_signalled",
     ];
 }
 

@@ -1,5 +1,7 @@
 //! Encapsulation towards the backend, next hop from the kernel's FIB, and transmission.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -10,16 +12,20 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4, FAMILY_V6,
-    encap::{outer_ipv4, outer_ipv6},
+    encap::{outer_ipv4, outer_ipv6_first_words},
+    icmp::announced_mtu,
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         PacketBytes, VLAN_HLEN,
     },
     stats::reason,
 };
-use lb_ebpf::packet::{XdpPacket, adjust_head};
+use lb_ebpf::packet::adjust_head;
 
-use crate::CONFIG;
+use crate::{
+    CONFIG, Verdict,
+    select::{self, Scratch},
+};
 
 /// `struct bpf_fib_lookup` with its unions flattened to the members we use, so it can be
 /// built field by field (the bindgen type's unions would need a zeroing memset, which the
@@ -64,14 +70,14 @@ pub fn encapsulate_and_send(
     h: &Headers,
     backend: &Backend,
     hash: u32,
-) -> (u32, u32) {
+) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
-        return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
     };
     let v6_outer = match (backend.family, h.family) {
         (FAMILY_V4, FAMILY_V4) => false,
         (FAMILY_V6, _) => true,
-        _ => return (xdp_action::XDP_DROP, reason::DROP_FAMILY),
+        _ => return Verdict::new(xdp_action::XDP_DROP, reason::DROP_FAMILY),
     };
     let have_source = if v6_outer {
         CFG_F_SOURCE_V6
@@ -79,7 +85,7 @@ pub fn encapsulate_and_send(
         CFG_F_SOURCE_V4
     };
     if cfg.flags & have_source == 0 {
-        return (xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
     }
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
     let ingress = ctx.ingress_ifindex() as u32;
@@ -91,32 +97,64 @@ pub fn encapsulate_and_send(
         v6_outer,
         outer_total: h.ip_len.saturating_add(outer_len),
     };
-    let hop = next_hop(ctx.ctx, &job);
+    let mut hop = MaybeUninit::<NextHop>::uninit();
+    next_hop(ctx.ctx, &job, &mut hop);
+    // SAFETY: next_hop always initialises it.
+    let hop = unsafe { hop.assume_init_ref() };
     let neighbour_known = match hop.rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => return (xdp_action::XDP_DROP, reason::DROP_TOO_BIG),
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return (xdp_action::XDP_DROP, reason::DROP_FWD_DISABLED),
-        _ => return (xdp_action::XDP_DROP, reason::DROP_NO_ROUTE),
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            // Answered by the program's entry (`icmp::too_big`), not here: at the bottom of
+            // this call chain the answer's stack frame would not fit.
+            return Verdict {
+                mtu: announced_mtu(hop.mtu, outer_len, h.family),
+                ..Verdict::new(xdp_action::XDP_DROP, reason::DROP_TOO_BIG)
+            };
+        }
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            return Verdict::new(xdp_action::XDP_DROP, reason::DROP_FWD_DISABLED);
+        }
+        _ => return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_ROUTE),
     };
-    if !rewrite(ctx.ctx, &job, &hop) {
-        return (xdp_action::XDP_DROP, reason::DROP_ENCAP_FAILED);
+    if !rewrite(ctx.ctx, &job, hop) {
+        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_ENCAP_FAILED);
     }
     if !neighbour_known {
         // The kernel routes the encapsulated packet itself and resolves the neighbour.
-        return (xdp_action::XDP_PASS, reason::PASS_NO_NEIGH);
+        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NO_NEIGH);
     }
     if hop.ifindex == ingress || h.vlan {
         // A tagged packet goes back out its trunk with its tag (see the README).
-        return (xdp_action::XDP_TX, reason::FORWARDED);
+        return Verdict::new(xdp_action::XDP_TX, reason::FORWARDED);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
-        (action, reason::FORWARDED)
+        Verdict::new(action, reason::FORWARDED)
     } else {
-        (xdp_action::XDP_DROP, reason::DROP_NO_ROUTE)
+        Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_ROUTE)
     }
+}
+
+/// Sends a packet of the flow in `s.flow` to its backend (chosen into `s`) and counts it.
+#[inline(always)]
+pub fn forward_flow(
+    ctx: &XdpContext,
+    h: &Headers,
+    vip: &lb_common::VipInfo,
+    s: &mut Scratch,
+    remember: bool,
+) -> Verdict {
+    if !select::choose_backend(vip, remember, s) {
+        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+    }
+    let v = encapsulate_and_send(ctx, h, &s.backend, s.hash);
+    let why = u32::from(v.why);
+    if why == reason::FORWARDED || why == reason::PASS_NO_NEIGH {
+        select::count(vip, s, h.ip_len);
+    }
+    v
 }
 
 /// What the two subprograms need to know about the encapsulation (BPF functions take at
@@ -136,6 +174,8 @@ struct NextHop {
     /// `BPF_FIB_LKUP_RET_*`.
     rc: u32,
     ifindex: u32,
+    /// The route's MTU, when `rc` is `BPF_FIB_LKUP_RET_FRAG_NEEDED`.
+    mtu: u16,
     smac: [u8; 6],
     dmac: [u8; 6],
 }
@@ -144,7 +184,7 @@ struct NextHop {
 /// of `outer_total` bytes had arrived on the ingress interface (so the MTU of the way out
 /// is checked too).
 #[inline(never)]
-fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
+fn next_hop(ctx: *mut xdp_md, job: &Encap, out: &mut MaybeUninit<NextHop>) {
     let (cfg, backend, v6, outer_total) = (job.cfg, job.backend, job.v6_outer, job.outer_total);
     let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
     let (src, dst) = if v6 {
@@ -180,12 +220,13 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap) -> NextHop {
             0,
         )
     };
-    NextHop {
+    out.write(NextHop {
         rc: rc as u32,
         ifindex: fib.ifindex,
+        mtu: fib.tot_len,
         smac: fib.smac,
         dmac: fib.dmac,
-    }
+    });
 }
 
 /// Grows the packet at the front and writes the L2 header (MACs of the next hop, or the
@@ -200,46 +241,42 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
     } else {
         IPPROTO_IPV6
     };
-    let old = XdpPacket::new(&ctx);
-    let (Some(eth), Some(tag)) = (old.bytes::<ETH_HLEN>(0), old.bytes::<VLAN_HLEN>(ETH_HLEN))
-    else {
-        return false;
-    };
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN };
     let Some(pkt) = adjust_head(&ctx, -(outer_len as i32)) else {
         return false;
     };
-
-    let mut l2 = eth;
-    if hop.rc == BPF_FIB_LKUP_RET_SUCCESS {
-        l2[0..6].copy_from_slice(&hop.dmac);
-        l2[6..12].copy_from_slice(&hop.smac);
-    }
-    let ethertype = if v6_outer { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
+    // The old L2 header is still there, `outer_len` bytes in: it is read now, after the
+    // helper call, and stored at once, so its bytes are not held in registers across the
+    // call (spilled one stack slot per byte, they overflowed the stack). It is all used
+    // before the outer header overwrites it. Everything is written in small pieces: whole
+    // headers in stack arrays would cost stack this chain of frames does not have.
+    let Some(eth) = pkt.bytes::<ETH_HLEN>(outer_len) else {
+        return false;
+    };
+    let Some(tag) = pkt.bytes::<VLAN_HLEN>(outer_len + ETH_HLEN) else {
+        return false;
+    };
+    let mut ok = if hop.rc == BPF_FIB_LKUP_RET_SUCCESS {
+        pkt.write(0, &hop.dmac) && pkt.write(6, &hop.smac)
+    } else {
+        pkt.write(0, &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]])
+            && pkt.write(6, &[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]])
+    };
+    let t = if v6_outer { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
     let l3 = if h.vlan {
         // The tag keeps its protocol identifier and TCI; its ethertype names the outer IP.
-        if !pkt.write(ETH_HLEN, &[tag[0], tag[1], ethertype[0], ethertype[1]]) {
-            return false;
-        }
+        ok &= pkt.write(12, &[eth[12], eth[13], tag[0], tag[1], t[0], t[1]]);
         ETH_HLEN + VLAN_HLEN
     } else {
-        l2[12] = ethertype[0];
-        l2[13] = ethertype[1];
+        ok &= pkt.write(12, &t);
         ETH_HLEN
     };
-    if !pkt.write(0, &l2) {
-        return false;
-    }
     if v6_outer {
-        let outer = outer_ipv6(
-            &cfg.source_v6,
-            &backend.addr,
-            h.ip_len,
-            inner_next,
-            h.tos,
-            hash,
-        );
-        pkt.write(l3, &outer)
+        ok && pkt.write(
+            l3,
+            &outer_ipv6_first_words(h.ip_len, inner_next, h.tos, hash),
+        ) && pkt.write(l3 + 8, &cfg.source_v6)
+            && pkt.write(l3 + 24, &backend.addr)
     } else {
         let d = &backend.addr;
         match outer_ipv4(
@@ -249,7 +286,7 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
             inner_next,
             h.tos,
         ) {
-            Some(outer) => pkt.write(l3, &outer),
+            Some(outer) => ok && pkt.write(l3, &outer),
             None => false,
         }
     }

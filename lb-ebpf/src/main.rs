@@ -7,7 +7,10 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 mod forward;
+mod icmp;
 mod select;
 
 use aya_ebpf::{
@@ -21,7 +24,8 @@ use lb_common::{
     Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
     VipKey, VipStats,
     hash::flow_key,
-    parse::{L4, Parsed, parse},
+    parse::Headers,
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, parse},
     stats::{ACTIONS, GLOBAL_COUNTERS, reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
@@ -68,6 +72,10 @@ static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-packet values too large for the BPF stack (`select::Scratch`), one slot per CPU.
+#[map]
+static SCRATCH: PerCpuArray<select::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     let (action, why) = balance(&ctx);
@@ -76,45 +84,102 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     action
 }
 
-/// Decides the fate of one packet: the XDP action and the reason counted for it.
+/// What to do with a packet: the XDP action and the reason counted for it.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub why: u32,
+    /// With `reason::DROP_TOO_BIG`: the MTU to announce to the client (0: none).
+    pub mtu: u16,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn new(action: u32, why: u32) -> Self {
+        Self {
+            action,
+            why,
+            mtu: 0,
+        }
+    }
+}
+
+/// Decides the fate of one packet.
+///
+/// This frame holds only the parsed headers: each kind of packet is handled by a BPF
+/// subprogram of its own, so their stack frames are never stacked on one another (the
+/// verifier allows 512 bytes for the deepest chain). For the same reason a VIP packet that
+/// is too big once encapsulated is answered from here, not from the bottom of its chain.
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> (u32, u32) {
-    let h = match parse_packet(ctx.ctx) {
-        Parsed::Ip(h) => h,
-        Parsed::NotIp => return (xdp_action::XDP_PASS, reason::PASS_NOT_IP),
-        Parsed::BadIp => return (xdp_action::XDP_PASS, reason::PASS_BAD_IP),
+    let mut headers = MaybeUninit::<Headers>::uninit();
+    let h = match parse_packet(ctx.ctx, &mut headers) {
+        // SAFETY: parse_packet initialised the headers when it says the packet is IP.
+        PARSED_IP => unsafe { headers.assume_init_ref() },
+        PARSED_NOT_IP => return (xdp_action::XDP_PASS, reason::PASS_NOT_IP),
+        _ => return (xdp_action::XDP_PASS, reason::PASS_BAD_IP),
     };
     match h.l4 {
-        L4::Ports => {}
-        L4::Other => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
-        L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
-            return refuse_if_vip_address(&h.dst, h.family, reason::DROP_FRAGMENT);
+        L4::Ports => {
+            let v = vip_packet(ctx.ctx, h);
+            if u32::from(v.why) == reason::DROP_TOO_BIG && v.mtu != 0 {
+                return icmp::too_big(ctx.ctx, h, v.mtu);
+            }
+            (v.action, u32::from(v.why))
         }
-        L4::Fragment => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        L4::Other if h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6 => {
+            match icmp::kind(ctx.ctx, h) {
+                icmp::ECHO => icmp::echo_reply(ctx.ctx, h),
+                icmp::ERROR => icmp::steer_error(ctx.ctx, h),
+                _ => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+            }
+        }
+        L4::Other => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
+            refuse_if_vip_address(&h.dst, h.family, reason::DROP_FRAGMENT)
+        }
+        L4::Fragment => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
         // A bad TCP/UDP header, or an IPv6 header chain too long to find one.
-        L4::Malformed => return refuse_if_vip_address(&h.dst, h.family, reason::DROP_MALFORMED),
+        L4::Malformed => refuse_if_vip_address(&h.dst, h.family, reason::DROP_MALFORMED),
     }
-    let Some((vip_key, vip)) = select::find_vip(&h) else {
-        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+}
+
+/// A TCP or UDP packet: to its VIP's backend if it is for a VIP, passed otherwise.
+#[inline(never)]
+fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
+    let ctx = XdpContext::new(ctx);
+    let Some((vip_key, vip)) = select::find_vip(h) else {
+        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
     };
-    let flow = flow_key(&h, vip_key.port, vip.flags);
-    let Some(choice) = select::choose_backend(&flow, &vip, h.tcp_flags) else {
-        return (xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+    let Some(s) = select::scratch() else {
+        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     };
-    let result = forward::encapsulate_and_send(ctx, &h, &choice.backend, choice.hash);
-    if result.0 != xdp_action::XDP_DROP {
-        select::count(&vip, &choice, h.ip_len);
-    }
-    result
+    s.flow = flow_key(h, vip_key.port, vip.flags);
+    // A TCP RST ends its flow: forwarded, but not remembered.
+    let remember = h.proto != PROTO_TCP || h.tcp_flags & TCP_RST == 0;
+    forward::forward_flow(&ctx, h, &vip, s, remember)
 }
 
 /// Parses the packet in a BPF subprogram of its own: the parser's temporaries then live in
 /// a stack frame that is released before encapsulation needs its own (the verifier allows
 /// 512 bytes for the deepest chain of frames, not per function).
+///
+/// Returns `PARSED_*`; the headers are written to `out` when the packet is IP.
 #[inline(never)]
-fn parse_packet(ctx: *mut xdp_md) -> Parsed {
-    parse(&XdpPacket::new(&XdpContext::new(ctx)))
+fn parse_packet(ctx: *mut xdp_md, out: &mut MaybeUninit<Headers>) -> u32 {
+    match parse(&XdpPacket::new(&XdpContext::new(ctx))) {
+        Parsed::Ip(h) => {
+            out.write(h);
+            PARSED_IP
+        }
+        Parsed::NotIp => PARSED_NOT_IP,
+        Parsed::BadIp => PARSED_BAD_IP,
+    }
 }
+
+const PARSED_NOT_IP: u32 = 0;
+const PARSED_BAD_IP: u32 = 1;
+const PARSED_IP: u32 = 2;
 
 /// A TCP/UDP packet without usable ports: dropped (with `why`) when addressed to an
 /// address that has VIPs, passed untouched otherwise.

@@ -1,7 +1,15 @@
 //! Bounds-checked access to the packet of an XDP context.
 
-use aya_ebpf::{bindings::xdp_md, helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_csum_diff, bpf_xdp_adjust_head},
+    programs::XdpContext,
+};
 use lb_common::parse::PacketBytes;
+
+/// The largest offset `XdpPacket::ptr` accepts: XDP frames without fragments fit in a
+/// page.
+pub const MAX_OFFSET: usize = 0x3fff;
 
 /// The packet of an [`XdpContext`].
 ///
@@ -36,9 +44,14 @@ impl XdpPacket {
     }
 
     /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
+    ///
+    /// The offset is masked with `MAX_OFFSET` first: the verifier tracks a packet pointer's
+    /// variable offset only below 64 KiB, so an offset read back from memory (a u16 of
+    /// `Headers`) needs a bound, and a mask gives one in a single instruction. It changes no
+    /// offset a frame can have (frames fit in a page).
     #[inline(always)]
     pub fn ptr<T>(&self, offset: usize) -> Option<*mut T> {
-        let p = self.start + offset;
+        let p = self.start + (offset & MAX_OFFSET);
         if p + size_of::<T>() > self.end() {
             return None;
         }
@@ -57,6 +70,31 @@ impl XdpPacket {
             }
             None => false,
         }
+    }
+}
+
+impl XdpPacket {
+    /// The one's-complement sum of the `N` bytes at `offset` as big-endian 16-bit words
+    /// (not folded, not complemented): what `lb_common::csum::sum_packet` computes, done by
+    /// the kernel's `bpf_csum_diff` in one call. (Summed here word by word, LLVM issues
+    /// every load first and spills each result to its own stack slot.) `N` must be a
+    /// multiple of 4 and at most 512.
+    #[inline(always)]
+    pub fn checksum_sum<const N: usize>(&self, offset: usize) -> Option<u32> {
+        let p = self.ptr::<[u8; N]>(offset)?;
+        // SAFETY: `ptr` checked that the N bytes lie inside the packet; the helper only
+        // reads them.
+        let wsum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p.cast(), N as u32, 0) };
+        if wsum < 0 {
+            return None;
+        }
+        // The helper adds 32-bit words in host order; folded to 16 bits that is the sum of
+        // the big-endian 16-bit words with its bytes in host order.
+        let mut f = wsum as u64;
+        f = (f & 0xffff) + (f >> 16);
+        f = (f & 0xffff) + (f >> 16);
+        f = (f & 0xffff) + (f >> 16);
+        Some(u32::from(u16::from_be(f as u16)))
     }
 }
 

@@ -1,14 +1,23 @@
 //! Which VIP a packet is for, and which backend takes it: the flow table first, Maglev for
 //! new flows (and for flows whose backend is gone).
 
-use aya_ebpf::maps::PerCpuArray;
 use lb_common::{
     Backend, CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VipInfo, VipKey,
     hash::{flow_hash, table_index},
-    parse::{Headers, TCP_RST},
+    parse::Headers,
 };
 
-use crate::{BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, VIP_STATS, VIPS};
+use crate::{
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, SCRATCH, VIP_STATS, VIPS,
+};
+
+/// The VIP stored under `key`.
+#[inline(always)]
+pub fn vip(key: &VipKey) -> Option<VipInfo> {
+    // SAFETY: VipInfo is plain integers, copied out at once; the controller replaces values
+    // whole.
+    unsafe { VIPS.get(key) }.copied()
+}
 
 /// The VIP a packet is addressed to: the exact port first, then (only when some VIP has
 /// port 0) the any-port VIP of that address and protocol.
@@ -36,93 +45,99 @@ pub fn find_vip(h: &Headers) -> Option<(VipKey, VipInfo)> {
     unsafe { VIPS.get(key) }.map(|vip| (key, *vip))
 }
 
-/// The backend chosen for a packet.
-pub struct Choice {
-    pub id: u32,
+/// Per-packet values too large for the 512-byte BPF stack, kept in this CPU's slot of
+/// `SCRATCH`: the flow and the backend chosen for it.
+#[repr(C)]
+pub struct Scratch {
+    pub flow: FlowKey,
+    /// The chosen backend's entry.
     pub backend: Backend,
+    /// The chosen backend's id.
+    pub id: u32,
     /// The flow hash; it also becomes the outer IPv6 flow label, so it is computed on hits
     /// too (a label that changed after the first packet would let ECMP split the flow).
     pub hash: u32,
-    /// Whether the flow was newly remembered.
-    pub new_flow: bool,
-    /// Whether the flow table answered.
-    pub hit: bool,
+    /// 1 when the flow was newly remembered.
+    pub new_flow: u8,
+    /// 1 when the flow table answered.
+    pub hit: u8,
+    pub reserved: [u8; 2],
 }
 
-/// Finds the backend of a flow: the remembered one if it still keeps flows, otherwise the
-/// VIP's Maglev choice, which is then remembered (except for a TCP RST, which ends the
-/// flow it belongs to). `None` when the VIP has no backend for new flows.
+/// This CPU's scratch slot.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: the pointer is this CPU's slot of a one-entry per-CPU array, valid for the
+    // program run; a CPU runs one XDP program at a time (NAPI), so nothing else uses the
+    // slot while this packet is handled.
+    SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Finds the backend of the flow in `s.flow`: the remembered one if it still keeps flows,
+/// otherwise the VIP's Maglev choice, which is then remembered if `remember` (not for a TCP
+/// RST, which ends its flow, nor for an ICMP error). Fills `s`; false when the VIP has no
+/// backend for new flows.
 #[inline(never)]
-pub fn choose_backend(flow: &FlowKey, vip: &VipInfo, tcp_flags: u8) -> Option<Choice> {
-    let hash = flow_hash(flow);
+pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
+    let hash = flow_hash(&s.flow);
+    s.hash = hash;
     // SAFETY: FlowValue is plain integers, copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(flow) } {
+    if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
         let v = *v;
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)
         {
-            return Some(Choice {
-                id: v.backend,
-                backend: *b,
-                hash,
-                new_flow: false,
-                hit: true,
-            });
+            s.backend = *b;
+            s.id = v.backend;
+            s.new_flow = 0;
+            s.hit = 1;
+            return true;
         }
     }
     let index = table_index(vip.table, MAGLEV_SIZE.load(), hash);
-    let id = MAGLEV.get(index >> 1)?[(index & 1) as usize];
-    let backend = *BACKENDS.get(id)?;
-    if id == 0 || backend.state == lb_common::BACKEND_UNUSED {
-        return None;
+    let Some(pair) = MAGLEV.get(index >> 1) else {
+        return false;
+    };
+    let id = pair[(index & 1) as usize];
+    let Some(b) = BACKENDS.get(id) else {
+        return false;
+    };
+    if id == 0 || b.state == lb_common::BACKEND_UNUSED {
+        return false;
     }
-    let remember = flow.proto != lb_common::PROTO_TCP || tcp_flags & TCP_RST == 0;
-    let new_flow = remember
-        && FLOWS
-            .insert(
-                flow,
-                FlowValue {
-                    backend: id,
-                    generation: backend.generation,
-                },
-                0,
-            )
-            .is_ok();
-    Some(Choice {
-        id,
-        backend,
-        hash,
-        new_flow,
-        hit: false,
-    })
+    s.backend = *b;
+    s.id = id;
+    s.hit = 0;
+    let value = FlowValue {
+        backend: id,
+        generation: b.generation,
+    };
+    s.new_flow = u8::from(remember && FLOWS.insert(&s.flow, value, 0).is_ok());
+    true
 }
 
 /// Counts a forwarded packet of `ip_len` bytes for its VIP and backend.
 #[inline(always)]
-pub fn count(vip: &VipInfo, choice: &Choice, ip_len: u16) {
+pub fn count(vip: &VipInfo, s: &Scratch, ip_len: u16) {
     let bytes = u64::from(ip_len);
-    if let Some(s) = VIP_STATS.get_ptr_mut(vip.id) {
+    let (new_flow, hit) = (u64::from(s.new_flow), u64::from(s.hit));
+    if let Some(v) = VIP_STATS.get_ptr_mut(vip.id) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-            (*s).new_flows += u64::from(choice.new_flow);
-            (*s).flow_hits += u64::from(choice.hit);
-            (*s).flow_misses += u64::from(!choice.hit);
+            (*v).packets += 1;
+            (*v).bytes += bytes;
+            (*v).new_flows += new_flow;
+            (*v).flow_hits += hit;
+            (*v).flow_misses += 1 - hit;
         }
     }
-    bump_backend(&BACKEND_STATS, choice.id, bytes, choice.new_flow);
-}
-
-#[inline(always)]
-fn bump_backend(stats: &PerCpuArray<lb_common::BackendStats>, id: u32, bytes: u64, new_flow: bool) {
-    if let Some(s) = stats.get_ptr_mut(id) {
-        // SAFETY: as in `count`.
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(s.id) {
+        // SAFETY: as above.
         unsafe {
-            (*s).packets += 1;
-            (*s).bytes += bytes;
-            (*s).new_flows += u64::from(new_flow);
+            (*b).packets += 1;
+            (*b).bytes += bytes;
+            (*b).new_flows += new_flow;
         }
     }
 }

@@ -27,16 +27,42 @@ pub enum Request {
     /// Everything: VIPs, backends, health, counters.
     Status,
     /// Apply a whole configuration (TOML text); `origin` names it in errors.
-    Apply { config: String, origin: String },
+    Apply {
+        config: String,
+        origin: String,
+    },
     /// Re-read the daemon's configuration file and apply it (what SIGHUP does).
     Reload,
-    VipAdd { vip: VipId, name: Option<String>, hash: HashMode },
-    VipDel { vip: VipId },
-    BackendAdd { vip: VipId, address: IpAddr, weight: Option<u32> },
-    BackendDel { vip: VipId, address: IpAddr },
-    BackendDrain { vip: VipId, address: IpAddr },
-    BackendUndrain { vip: VipId, address: IpAddr },
-    BackendWeight { vip: VipId, address: IpAddr, weight: u32 },
+    VipAdd {
+        vip: VipId,
+        name: Option<String>,
+        hash: HashMode,
+    },
+    VipDel {
+        vip: VipId,
+    },
+    BackendAdd {
+        vip: VipId,
+        address: IpAddr,
+        weight: Option<u32>,
+    },
+    BackendDel {
+        vip: VipId,
+        address: IpAddr,
+    },
+    BackendDrain {
+        vip: VipId,
+        address: IpAddr,
+    },
+    BackendUndrain {
+        vip: VipId,
+        address: IpAddr,
+    },
+    BackendWeight {
+        vip: VipId,
+        address: IpAddr,
+        weight: u32,
+    },
     /// Detach the balancer, remove every pin, and stop the daemon.
     Teardown,
 }
@@ -58,11 +84,21 @@ pub struct Response {
 
 impl Response {
     pub fn ok(changes: Vec<String>) -> Self {
-        Self { ok: true, error: None, changes, status: None }
+        Self {
+            ok: true,
+            error: None,
+            changes,
+            status: None,
+        }
     }
 
     pub fn error(message: impl std::fmt::Display) -> Self {
-        Self { ok: false, error: Some(message.to_string().replace('\n', " ")), changes: Vec::new(), status: None }
+        Self {
+            ok: false,
+            error: Some(message.to_string().replace('\n', " ")),
+            changes: Vec::new(),
+            status: None,
+        }
     }
 }
 
@@ -114,6 +150,9 @@ pub struct VipStatus {
 pub struct NamedCount {
     pub name: String,
     pub value: u64,
+    /// For reasons: `forward`, `pass`, `drop` or `reply` (what happened to the packet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// Everything the daemon knows, read at one moment.
@@ -136,7 +175,9 @@ pub struct Snapshot {
 /// Errors of talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the xlb daemon at {path}: {source} (is `xlb run` running? use --socket if it listens elsewhere)")]
+    #[error(
+        "cannot reach the xlb daemon at {path}: {source} (is `xlb run` running? use --socket if it listens elsewhere)"
+    )]
     Connect {
         path: String,
         #[source]
@@ -150,8 +191,10 @@ pub enum ClientError {
 
 /// Sends one request and waits for the answer (up to `timeout`).
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut line = serde_json::to_vec(request)?;

@@ -33,7 +33,10 @@ pub struct ConfigError {
 }
 
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.into(), message: message.into() }
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -145,7 +148,9 @@ pub enum XdpModeSetting {
 }
 
 /// Which fields feed the flow hash.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum HashMode {
     /// Source and destination address and port, and protocol.
     #[default]
@@ -166,7 +171,9 @@ impl fmt::Display for HashMode {
 }
 
 /// Transport protocol of a VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -201,7 +208,9 @@ impl fmt::Display for Protocol {
 
 /// A VIP's identity: address, port (0 = every port), protocol. Displays as
 /// `203.0.113.10:80/tcp` or `[2001:db8::1]:443/tcp`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct VipId {
     pub address: IpAddr,
     pub port: u16,
@@ -214,7 +223,11 @@ impl VipId {
     }
 
     pub fn from_key(key: &VipKey) -> Option<Self> {
-        Some(Self { address: key.ip(), port: key.port_host(), protocol: Protocol::from_number(key.proto)? })
+        Some(Self {
+            address: key.ip(),
+            port: key.port_host(),
+            protocol: Protocol::from_number(key.proto)?,
+        })
     }
 }
 
@@ -244,7 +257,11 @@ impl std::str::FromStr for VipId {
         let sa: SocketAddr = hostport
             .parse()
             .map_err(|_| format!("{s:?} is not ADDRESS:PORT/PROTOCOL (e.g. 203.0.113.10:80/tcp, [2001:db8::1]:443/tcp)"))?;
-        Ok(Self { address: sa.ip(), port: sa.port(), protocol })
+        Ok(Self {
+            address: sa.ip(),
+            port: sa.port(),
+            protocol,
+        })
     }
 }
 
@@ -372,15 +389,21 @@ pub struct Config {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(path.display().to_string(), format!("cannot read the file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                path.display().to_string(),
+                format!("cannot read the file: {e}"),
+            )
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates TOML text; `origin` names it in syntax errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let field = match line {
                 Some(l) => format!("{origin}:{l}"),
                 None => origin.to_owned(),
@@ -403,7 +426,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let d = &raw.dataplane;
     let interface = match &d.interface {
         Some(i) if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) => {
-            return Err(err("dataplane.interface", format!("{i:?} is not a valid interface name")));
+            return Err(err(
+                "dataplane.interface",
+                format!("{i:?} is not a valid interface name"),
+            ));
         }
         other => other.clone(),
     };
@@ -411,52 +437,117 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None | Some("auto") => XdpModeSetting::Auto,
         Some("native") => XdpModeSetting::Native,
         Some("generic") => XdpModeSetting::Generic,
-        Some(o) => return Err(err("dataplane.xdp_mode", format!("{o:?} is not one of auto, native, generic"))),
+        Some(o) => {
+            return Err(err(
+                "dataplane.xdp_mode",
+                format!("{o:?} is not one of auto, native, generic"),
+            ));
+        }
     };
     let source_v4 = match &d.source_v4 {
         None => None,
-        Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| err("dataplane.source_v4", format!("{s:?} is not an IPv4 address")))?),
+        Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
+            err(
+                "dataplane.source_v4",
+                format!("{s:?} is not an IPv4 address"),
+            )
+        })?),
     };
     let source_v6 = match &d.source_v6 {
         None => None,
-        Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| err("dataplane.source_v6", format!("{s:?} is not an IPv6 address")))?),
+        Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| {
+            err(
+                "dataplane.source_v6",
+                format!("{s:?} is not an IPv6 address"),
+            )
+        })?),
     };
     let defaults = Limits::default();
     let limits = Limits {
-        max_vips: int_in("dataplane.max_vips", d.max_vips, i64::from(defaults.max_vips), 1, 4096)?,
-        max_backends: int_in("dataplane.max_backends", d.max_backends, i64::from(defaults.max_backends), 2, 1 << 20)?,
-        flow_table_entries: int_in("dataplane.flow_table_entries", d.flow_table_entries, i64::from(defaults.flow_table_entries), 1, 1 << 28)?,
-        maglev_size: int_in("dataplane.maglev_table_size", d.maglev_table_size, i64::from(defaults.maglev_size), 3, 16_777_259)?,
+        max_vips: int_in(
+            "dataplane.max_vips",
+            d.max_vips,
+            i64::from(defaults.max_vips),
+            1,
+            4096,
+        )?,
+        max_backends: int_in(
+            "dataplane.max_backends",
+            d.max_backends,
+            i64::from(defaults.max_backends),
+            2,
+            1 << 20,
+        )?,
+        flow_table_entries: int_in(
+            "dataplane.flow_table_entries",
+            d.flow_table_entries,
+            i64::from(defaults.flow_table_entries),
+            1,
+            1 << 28,
+        )?,
+        maglev_size: int_in(
+            "dataplane.maglev_table_size",
+            d.maglev_table_size,
+            i64::from(defaults.maglev_size),
+            3,
+            16_777_259,
+        )?,
     };
     if !is_prime(limits.maglev_size) {
         return Err(err(
             "dataplane.maglev_table_size",
-            format!("{} is not prime; use {}", limits.maglev_size, next_prime(limits.maglev_size)),
+            format!(
+                "{} is not prime; use {}",
+                limits.maglev_size,
+                next_prime(limits.maglev_size)
+            ),
         ));
     }
     if limits.maglev_ids().is_none() {
         return Err(err(
             "dataplane.max_vips",
-            format!("{} VIPs x 2 tables x {} entries exceeds 2^32 entries; lower max_vips or maglev_table_size", limits.max_vips, limits.maglev_size),
+            format!(
+                "{} VIPs x 2 tables x {} entries exceeds 2^32 entries; lower max_vips or maglev_table_size",
+                limits.max_vips, limits.maglev_size
+            ),
         ));
     }
 
     let daemon = DaemonConfig {
-        socket: PathBuf::from(raw.daemon.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.to_owned())),
-        pin_dir: PathBuf::from(raw.daemon.pin_dir.clone().unwrap_or_else(|| DEFAULT_PIN_DIR.to_owned())),
+        socket: PathBuf::from(
+            raw.daemon
+                .socket
+                .clone()
+                .unwrap_or_else(|| DEFAULT_SOCKET.to_owned()),
+        ),
+        pin_dir: PathBuf::from(
+            raw.daemon
+                .pin_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_PIN_DIR.to_owned()),
+        ),
         metrics_address: match raw.daemon.metrics_address.as_deref() {
             None => Some(DEFAULT_METRICS.parse().expect("valid default")),
             Some("" | "off" | "none") => None,
             Some(s) => Some(s.parse().map_err(|_| {
-                err("daemon.metrics_address", format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9469), or \"off\""))
+                err(
+                    "daemon.metrics_address",
+                    format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9469), or \"off\""),
+                )
             })?),
         },
     };
     if !daemon.socket.is_absolute() {
-        return Err(err("daemon.socket", format!("{:?} must be an absolute path", daemon.socket)));
+        return Err(err(
+            "daemon.socket",
+            format!("{:?} must be an absolute path", daemon.socket),
+        ));
     }
     if !daemon.pin_dir.is_absolute() {
-        return Err(err("daemon.pin_dir", format!("{:?} must be an absolute path", daemon.pin_dir)));
+        return Err(err(
+            "daemon.pin_dir",
+            format!("{:?} must be an absolute path", daemon.pin_dir),
+        ));
     }
 
     let global_health = raw.health_check.clone().unwrap_or_default();
@@ -467,57 +558,132 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut vips = Vec::new();
     for (i, v) in raw.vip.iter().enumerate() {
         let at = |f: &str| format!("vip[{i}].{f}");
-        let address_s = v.address.as_deref().ok_or_else(|| err(at("address"), "missing (the VIP's IP address)"))?;
+        let address_s = v
+            .address
+            .as_deref()
+            .ok_or_else(|| err(at("address"), "missing (the VIP's IP address)"))?;
         let address: IpAddr = address_s
             .parse()
             .map_err(|_| err(at("address"), format!("{address_s:?} is not an IP address")))?;
         if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
-            return Err(err(at("address"), format!("{address} cannot be a VIP (unspecified, loopback or multicast)")));
+            return Err(err(
+                at("address"),
+                format!("{address} cannot be a VIP (unspecified, loopback or multicast)"),
+            ));
         }
         let port = int_in(&at("port"), v.port, 0, 0, 65_535)? as u16;
         if v.port.is_none() {
-            return Err(err(at("port"), "missing (a port number, or 0 for every port)"));
+            return Err(err(
+                at("port"),
+                "missing (a port number, or 0 for every port)",
+            ));
         }
         let protocol = match v.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
             Some("udp") => Protocol::Udp,
             Some(o) => return Err(err(at("protocol"), format!("{o:?} is not tcp or udp"))),
         };
-        let id = VipId { address, port, protocol };
+        let id = VipId {
+            address,
+            port,
+            protocol,
+        };
         let hash = match v.hash.as_deref() {
             None | Some("5-tuple") => HashMode::FiveTuple,
             Some("source-address") => HashMode::SourceAddress,
-            Some(o) => return Err(err(at("hash"), format!("{o:?} is not \"5-tuple\" or \"source-address\""))),
+            Some(o) => {
+                return Err(err(
+                    at("hash"),
+                    format!("{o:?} is not \"5-tuple\" or \"source-address\""),
+                ));
+            }
         };
         let deregistration_delay = match &v.deregistration_delay {
             None => DEFAULT_DEREGISTRATION_DELAY,
             Some(s) => duration(&at("deregistration_delay"), s)?,
         };
         let name = match &v.name {
-            Some(n) if n.is_empty() || n.len() > 64 || n.chars().any(|c| c.is_control() || c == '"') => {
-                return Err(err(at("name"), format!("{n:?} must be 1 to 64 printable characters without quotes")));
+            Some(n)
+                if n.is_empty()
+                    || n.len() > 64
+                    || n.chars().any(|c| c.is_control() || c == '"') =>
+            {
+                return Err(err(
+                    at("name"),
+                    format!("{n:?} must be 1 to 64 printable characters without quotes"),
+                ));
             }
             Some(n) => n.clone(),
             None => id.to_string(),
         };
-        let vip_health = v.health_check.clone().unwrap_or_default().over(&global_health);
-        if port == 0 && vip_health.port.is_none() && !matches!(vip_health.protocol.as_deref(), Some("none")) {
-            return Err(err(at("health_check.port"), "required for a VIP with port 0 (every port): which port should be probed?"));
+        let vip_health = v
+            .health_check
+            .clone()
+            .unwrap_or_default()
+            .over(&global_health);
+        if port == 0
+            && vip_health.port.is_none()
+            && !matches!(vip_health.protocol.as_deref(), Some("none"))
+        {
+            return Err(err(
+                at("health_check.port"),
+                "required for a VIP with port 0 (every port): which port should be probed?",
+            ));
         }
         let mut backends = Vec::new();
         for (j, b) in v.backends.iter().enumerate() {
             let bat = |f: &str| format!("vip[{i}].backends[{j}].{f}");
-            let s = b.address.as_deref().ok_or_else(|| err(bat("address"), "missing"))?;
-            let baddr: IpAddr = s.parse().map_err(|_| err(bat("address"), format!("{s:?} is not an IP address")))?;
-            let weight = int_in(&bat("weight"), b.weight, i64::from(DEFAULT_WEIGHT), 0, i64::from(MAX_WEIGHT))? as u32;
+            let s = b
+                .address
+                .as_deref()
+                .ok_or_else(|| err(bat("address"), "missing"))?;
+            let baddr: IpAddr = s
+                .parse()
+                .map_err(|_| err(bat("address"), format!("{s:?} is not an IP address")))?;
+            let weight = int_in(
+                &bat("weight"),
+                b.weight,
+                i64::from(DEFAULT_WEIGHT),
+                0,
+                i64::from(MAX_WEIGHT),
+            )? as u32;
             let h = b.health_check.clone().unwrap_or_default().over(&vip_health);
-            let hat = if b.health_check.is_some() { bat("health_check") } else { at("health_check") };
-            backends.push(BackendConfig { address: baddr, weight, health: health(&hat, &h, port)? });
+            let hat = if b.health_check.is_some() {
+                bat("health_check")
+            } else {
+                at("health_check")
+            };
+            backends.push(BackendConfig {
+                address: baddr,
+                weight,
+                health: health(&hat, &h, port)?,
+            });
         }
-        let vip_check = health(&at("health_check"), &vip_health, if port == 0 { 80 } else { port })?;
-        vips.push(VipConfig { name, id, hash, deregistration_delay, health: vip_check, backends });
+        let vip_check = health(
+            &at("health_check"),
+            &vip_health,
+            if port == 0 { 80 } else { port },
+        )?;
+        vips.push(VipConfig {
+            name,
+            id,
+            hash,
+            deregistration_delay,
+            health: vip_check,
+            backends,
+        });
     }
-    let config = Config { dataplane: DataplaneConfig { interface, xdp_mode, source_v4, source_v6, limits }, daemon, vips };
+    let config = Config {
+        dataplane: DataplaneConfig {
+            interface,
+            xdp_mode,
+            source_v4,
+            source_v6,
+            limits,
+        },
+        daemon,
+        vips,
+    };
     config.check()?;
     Ok(config)
 }
@@ -534,7 +700,10 @@ impl Config {
         for (i, v) in self.vips.iter().enumerate() {
             let id = v.id;
             if let Some(first) = seen.insert(id, i) {
-                return Err(err(format!("vip[{i}].address"), format!("duplicate VIP {id} (also vip[{first}])")));
+                return Err(err(
+                    format!("vip[{i}].address"),
+                    format!("duplicate VIP {id} (also vip[{first}])"),
+                ));
             }
             let mut addrs = HashSet::new();
             for (j, b) in v.backends.iter().enumerate() {
@@ -546,15 +715,27 @@ impl Config {
                 if id.address.is_ipv6() && baddr.is_ipv4() {
                     return Err(err(
                         bat,
-                        format!("IPv4 backend {baddr} cannot carry IPv6 VIP {id}: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address"),
+                        format!(
+                            "IPv4 backend {baddr} cannot carry IPv6 VIP {id}: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address"
+                        ),
                     ));
                 }
                 match baddr {
                     IpAddr::V4(_) if self.dataplane.source_v4.is_none() => {
-                        return Err(err(bat, format!("IPv4 backend {baddr} needs dataplane.source_v4 (the outer source address)")));
+                        return Err(err(
+                            bat,
+                            format!(
+                                "IPv4 backend {baddr} needs dataplane.source_v4 (the outer source address)"
+                            ),
+                        ));
                     }
                     IpAddr::V6(_) if self.dataplane.source_v6.is_none() => {
-                        return Err(err(bat, format!("IPv6 backend {baddr} needs dataplane.source_v6 (the outer source address)")));
+                        return Err(err(
+                            bat,
+                            format!(
+                                "IPv6 backend {baddr} needs dataplane.source_v6 (the outer source address)"
+                            ),
+                        ));
                     }
                     _ => {}
                 }
@@ -562,7 +743,10 @@ impl Config {
                     return Err(err(bat, format!("duplicate backend {baddr} in VIP {id}")));
                 }
                 if b.weight > MAX_WEIGHT {
-                    return Err(err(format!("vip[{i}].backends[{j}].weight"), format!("{} is out of range 0-{MAX_WEIGHT}", b.weight)));
+                    return Err(err(
+                        format!("vip[{i}].backends[{j}].weight"),
+                        format!("{} is out of range 0-{MAX_WEIGHT}", b.weight),
+                    ));
                 }
             }
             let needed = 100 * v.backends.len().max(1) as u64;
@@ -580,12 +764,22 @@ impl Config {
             total_backends += v.backends.len();
         }
         if self.vips.len() > limits.max_vips as usize {
-            return Err(err("dataplane.max_vips", format!("{} VIPs are configured but max_vips is {}", self.vips.len(), limits.max_vips)));
+            return Err(err(
+                "dataplane.max_vips",
+                format!(
+                    "{} VIPs are configured but max_vips is {}",
+                    self.vips.len(),
+                    limits.max_vips
+                ),
+            ));
         }
         if total_backends >= limits.max_backends as usize {
             return Err(err(
                 "dataplane.max_backends",
-                format!("{total_backends} backends are configured but max_backends is {} (one id is reserved)", limits.max_backends),
+                format!(
+                    "{total_backends} backends are configured but max_backends is {} (one id is reserved)",
+                    limits.max_backends
+                ),
             ));
         }
         Ok(())
@@ -609,11 +803,19 @@ pub fn is_prime(n: u32) -> bool {
 
 /// The smallest prime at least `n`.
 pub fn next_prime(n: u32) -> u32 {
-    (n.max(2)..).find(|&c| is_prime(c)).expect("primes are unbounded")
+    (n.max(2)..)
+        .find(|&c| is_prime(c))
+        .expect("primes are unbounded")
 }
 
 /// An integer field within `[min, max]`, `default` when absent.
-fn int_in(field: &str, v: Option<i64>, default: i64, min: i64, max: i64) -> Result<u32, ConfigError> {
+fn int_in(
+    field: &str,
+    v: Option<i64>,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<u32, ConfigError> {
     let v = v.unwrap_or(default);
     if v < min || v > max {
         return Err(err(field, format!("{v} is out of range {min}-{max}")));
@@ -626,7 +828,12 @@ pub fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = || err(field, format!("{s:?} is not a duration like \"500ms\", \"2s\", \"1m\""));
+    let bad = || {
+        err(
+            field,
+            format!("{s:?} is not a duration like \"500ms\", \"2s\", \"1m\""),
+        )
+    };
     let n: u64 = num.parse().map_err(|_| bad())?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
@@ -643,12 +850,25 @@ pub fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
 
 /// Parses HTTP status ranges: `"200-299,302"`.
 fn status_ranges(field: &str, s: &str) -> Result<Vec<(u16, u16)>, ConfigError> {
-    let bad = |part: &str| err(field, format!("{part:?} in {s:?} is not a status code or range like 200-299"));
-    let code = |p: &str| p.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c));
+    let bad = |part: &str| {
+        err(
+            field,
+            format!("{part:?} in {s:?} is not a status code or range like 200-299"),
+        )
+    };
+    let code = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|c| (100..=599).contains(c))
+    };
     s.split(',')
         .map(|part| {
             let (a, b) = match part.split_once('-') {
-                Some((a, b)) => (code(a).ok_or_else(|| bad(part))?, code(b).ok_or_else(|| bad(part))?),
+                Some((a, b)) => (
+                    code(a).ok_or_else(|| bad(part))?,
+                    code(b).ok_or_else(|| bad(part))?,
+                ),
                 None => {
                     let c = code(part).ok_or_else(|| bad(part))?;
                     (c, c)
@@ -669,7 +889,12 @@ fn health(at: &str, h: &RawHealth, vip_port: u16) -> Result<HealthCheck, ConfigE
         "tcp" => ProbeKind::Tcp,
         "http" => ProbeKind::Http,
         "none" => ProbeKind::None,
-        o => return Err(err(f("protocol"), format!("{o:?} is not tcp, http or none"))),
+        o => {
+            return Err(err(
+                f("protocol"),
+                format!("{o:?} is not tcp, http or none"),
+            ));
+        }
     };
     let port = match h.port {
         Some(p) => int_in(&f("port"), Some(p), 0, 1, 65_535)? as u16,
@@ -677,7 +902,10 @@ fn health(at: &str, h: &RawHealth, vip_port: u16) -> Result<HealthCheck, ConfigE
     };
     let path = h.path.clone().unwrap_or_else(|| d::PATH.to_owned());
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(f("path"), format!("{path:?} must start with / and have no spaces")));
+        return Err(err(
+            f("path"),
+            format!("{path:?} must start with / and have no spaces"),
+        ));
     }
     let expect = status_ranges(&f("expect"), h.expect.as_deref().unwrap_or(d::EXPECT))?;
     let interval = match &h.interval {
@@ -689,19 +917,47 @@ fn health(at: &str, h: &RawHealth, vip_port: u16) -> Result<HealthCheck, ConfigE
         None => d::TIMEOUT,
     };
     if interval < Duration::from_millis(100) {
-        return Err(err(f("interval"), format!("{interval:?} is shorter than the 100ms minimum")));
+        return Err(err(
+            f("interval"),
+            format!("{interval:?} is shorter than the 100ms minimum"),
+        ));
     }
     if timeout.is_zero() || timeout > interval {
-        return Err(err(f("timeout"), format!("{timeout:?} must be above zero and at most the interval ({interval:?})")));
+        return Err(err(
+            f("timeout"),
+            format!("{timeout:?} must be above zero and at most the interval ({interval:?})"),
+        ));
     }
     let jitter = match &h.jitter {
         Some(s) => duration(&f("jitter"), s)?,
         None => d::JITTER.unwrap_or(interval),
     };
-    let healthy_threshold = int_in(&f("healthy_threshold"), h.healthy_threshold, i64::from(d::HEALTHY_THRESHOLD), 1, 100)?;
-    let unhealthy_threshold =
-        int_in(&f("unhealthy_threshold"), h.unhealthy_threshold, i64::from(d::UNHEALTHY_THRESHOLD), 1, 100)?;
-    Ok(HealthCheck { kind, port, path, host: h.host.clone(), expect, interval, timeout, healthy_threshold, unhealthy_threshold, jitter })
+    let healthy_threshold = int_in(
+        &f("healthy_threshold"),
+        h.healthy_threshold,
+        i64::from(d::HEALTHY_THRESHOLD),
+        1,
+        100,
+    )?;
+    let unhealthy_threshold = int_in(
+        &f("unhealthy_threshold"),
+        h.unhealthy_threshold,
+        i64::from(d::UNHEALTHY_THRESHOLD),
+        1,
+        100,
+    )?;
+    Ok(HealthCheck {
+        kind,
+        port,
+        path,
+        host: h.host.clone(),
+        expect,
+        interval,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+        jitter,
+    })
 }
 
 #[cfg(test)]

@@ -31,7 +31,10 @@ use tokio::{
 
 use crate::{
     api::{Request, Response},
-    config::{BackendConfig, Config, ConfigError, DEFAULT_WEIGHT, HealthCheck, ProbeKind, VipConfig, XdpModeSetting},
+    config::{
+        BackendConfig, Config, ConfigError, DEFAULT_WEIGHT, HealthCheck, ProbeKind, VipConfig,
+        XdpModeSetting,
+    },
     dataplane::Balancer,
     engine::{Engine, EngineError},
     health::{Supervisor, Target, Verdict},
@@ -77,7 +80,9 @@ struct SavedState {
 
 fn file_hash(text: &str) -> u64 {
     // FNV-1a: stable across Rust versions, unlike std's hasher.
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Interface index of `name` in this network namespace.
@@ -105,20 +110,34 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     tracing::info!("mounting bpffs on /sys/fs/bpf (needed to pin maps and the XDP link)");
     // SAFETY: plain mount(2) with static NUL-terminated strings.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        bail!("cannot mount bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error());
+        bail!(
+            "cannot mount bpffs on /sys/fs/bpf: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
 
 /// Refuses pins left by another layout version for this interface.
 fn check_layouts(pin_dir: &Path, iface: &str) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(pin_dir) else { return Ok(()) };
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(());
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name != format!("v{LAYOUT_VERSION}") && name.starts_with('v') && e.path().join(iface).exists() {
+        if name != format!("v{LAYOUT_VERSION}")
+            && name.starts_with('v')
+            && e.path().join(iface).exists()
+        {
             bail!(
                 "{} holds pinned state of an incompatible xlb version (layout {name}, this xlb uses v{LAYOUT_VERSION}); \
                  run `xlb teardown --iface {iface}` to remove it (remembered flows are lost) and start again",
@@ -139,8 +158,12 @@ fn enable_forwarding(iface: &str) {
         match std::fs::read_to_string(&path) {
             Ok(v) if v.trim() == "1" => {}
             _ => match std::fs::write(&path, "1") {
-                Ok(()) => tracing::info!("enabled forwarding ({path}): the FIB lookup for backends needs it"),
-                Err(e) => tracing::warn!("cannot enable forwarding ({path}): {e}; packets may be dropped as forwarding_disabled"),
+                Ok(()) => tracing::info!(
+                    "enabled forwarding ({path}): the FIB lookup for backends needs it"
+                ),
+                Err(e) => tracing::warn!(
+                    "cannot enable forwarding ({path}): {e}; packets may be dropped as forwarding_disabled"
+                ),
             },
         }
     }
@@ -171,17 +194,26 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     if let Some(m) = opts.xdp_mode {
         config.dataplane.xdp_mode = m;
     }
-    let iface = config
-        .dataplane
-        .interface
-        .clone()
-        .context("no interface: set dataplane.interface in the configuration or pass --iface")?;
-    let ifidx = ifindex(&iface).with_context(|| format!("dataplane.interface: no interface named {iface:?}"))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let iface =
+        config.dataplane.interface.clone().context(
+            "no interface: set dataplane.interface in the configuration or pass --iface",
+        )?;
+    let ifidx = ifindex(&iface)
+        .with_context(|| format!("dataplane.interface: no interface named {iface:?}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(serve(opts, config, text, iface, ifidx))
 }
 
-async fn serve(opts: RunOptions, config: Config, text: String, iface: String, ifidx: u32) -> anyhow::Result<()> {
+async fn serve(
+    opts: RunOptions,
+    config: Config,
+    text: String,
+    iface: String,
+    ifidx: u32,
+) -> anyhow::Result<()> {
     let d = &config.daemon;
     ensure_bpffs(&d.pin_dir)?;
     check_layouts(&d.pin_dir, &iface)?;
@@ -194,7 +226,9 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
 
     // After a crash or restart with an unchanged file, run exactly what ran before.
     let saved_path = state_file(&d.socket);
-    let saved: Option<SavedState> = std::fs::read(&saved_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let saved: Option<SavedState> = std::fs::read(&saved_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let saved_mode = saved.as_ref().filter(|_| warm).map(|s| s.xdp_mode.clone());
     let (desired, resumed) = match saved {
         Some(s) if warm && s.file_hash == file_hash(&text) => {
@@ -244,7 +278,8 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let _ = std::fs::remove_file(&d.socket);
-    let api = UnixListener::bind(&d.socket).with_context(|| format!("cannot listen on {}", d.socket.display()))?;
+    let api = UnixListener::bind(&d.socket)
+        .with_context(|| format!("cannot listen on {}", d.socket.display()))?;
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %d.socket.display(), "API listening");
     {
@@ -262,7 +297,9 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
         });
     }
     if let Some(addr) = d.metrics_address {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("daemon.metrics_address: cannot listen on {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("daemon.metrics_address: cannot listen on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
         let daemon = daemon.clone();
         tokio::spawn(async move {
@@ -278,7 +315,11 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
         let daemon = daemon.clone();
         tokio::spawn(async move {
             while let Some(v) = verdicts.recv().await {
-                let r = daemon.engine.lock().expect("engine lock").set_health(&v.vip, v.backend, v.health, &v.reason);
+                let r = daemon
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .set_health(&v.vip, v.backend, v.health, &v.reason);
                 match r {
                     Ok(()) => daemon.after_change_keep_hash(),
                     Err(EngineError::NoSuchVip(_) | EngineError::NoSuchBackend { .. }) => {}
@@ -293,7 +334,11 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                let done = daemon.engine.lock().expect("engine lock").tick(Instant::now());
+                let done = daemon
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .tick(Instant::now());
                 match done {
                     Ok(v) if !v.is_empty() => daemon.after_change_keep_hash(),
                     Ok(_) => {}
@@ -321,7 +366,10 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
     if daemon.teardown.load(std::sync::atomic::Ordering::SeqCst) {
         tracing::info!("torn down: balancer detached, pins removed");
     } else {
-        tracing::info!("stopping; the data plane keeps forwarding (pinned in {})", pins.display());
+        tracing::info!(
+            "stopping; the data plane keeps forwarding (pinned in {})",
+            pins.display()
+        );
     }
     let _ = std::fs::remove_file(&d.socket);
     Ok(())
@@ -329,7 +377,13 @@ async fn serve(opts: RunOptions, config: Config, text: String, iface: String, if
 
 /// Attaches the balancer, or swaps it into the link pinned by a previous run. Returns the
 /// XDP mode of a fresh attachment, `None` when an existing link was reused.
-fn attach(engine: &mut Engine, pins: &Path, ifidx: u32, iface: &str, mode: XdpModeSetting) -> anyhow::Result<Option<String>> {
+fn attach(
+    engine: &mut Engine,
+    pins: &Path,
+    ifidx: u32,
+    iface: &str,
+    mode: XdpModeSetting,
+) -> anyhow::Result<Option<String>> {
     let link_pin = pins.join("link");
     let prog = engine.balancer_mut().program_mut();
     if link_pin.exists() {
@@ -364,8 +418,10 @@ fn attach(engine: &mut Engine, pins: &Path, ifidx: u32, iface: &str, mode: XdpMo
             }
         },
     };
-    let link = FdLink::try_from(prog.take_link(id)?).context("the XDP attachment is not a BPF link (kernel older than 5.9?)")?;
-    link.pin(&link_pin).with_context(|| format!("cannot pin the XDP link at {}", link_pin.display()))?;
+    let link = FdLink::try_from(prog.take_link(id)?)
+        .context("the XDP attachment is not a BPF link (kernel older than 5.9?)")?;
+    link.pin(&link_pin)
+        .with_context(|| format!("cannot pin the XDP link at {}", link_pin.display()))?;
     Ok(Some(used.to_owned()))
 }
 
@@ -391,7 +447,11 @@ impl Daemon {
             (desired, targets)
         };
         self.health.lock().expect("health lock").reconcile(targets);
-        let saved = SavedState { file_hash: hash, xdp_mode: self.xdp_mode.clone(), config: desired.clone() };
+        let saved = SavedState {
+            file_hash: hash,
+            xdp_mode: self.xdp_mode.clone(),
+            config: desired.clone(),
+        };
         *self.config.lock().expect("config lock") = desired;
         let path = state_file(&saved.config.daemon.socket);
         let tmp = path.with_extension("tmp");
@@ -439,7 +499,10 @@ impl Daemon {
             Request::Status => {
                 let engine = self.engine.lock().expect("engine lock");
                 match stats::snapshot(&engine, &self.iface, &self.xdp_mode) {
-                    Ok(s) => Response { status: Some(s), ..Response::ok(Vec::new()) },
+                    Ok(s) => Response {
+                        status: Some(s),
+                        ..Response::ok(Vec::new())
+                    },
                     Err(e) => Response::error(e),
                 }
             }
@@ -452,20 +515,32 @@ impl Daemon {
                     Ok(c) => self.apply(c, file_hash(&text)),
                     Err(e) => Response::error(e),
                 },
-                Err(e) => Response::error(format!("cannot read {}: {e}", self.config_path.display())),
+                Err(e) => {
+                    Response::error(format!("cannot read {}: {e}", self.config_path.display()))
+                }
             },
             Request::Teardown => match self.do_teardown() {
-                Ok(()) => Response::ok(vec!["balancer detached, pins removed, daemon stopping".to_owned()]),
+                Ok(()) => Response::ok(vec![
+                    "balancer detached, pins removed, daemon stopping".to_owned(),
+                ]),
                 Err(e) => Response::error(e),
             },
             Request::BackendDrain { vip, address } | Request::BackendUndrain { vip, address } => {
                 let drain = matches!(req, Request::BackendDrain { .. });
-                let r = self.engine.lock().expect("engine lock").set_drained(&vip, address, drain);
+                let r = self
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .set_drained(&vip, address, drain);
                 match r {
                     Ok(changed) => {
                         self.after_change_keep_hash();
                         let word = if drain { "drained" } else { "undrained" };
-                        let msg = if changed { format!("VIP {vip}: backend {address} {word}") } else { format!("VIP {vip}: backend {address} was already {word}") };
+                        let msg = if changed {
+                            format!("VIP {vip}: backend {address} {word}")
+                        } else {
+                            format!("VIP {vip}: backend {address} was already {word}")
+                        };
                         Response::ok(vec![msg])
                     }
                     Err(e) => Response::error(e),
@@ -485,7 +560,9 @@ impl Daemon {
     fn apply(&self, mut c: Config, hash: u64) -> Response {
         match &c.dataplane.interface {
             Some(i) if ifindex(i).is_none() => {
-                return Response::error(format!("dataplane.interface: no interface named {i:?}; nothing was changed"));
+                return Response::error(format!(
+                    "dataplane.interface: no interface named {i:?}; nothing was changed"
+                ));
             }
             Some(i) if *i != self.iface => {
                 return Response::error(format!(
@@ -500,7 +577,11 @@ impl Daemon {
         match r {
             Ok(changes) => {
                 self.after_change(hash);
-                Response::ok(if changes.is_empty() { vec!["no changes".to_owned()] } else { changes })
+                Response::ok(if changes.is_empty() {
+                    vec!["no changes".to_owned()]
+                } else {
+                    changes
+                })
             }
             Err(EngineError::Config(e)) => Response::error(humanize(&e, &c)),
             Err(e) => Response::error(e),
@@ -508,9 +589,16 @@ impl Daemon {
     }
 
     fn do_teardown(&self) -> anyhow::Result<()> {
-        self.teardown.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.teardown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         teardown_pins(&self.pins)?;
-        let socket = self.config.lock().expect("config lock").daemon.socket.clone();
+        let socket = self
+            .config
+            .lock()
+            .expect("config lock")
+            .daemon
+            .socket
+            .clone();
         let _ = std::fs::remove_file(state_file(&socket));
         Ok(())
     }
@@ -528,30 +616,55 @@ impl Daemon {
             }
         }
         let head = String::from_utf8_lossy(&buf[..n]);
-        let (status, ctype, body) = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-            let snap = {
-                let engine = self.engine.lock().expect("engine lock");
-                stats::snapshot(&engine, &self.iface, &self.xdp_mode)
+        let (status, ctype, body) =
+            if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                let snap = {
+                    let engine = self.engine.lock().expect("engine lock");
+                    stats::snapshot(&engine, &self.iface, &self.xdp_mode)
+                };
+                match snap {
+                    Ok(s) => (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        crate::metrics::render(&s),
+                    ),
+                    Err(e) => (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("reading the counters failed: {e}\n"),
+                    ),
+                }
+            } else if head.starts_with("GET ") {
+                (
+                    "404 Not Found",
+                    "text/plain",
+                    "only /metrics is served here\n".to_owned(),
+                )
+            } else {
+                (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "read-only: GET /metrics\n".to_owned(),
+                )
             };
-            match snap {
-                Ok(s) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", crate::metrics::render(&s)),
-                Err(e) => ("500 Internal Server Error", "text/plain", format!("reading the counters failed: {e}\n")),
-            }
-        } else if head.starts_with("GET ") {
-            ("404 Not Found", "text/plain", "only /metrics is served here\n".to_owned())
-        } else {
-            ("405 Method Not Allowed", "text/plain", "read-only: GET /metrics\n".to_owned())
-        };
-        let reply = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
         let _ = s.write_all(reply.as_bytes()).await;
     }
 }
 
 fn file_hash_of(path: &Path) -> u64 {
-    std::fs::read_to_string(path).map(|t| file_hash(&t)).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|t| file_hash(&t))
+        .unwrap_or(0)
 }
 
-async fn write_response(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) -> std::io::Result<()> {
+async fn write_response(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    r: &Response,
+) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(r).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
@@ -560,7 +673,10 @@ async fn write_response(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Response) 
 /// Applies a runtime operation to a copy of the running configuration.
 fn edit(c: &mut Config, req: Request) -> Result<(), String> {
     let find = |c: &mut Config, vip| -> Result<usize, String> {
-        c.vips.iter().position(|v| v.id == vip).ok_or_else(|| format!("no VIP {vip}"))
+        c.vips
+            .iter()
+            .position(|v| v.id == vip)
+            .ok_or_else(|| format!("no VIP {vip}"))
     };
     match req {
         Request::VipAdd { vip, name, hash } => {
@@ -568,7 +684,10 @@ fn edit(c: &mut Config, req: Request) -> Result<(), String> {
                 return Err(format!("VIP {vip} already exists"));
             }
             let health = if vip.port == 0 {
-                HealthCheck { kind: ProbeKind::None, ..HealthCheck::default_for_port(80) }
+                HealthCheck {
+                    kind: ProbeKind::None,
+                    ..HealthCheck::default_for_port(80)
+                }
             } else {
                 HealthCheck::default_for_port(vip.port)
             };
@@ -585,21 +704,37 @@ fn edit(c: &mut Config, req: Request) -> Result<(), String> {
             let i = find(c, vip)?;
             c.vips.remove(i);
         }
-        Request::BackendAdd { vip, address, weight } => {
+        Request::BackendAdd {
+            vip,
+            address,
+            weight,
+        } => {
             let i = find(c, vip)?;
             let v = &mut c.vips[i];
             if v.backends.iter().any(|b| b.address == address) {
                 return Err(format!("VIP {vip} already has backend {address}"));
             }
-            v.backends.push(BackendConfig { address, weight: weight.unwrap_or(DEFAULT_WEIGHT), health: v.health.clone() });
+            v.backends.push(BackendConfig {
+                address,
+                weight: weight.unwrap_or(DEFAULT_WEIGHT),
+                health: v.health.clone(),
+            });
         }
         Request::BackendDel { vip, address } => {
             let i = find(c, vip)?;
             let v = &mut c.vips[i];
-            let j = v.backends.iter().position(|b| b.address == address).ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
+            let j = v
+                .backends
+                .iter()
+                .position(|b| b.address == address)
+                .ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
             v.backends.remove(j);
         }
-        Request::BackendWeight { vip, address, weight } => {
+        Request::BackendWeight {
+            vip,
+            address,
+            weight,
+        } => {
             let i = find(c, vip)?;
             let b = c.vips[i]
                 .backends
@@ -617,9 +752,15 @@ fn edit(c: &mut Config, req: Request) -> Result<(), String> {
 /// for errors about runtime changes, where indexes mean nothing to the operator.
 fn humanize(e: &ConfigError, c: &Config) -> String {
     let f = &e.field;
-    let Some(rest) = f.strip_prefix("vip[") else { return e.to_string() };
-    let Some((i, rest)) = rest.split_once(']') else { return e.to_string() };
-    let Some(v) = i.parse::<usize>().ok().and_then(|i| c.vips.get(i)) else { return e.to_string() };
+    let Some(rest) = f.strip_prefix("vip[") else {
+        return e.to_string();
+    };
+    let Some((i, rest)) = rest.split_once(']') else {
+        return e.to_string();
+    };
+    let Some(v) = i.parse::<usize>().ok().and_then(|i| c.vips.get(i)) else {
+        return e.to_string();
+    };
     let mut out = format!("VIP {}", v.id);
     let rest = rest.trim_start_matches('.');
     if let Some(b) = rest.strip_prefix("backends[")
@@ -644,7 +785,8 @@ pub fn teardown_pins(pins: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     for e in std::fs::read_dir(pins)?.flatten() {
-        std::fs::remove_file(e.path()).with_context(|| format!("cannot remove {}", e.path().display()))?;
+        std::fs::remove_file(e.path())
+            .with_context(|| format!("cannot remove {}", e.path().display()))?;
     }
     std::fs::remove_dir(pins).with_context(|| format!("cannot remove {}", pins.display()))?;
     Ok(())
@@ -654,7 +796,9 @@ pub fn teardown_pins(pins: &Path) -> anyhow::Result<()> {
 /// daemon runs).
 pub fn teardown_all_layouts(pin_dir: &Path, iface: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(pin_dir) else { return Ok(removed) };
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Ok(removed);
+    };
     for e in entries.flatten() {
         let p = e.path().join(iface);
         if p.exists() {

@@ -19,9 +19,9 @@ use std::{
 };
 
 use lb_common::{
-    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED,
-    Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CFG_F_WILDCARD_VIPS, DataplaneConfig as MapConfig,
-    VIP_F_HASH_SOURCE, VipInfo, VipKey, addr_to_map,
+    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
+    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CFG_F_WILDCARD_VIPS,
+    DataplaneConfig as MapConfig, VIP_F_HASH_SOURCE, VipInfo, VipKey, addr_to_map,
 };
 
 use crate::{
@@ -43,8 +43,14 @@ pub enum EngineError {
     NoSuchVip(VipId),
     #[error("VIP {vip} has no backend {backend}")]
     NoSuchBackend { vip: VipId, backend: IpAddr },
-    #[error("{what} cannot change while running ({from} -> {to}); restart the daemon after `xlb teardown` (this drops remembered flows)")]
-    Immutable { what: &'static str, from: String, to: String },
+    #[error(
+        "{what} cannot change while running ({from} -> {to}); restart the daemon after `xlb teardown` (this drops remembered flows)"
+    )]
+    Immutable {
+        what: &'static str,
+        from: String,
+        to: String,
+    },
     #[error("building the Maglev table of VIP {vip} failed: {message}")]
     Maglev { vip: VipId, message: String },
 }
@@ -187,7 +193,12 @@ impl Engine {
         if self.events.len() == EVENTS_KEPT {
             self.events.pop_front();
         }
-        self.events.push_back(Event { at: SystemTime::now(), vip: vip.name.clone(), backend, message });
+        self.events.push_back(Event {
+            at: SystemTime::now(),
+            vip: vip.name.clone(),
+            backend,
+            message,
+        });
     }
 
     /// Reads the VIPs and backends already in the (pinned) maps, so that the following
@@ -204,8 +215,14 @@ impl Engine {
         }
         let mut adopted = 0;
         for (key, info) in self.lb.vips()? {
-            let Some(vid) = VipId::from_key(&key) else { continue };
-            let hash = if info.flags & VIP_F_HASH_SOURCE != 0 { HashMode::SourceAddress } else { HashMode::FiveTuple };
+            let Some(vid) = VipId::from_key(&key) else {
+                continue;
+            };
+            let hash = if info.flags & VIP_F_HASH_SOURCE != 0 {
+                HashMode::SourceAddress
+            } else {
+                HashMode::FiveTuple
+            };
             let mut config = VipConfig {
                 name: vid.to_string(),
                 id: vid,
@@ -217,7 +234,11 @@ impl Engine {
             let mut backends = BTreeMap::new();
             for (id, b) in by_vip.remove(&info.id).unwrap_or_default() {
                 let Some(addr) = b.ip() else { continue };
-                let bc = BackendConfig { address: addr, weight: b.weight, health: config.health.clone() };
+                let bc = BackendConfig {
+                    address: addr,
+                    weight: b.weight,
+                    health: config.health.clone(),
+                };
                 let removing = b.admin & ADMIN_F_REMOVING != 0;
                 if !removing {
                     config.backends.push(bc.clone());
@@ -229,7 +250,11 @@ impl Engine {
                         config: bc,
                         id,
                         generation: b.generation,
-                        health: if b.state == BACKEND_DOWN { Health::Unhealthy } else { Health::Healthy },
+                        health: if b.state == BACKEND_DOWN {
+                            Health::Unhealthy
+                        } else {
+                            Health::Healthy
+                        },
                         health_reason: "state before the daemon restarted".to_owned(),
                         health_since: SystemTime::now(),
                         drained: b.admin & ADMIN_F_DRAINED != 0,
@@ -240,14 +265,24 @@ impl Engine {
                 );
             }
             self.vip_ids.insert(info.id);
-            let mut vip = VipState { config, id: info.id, table: info.table, backends, fail_open: false, adopted: true };
+            let mut vip = VipState {
+                config,
+                id: info.id,
+                table: info.table,
+                backends,
+                fail_open: false,
+                adopted: true,
+            };
             // Which backends the live table names.
             let table = self.lb.read_table(info.table)?;
             let named: BTreeSet<u32> = table.iter().copied().collect();
             for b in vip.backends.values_mut() {
                 b.in_table = named.contains(&b.id);
             }
-            vip.fail_open = vip.backends.values().any(|b| b.in_table && b.health == Health::Unhealthy);
+            vip.fail_open = vip
+                .backends
+                .values()
+                .any(|b| b.in_table && b.health == Health::Unhealthy);
             self.vips.insert(vid, vip);
             adopted += 1;
         }
@@ -289,14 +324,21 @@ impl Engine {
         }
         if self.lb.config()? != cfg {
             self.lb.set_config(&cfg)?;
-            if self.dataplane.source_v4 != config.dataplane.source_v4 || self.dataplane.source_v6 != config.dataplane.source_v6 {
+            if self.dataplane.source_v4 != config.dataplane.source_v4
+                || self.dataplane.source_v6 != config.dataplane.source_v6
+            {
                 changes.push("outer source addresses updated".to_owned());
             }
         }
         self.dataplane = config.dataplane.clone();
 
         let wanted: BTreeSet<VipId> = config.vips.iter().map(|v| v.id).collect();
-        let gone: Vec<VipId> = self.vips.keys().filter(|k| !wanted.contains(k)).copied().collect();
+        let gone: Vec<VipId> = self
+            .vips
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
         for id in gone {
             self.remove_vip(&id)?;
             changes.push(format!("VIP {id} removed"));
@@ -305,7 +347,11 @@ impl Engine {
             match self.vips.contains_key(&vc.id) {
                 false => {
                     self.add_vip(vc, now)?;
-                    changes.push(format!("VIP {} added with {} backends", vc.id, vc.backends.len()));
+                    changes.push(format!(
+                        "VIP {} added with {} backends",
+                        vc.id,
+                        vc.backends.len()
+                    ));
                 }
                 true => changes.extend(self.update_vip(vc, now)?),
             }
@@ -324,19 +370,39 @@ impl Engine {
         let cur = &self.dataplane;
         let limits: Limits = config.dataplane.limits;
         for (what, from, to) in [
-            ("dataplane.maglev_table_size", cur.limits.maglev_size, limits.maglev_size),
-            ("dataplane.flow_table_entries", cur.limits.flow_table_entries, limits.flow_table_entries),
+            (
+                "dataplane.maglev_table_size",
+                cur.limits.maglev_size,
+                limits.maglev_size,
+            ),
+            (
+                "dataplane.flow_table_entries",
+                cur.limits.flow_table_entries,
+                limits.flow_table_entries,
+            ),
             ("dataplane.max_vips", cur.limits.max_vips, limits.max_vips),
-            ("dataplane.max_backends", cur.limits.max_backends, limits.max_backends),
+            (
+                "dataplane.max_backends",
+                cur.limits.max_backends,
+                limits.max_backends,
+            ),
         ] {
             if from != to {
-                return Err(EngineError::Immutable { what, from: from.to_string(), to: to.to_string() });
+                return Err(EngineError::Immutable {
+                    what,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                });
             }
         }
         if let (Some(from), Some(to)) = (&cur.interface, &config.dataplane.interface)
             && from != to
         {
-            return Err(EngineError::Immutable { what: "dataplane.interface", from: from.clone(), to: to.clone() });
+            return Err(EngineError::Immutable {
+                what: "dataplane.interface",
+                from: from.clone(),
+                to: to.clone(),
+            });
         }
         // Backend ids: every configured backend, plus removed ones still draining.
         let mut needed = 0usize;
@@ -344,7 +410,11 @@ impl Engine {
             let configured: BTreeSet<IpAddr> = vc.backends.iter().map(|b| b.address).collect();
             needed += configured.len();
             if let Some(v) = self.vips.get(&vc.id) {
-                needed += v.backends.keys().filter(|a| !configured.contains(a)).count();
+                needed += v
+                    .backends
+                    .keys()
+                    .filter(|a| !configured.contains(a))
+                    .count();
             }
         }
         if needed >= limits.max_backends as usize {
@@ -361,13 +431,17 @@ impl Engine {
     }
 
     fn alloc_vip_id(&mut self) -> u32 {
-        let id = (0..).find(|i| !self.vip_ids.contains(i)).expect("checked against max_vips");
+        let id = (0..)
+            .find(|i| !self.vip_ids.contains(i))
+            .expect("checked against max_vips");
         self.vip_ids.insert(id);
         id
     }
 
     fn alloc_backend_id(&mut self) -> (u32, u32) {
-        let id = (1..).find(|i| !self.backend_ids.contains(i)).expect("checked against max_backends");
+        let id = (1..)
+            .find(|i| !self.backend_ids.contains(i))
+            .expect("checked against max_backends");
         self.backend_ids.insert(id);
         let generation = self.generations[id as usize].wrapping_add(1);
         self.generations[id as usize] = generation;
@@ -402,13 +476,28 @@ impl Engine {
             let health = initial_health(&bc.health);
             backends.insert(bc.address, self.new_backend(bc, health)?);
         }
-        let vip = VipState { config: vc.clone(), id, table: 2 * id, backends, fail_open: false, adopted: false };
+        let vip = VipState {
+            config: vc.clone(),
+            id,
+            table: 2 * id,
+            backends,
+            fail_open: false,
+            adopted: false,
+        };
         self.vips.insert(vc.id, vip);
         // The table is written before the VIP entry exists, so the first packet finds it.
         self.sync_vip(&vc.id)?;
         let key = vc.id.key();
         let table = self.vips[&vc.id].table;
-        self.lb.set_vip(&key, &VipInfo { id, table, flags: vip_flags(vc), reserved: 0 })?;
+        self.lb.set_vip(
+            &key,
+            &VipInfo {
+                id,
+                table,
+                flags: vip_flags(vc),
+                reserved: 0,
+            },
+        )?;
         self.update_vip_address(vc.id.address)?;
         let n = vc.backends.len();
         self.event(vc, None, format!("VIP added with {n} backends"));
@@ -441,7 +530,15 @@ impl Engine {
     fn update_vip_address(&mut self, addr: IpAddr) -> Result<()> {
         let n = self.vips.keys().filter(|v| v.address == addr).count() as u32;
         let (a, family) = addr_to_map(addr);
-        self.lb.set_vip_address(&VipKey { addr: a, port: 0, proto: 0, family }, n)?;
+        self.lb.set_vip_address(
+            &VipKey {
+                addr: a,
+                port: 0,
+                proto: 0,
+                family,
+            },
+            n,
+        )?;
         Ok(())
     }
 
@@ -451,10 +548,17 @@ impl Engine {
         if old.hash != vc.hash {
             let key = vc.id.key();
             let info = self.lb.vip(&key)?.unwrap_or_default();
-            self.lb.set_vip(&key, &VipInfo { flags: vip_flags(vc), ..info })?;
+            self.lb.set_vip(
+                &key,
+                &VipInfo {
+                    flags: vip_flags(vc),
+                    ..info
+                },
+            )?;
             changes.push(format!("VIP {}: hash {} -> {}", vc.id, old.hash, vc.hash));
         }
-        let configured: BTreeMap<IpAddr, &BackendConfig> = vc.backends.iter().map(|b| (b.address, b)).collect();
+        let configured: BTreeMap<IpAddr, &BackendConfig> =
+            vc.backends.iter().map(|b| (b.address, b)).collect();
         let existing: Vec<IpAddr> = self.vips[&vc.id].backends.keys().copied().collect();
         // Removed from the configuration: serve out the deregistration delay.
         for addr in &existing {
@@ -463,8 +567,14 @@ impl Engine {
                 let b = vip.backends.get_mut(addr).expect("exists");
                 if b.removing.is_none() {
                     b.removing = Some(now + vc.deregistration_delay);
-                    changes.push(format!("VIP {}: backend {addr} removed; draining for {:?}", vc.id, vc.deregistration_delay));
-                    let msg = format!("deregistering: existing flows stay for up to {:?}", vc.deregistration_delay);
+                    changes.push(format!(
+                        "VIP {}: backend {addr} removed; draining for {:?}",
+                        vc.id, vc.deregistration_delay
+                    ));
+                    let msg = format!(
+                        "deregistering: existing flows stay for up to {:?}",
+                        vc.deregistration_delay
+                    );
                     self.event(vc, Some(*addr), msg);
                 }
             }
@@ -477,9 +587,14 @@ impl Engine {
                         changes.push(format!("VIP {}: backend {addr} re-added", vc.id));
                     }
                     if b.config.weight != bc.weight {
-                        changes.push(format!("VIP {}: backend {addr} weight {} -> {}", vc.id, b.config.weight, bc.weight));
+                        changes.push(format!(
+                            "VIP {}: backend {addr} weight {} -> {}",
+                            vc.id, b.config.weight, bc.weight
+                        ));
                     }
-                    if b.config.health != bc.health && bc.health.kind == crate::config::ProbeKind::None {
+                    if b.config.health != bc.health
+                        && bc.health.kind == crate::config::ProbeKind::None
+                    {
                         b.health = Health::Healthy;
                         b.health_reason = "no health check".to_owned();
                     }
@@ -488,14 +603,21 @@ impl Engine {
                 None => {
                     let health = initial_health(&bc.health);
                     let b = self.new_backend(bc, health)?;
-                    self.vips.get_mut(&vc.id).expect("exists").backends.insert(*addr, b);
+                    self.vips
+                        .get_mut(&vc.id)
+                        .expect("exists")
+                        .backends
+                        .insert(*addr, b);
                     changes.push(format!("VIP {}: backend {addr} added", vc.id));
                     self.event(vc, Some(*addr), "backend added".to_owned());
                 }
             }
         }
         let vip = self.vips.get_mut(&vc.id).expect("exists");
-        if !vip.adopted && (vip.config.name != vc.name || vip.config.deregistration_delay != vc.deregistration_delay) {
+        if !vip.adopted
+            && (vip.config.name != vc.name
+                || vip.config.deregistration_delay != vc.deregistration_delay)
+        {
             changes.push(format!("VIP {}: settings updated", vc.id));
         }
         vip.adopted = false;
@@ -516,19 +638,41 @@ impl Engine {
         }
         let mut out = Vec::new();
         for (vid, addr) in done {
-            let b = self.vips.get_mut(&vid).expect("exists").backends.remove(&addr).expect("exists");
+            let b = self
+                .vips
+                .get_mut(&vid)
+                .expect("exists")
+                .backends
+                .remove(&addr)
+                .expect("exists");
             self.release_backend(&b)?;
             let vc = self.vips[&vid].config.clone();
-            self.event(&vc, Some(addr), "deregistration delay over: backend removed".to_owned());
+            self.event(
+                &vc,
+                Some(addr),
+                "deregistration delay over: backend removed".to_owned(),
+            );
             out.push(format!("VIP {vid}: backend {addr} removed"));
         }
         Ok(out)
     }
 
     /// Records a health verdict; moves the backend in or out of the table if needed.
-    pub fn set_health(&mut self, vid: &VipId, addr: IpAddr, health: Health, reason: &str) -> Result<()> {
+    pub fn set_health(
+        &mut self,
+        vid: &VipId,
+        addr: IpAddr,
+        health: Health,
+        reason: &str,
+    ) -> Result<()> {
         let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
-        let b = vip.backends.get_mut(&addr).ok_or(EngineError::NoSuchBackend { vip: *vid, backend: addr })?;
+        let b = vip
+            .backends
+            .get_mut(&addr)
+            .ok_or(EngineError::NoSuchBackend {
+                vip: *vid,
+                backend: addr,
+            })?;
         if b.health == health {
             return Ok(());
         }
@@ -537,7 +681,11 @@ impl Engine {
         b.health_reason = reason.to_owned();
         b.health_since = SystemTime::now();
         let vc = vip.config.clone();
-        self.event(&vc, Some(addr), format!("{} -> {}: {reason}", health_name(from), health_name(health)));
+        self.event(
+            &vc,
+            Some(addr),
+            format!("{} -> {}: {reason}", health_name(from), health_name(health)),
+        );
         self.sync_vip(vid)
     }
 
@@ -545,13 +693,23 @@ impl Engine {
     /// stay. The mark survives daemon restarts.
     pub fn set_drained(&mut self, vid: &VipId, addr: IpAddr, drained: bool) -> Result<bool> {
         let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
-        let b = vip.backends.get_mut(&addr).ok_or(EngineError::NoSuchBackend { vip: *vid, backend: addr })?;
+        let b = vip
+            .backends
+            .get_mut(&addr)
+            .ok_or(EngineError::NoSuchBackend {
+                vip: *vid,
+                backend: addr,
+            })?;
         if b.drained == drained {
             return Ok(false);
         }
         b.drained = drained;
         let vc = vip.config.clone();
-        let what = if drained { "drained: no new flows, existing flows stay" } else { "undrained: takes new flows again" };
+        let what = if drained {
+            "drained: no new flows, existing flows stay"
+        } else {
+            "undrained: takes new flows again"
+        };
         self.event(&vc, Some(addr), what.to_owned());
         self.sync_vip(vid)?;
         Ok(true)
@@ -566,10 +724,21 @@ impl Engine {
     pub fn sync_vip(&mut self, vid: &VipId) -> Result<()> {
         let m = self.lb.limits().maglev_size;
         let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
-        let eligible: Vec<&BackendState> =
-            vip.backends.values().filter(|b| b.admin_active() && b.config.weight > 0).collect();
-        let healthy: Vec<&BackendState> = eligible.iter().copied().filter(|b| b.health == Health::Healthy).collect();
-        let unknown: Vec<&BackendState> = eligible.iter().copied().filter(|b| b.health == Health::Unknown).collect();
+        let eligible: Vec<&BackendState> = vip
+            .backends
+            .values()
+            .filter(|b| b.admin_active() && b.config.weight > 0)
+            .collect();
+        let healthy: Vec<&BackendState> = eligible
+            .iter()
+            .copied()
+            .filter(|b| b.health == Health::Healthy)
+            .collect();
+        let unknown: Vec<&BackendState> = eligible
+            .iter()
+            .copied()
+            .filter(|b| b.health == Health::Unknown)
+            .collect();
         let (serving, fail_open) = if !healthy.is_empty() {
             (healthy, false)
         } else if !unknown.is_empty() {
@@ -581,7 +750,10 @@ impl Engine {
         let entries: Vec<maglev::Entry> = serving
             .iter()
             .map(|b| maglev::Entry {
-                key: maglev::BackendKey { addr: b.config.address, port: 0 },
+                key: maglev::BackendKey {
+                    addr: b.config.address,
+                    port: 0,
+                },
                 weight: b.config.weight,
                 id: b.id,
             })
@@ -589,7 +761,10 @@ impl Engine {
         let table = if entries.is_empty() {
             vec![0; m as usize]
         } else {
-            maglev::build(&entries, m, MAGLEV_SEED).map_err(|e| EngineError::Maglev { vip: *vid, message: e.to_string() })?
+            maglev::build(&entries, m, MAGLEV_SEED).map_err(|e| EngineError::Maglev {
+                vip: *vid,
+                message: e.to_string(),
+            })?
         };
         let fail_open_changed = vip.fail_open != fail_open;
         vip.fail_open = fail_open;
@@ -637,11 +812,23 @@ impl Engine {
             }
         }
         if self.lb.read_table(active)? != table {
-            let spare = if active == 2 * vip_id { 2 * vip_id + 1 } else { 2 * vip_id };
+            let spare = if active == 2 * vip_id {
+                2 * vip_id + 1
+            } else {
+                2 * vip_id
+            };
             self.lb.write_table(spare, &table)?;
             let key = vid.key();
             if self.lb.vip(&key)?.is_some() {
-                self.lb.set_vip(&key, &VipInfo { id: vip_id, table: spare, flags, reserved: 0 })?;
+                self.lb.set_vip(
+                    &key,
+                    &VipInfo {
+                        id: vip_id,
+                        table: spare,
+                        flags,
+                        reserved: 0,
+                    },
+                )?;
             }
             self.vips.get_mut(vid).expect("exists").table = spare;
         }
@@ -653,9 +840,17 @@ impl Engine {
         if fail_open_changed {
             if fail_open {
                 tracing::warn!(vip = %name.name, "every backend is unhealthy: failing open, sending to all of them");
-                self.event(&name, None, "FAIL-OPEN: every backend is unhealthy; traffic goes to all of them".to_owned());
+                self.event(
+                    &name,
+                    None,
+                    "FAIL-OPEN: every backend is unhealthy; traffic goes to all of them".to_owned(),
+                );
             } else {
-                self.event(&name, None, "fail-open over: a backend is healthy again".to_owned());
+                self.event(
+                    &name,
+                    None,
+                    "fail-open over: a backend is healthy again".to_owned(),
+                );
             }
         }
         Ok(())
@@ -673,7 +868,11 @@ fn vip_flags(vc: &VipConfig) -> u32 {
 /// Health of a new backend: healthy if it is not checked, unknown until its first verdict
 /// otherwise.
 fn initial_health(h: &HealthCheck) -> Health {
-    if h.kind == crate::config::ProbeKind::None { Health::Healthy } else { Health::Unknown }
+    if h.kind == crate::config::ProbeKind::None {
+        Health::Healthy
+    } else {
+        Health::Unknown
+    }
 }
 
 fn health_name(h: Health) -> &'static str {

@@ -50,7 +50,10 @@ pub struct Supervisor {
 
 impl Supervisor {
     pub fn new(verdicts: mpsc::Sender<Verdict>) -> Self {
-        Self { tasks: HashMap::new(), verdicts }
+        Self {
+            tasks: HashMap::new(),
+            verdicts,
+        }
     }
 
     /// Starts tasks for new targets, stops those of targets that are gone, restarts those
@@ -127,17 +130,24 @@ async fn probe_loop(t: Target, verdicts: mpsc::Sender<Verdict>) {
             }
         }
         let change = match &result {
-            Ok(()) if state != Health::Healthy && successes >= c.healthy_threshold => {
-                Some((Health::Healthy, format!("{successes} consecutive successful checks")))
-            }
-            Err(why) if state != Health::Unhealthy && failures >= c.unhealthy_threshold => {
-                Some((Health::Unhealthy, format!("{failures} consecutive failed checks, last: {why}")))
-            }
+            Ok(()) if state != Health::Healthy && successes >= c.healthy_threshold => Some((
+                Health::Healthy,
+                format!("{successes} consecutive successful checks"),
+            )),
+            Err(why) if state != Health::Unhealthy && failures >= c.unhealthy_threshold => Some((
+                Health::Unhealthy,
+                format!("{failures} consecutive failed checks, last: {why}"),
+            )),
             _ => None,
         };
         if let Some((health, reason)) = change {
             state = health;
-            let v = Verdict { vip: t.vip, backend: t.backend, health, reason };
+            let v = Verdict {
+                vip: t.vip,
+                backend: t.backend,
+                health,
+                reason,
+            };
             if verdicts.send(v).await.is_err() {
                 return;
             }
@@ -186,7 +196,9 @@ async fn http_get(s: &mut TcpStream, backend: IpAddr, c: &HealthCheck) -> Result
         c.path,
         env!("CARGO_PKG_VERSION")
     );
-    s.write_all(req.as_bytes()).await.map_err(|e| describe(&e))?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| describe(&e))?;
     // The status line is all we need: "HTTP/1.1 200 OK".
     let mut buf = [0u8; 64];
     let mut n = 0;
@@ -202,7 +214,12 @@ async fn http_get(s: &mut TcpStream, backend: IpAddr, c: &HealthCheck) -> Result
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))?;
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP response: {:?}",
+                line.lines().next().unwrap_or("")
+            )
+        })?;
     if c.expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
         Ok(())
     } else {
@@ -240,7 +257,11 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 1024];
                     let _ = s.read(&mut buf).await;
-                    let _ = s.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+                    let _ = s
+                        .write_all(
+                            format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+                        )
+                        .await;
                 });
             }
         });
@@ -254,13 +275,19 @@ mod tests {
         let bad = http_server(503).await;
         assert_eq!(probe(lo, &check(ProbeKind::Tcp, ok)).await, Ok(()));
         assert_eq!(probe(lo, &check(ProbeKind::Http, ok)).await, Ok(()));
-        assert_eq!(probe(lo, &check(ProbeKind::Http, bad)).await, Err("HTTP status 503".to_owned()));
+        assert_eq!(
+            probe(lo, &check(ProbeKind::Http, bad)).await,
+            Err("HTTP status 503".to_owned())
+        );
         // A closed port.
         let closed = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        assert_eq!(probe(lo, &check(ProbeKind::Tcp, closed)).await, Err("connection refused".to_owned()));
+        assert_eq!(
+            probe(lo, &check(ProbeKind::Tcp, closed)).await,
+            Err("connection refused".to_owned())
+        );
     }
 
     #[tokio::test]
@@ -284,7 +311,12 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let vip: VipId = "203.0.113.10:80/tcp".parse().unwrap();
         let mut sup = Supervisor::new(tx);
-        let t = Target { vip, backend: "127.0.0.1".parse().unwrap(), check: check(ProbeKind::Http, port), current: Health::Unknown };
+        let t = Target {
+            vip,
+            backend: "127.0.0.1".parse().unwrap(),
+            check: check(ProbeKind::Http, port),
+            current: Health::Unknown,
+        };
         let started = Instant::now();
         sup.reconcile(vec![t.clone()]);
         let v = rx.recv().await.unwrap();
@@ -297,11 +329,18 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let moved = Target { check: check(ProbeKind::Tcp, closed), current: Health::Healthy, ..t };
+        let moved = Target {
+            check: check(ProbeKind::Tcp, closed),
+            current: Health::Healthy,
+            ..t
+        };
         sup.reconcile(vec![moved]);
         let v = rx.recv().await.unwrap();
         assert_eq!(v.health, Health::Unhealthy);
-        assert_eq!(v.reason, "2 consecutive failed checks, last: connection refused");
+        assert_eq!(
+            v.reason,
+            "2 consecutive failed checks, last: connection refused"
+        );
         assert_eq!(sup.len(), 1);
         sup.reconcile(vec![]);
         assert!(sup.is_empty());

@@ -4,12 +4,7 @@
 //! Exit codes: 0 success; 1 the operation was refused or failed (the message says why,
 //! nothing was changed); 2 bad command line; 3 the daemon could not be reached.
 
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlb::{
@@ -53,7 +48,9 @@ enum Output {
 enum Command {
     /// Run the daemon in the foreground: attach the balancer, apply the configuration, serve
     /// the API and metrics, check health. Stopping it leaves the data plane forwarding.
-    #[command(after_help = "Example:\n  xlb run --config /etc/xlb/xlb.toml --iface eth0\n\nSIGHUP reloads the configuration file; SIGTERM stops the daemon (forwarding continues).")]
+    #[command(
+        after_help = "Example:\n  xlb run --config /etc/xlb/xlb.toml --iface eth0\n\nSIGHUP reloads the configuration file; SIGTERM stops the daemon (forwarding continues)."
+    )]
     Run {
         /// The configuration file.
         #[arg(short, long)]
@@ -94,10 +91,14 @@ enum Command {
         watch: Option<f64>,
     },
     /// On a backend: decapsulate packets that balancers send to this host's addresses.
-    #[command(after_help = "Examples:\n  xlb decap --iface eth0\n  xlb decap --iface eth0 --address 198.51.100.21\n  xlb decap --iface eth0 --detach")]
+    #[command(
+        after_help = "Examples:\n  xlb decap --iface eth0\n  xlb decap --iface eth0 --address 198.51.100.21\n  xlb decap --iface eth0 --detach"
+    )]
     Decap(DecapArgs),
     /// Detach the balancer and remove its pinned maps (remembered flows and counters are lost).
-    #[command(after_help = "Examples:\n  xlb teardown                   ask the running daemon to tear down and stop\n  xlb teardown --iface eth0      without a daemon: remove the pins for eth0")]
+    #[command(
+        after_help = "Examples:\n  xlb teardown                   ask the running daemon to tear down and stop\n  xlb teardown --iface eth0      without a daemon: remove the pins for eth0"
+    )]
     Teardown {
         /// Interface whose pins to remove when no daemon is running.
         #[arg(long)]
@@ -143,7 +144,9 @@ enum VipCommand {
 #[derive(Subcommand)]
 enum BackendCommand {
     /// Add a backend to a VIP; it takes traffic once its health check passes.
-    #[command(after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50")]
+    #[command(
+        after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50"
+    )]
     Add {
         vip: VipId,
         address: IpAddr,
@@ -157,7 +160,11 @@ enum BackendCommand {
     /// Let a drained backend take new flows again.
     Undrain { vip: VipId, address: IpAddr },
     /// Change a backend's weight (0: no new flows).
-    Weight { vip: VipId, address: IpAddr, weight: u32 },
+    Weight {
+        vip: VipId,
+        address: IpAddr,
+        weight: u32,
+    },
 }
 
 #[derive(Args)]
@@ -229,11 +236,18 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     let json = cli.output == Output::Json;
     let request = |req: Request| -> Result<Response, Failure> {
         let r = api::call(&cli.socket, &req, TIMEOUT)?;
-        if r.ok { Ok(r) } else { Err(Failure(1, r.error.unwrap_or_else(|| "refused".to_owned()))) }
+        if r.ok {
+            Ok(r)
+        } else {
+            Err(Failure(1, r.error.unwrap_or_else(|| "refused".to_owned())))
+        }
     };
     let print_changes = |r: Response| {
         if json {
-            println!("{}", serde_json::to_string_pretty(&r.changes).expect("serialisable"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r.changes).expect("serialisable")
+            );
         } else {
             for c in r.changes {
                 println!("{c}");
@@ -241,18 +255,33 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
     };
     match cli.command {
-        Command::Run { config, iface, xdp_mode } => {
+        Command::Run {
+            config,
+            iface,
+            xdp_mode,
+        } => {
             init_logging();
-            let opts = daemon::RunOptions { config, iface, xdp_mode: xdp_mode.map(mode) };
+            let opts = daemon::RunOptions {
+                config,
+                iface,
+                xdp_mode: xdp_mode.map(mode),
+            };
             daemon::run(opts).map_err(|e| Failure(1, format!("{e:#}").replace('\n', " ")))
         }
         Command::Check { config } => {
             let c = Config::load(&config).map_err(|e| Failure(1, e.to_string()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&c).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&c).expect("serialisable")
+                );
             } else {
                 let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
-                println!("{}: valid ({} VIPs, {backends} backends)", config.display(), c.vips.len());
+                println!(
+                    "{}: valid ({} VIPs, {backends} backends)",
+                    config.display(),
+                    c.vips.len()
+                );
             }
             Ok(())
         }
@@ -260,12 +289,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure(1, format!("cannot read {}: {e}", file.display())))?;
             // Validate locally first: a clear error even when no daemon runs.
-            Config::parse(&text, &file.display().to_string()).map_err(|e| Failure(1, e.to_string()))?;
-            print_changes(request(Request::Apply { config: text, origin: file.display().to_string() })?);
+            Config::parse(&text, &file.display().to_string())
+                .map_err(|e| Failure(1, e.to_string()))?;
+            print_changes(request(Request::Apply {
+                config: text,
+                origin: file.display().to_string(),
+            })?);
             Ok(())
         }
         Command::Vip(VipCommand::Add { vip, name, hash }) => {
-            print_changes(request(Request::VipAdd { vip, name, hash: hash_mode(hash) })?);
+            print_changes(request(Request::VipAdd {
+                vip,
+                name,
+                hash: hash_mode(hash),
+            })?);
             Ok(())
         }
         Command::Vip(VipCommand::Del { vip }) => {
@@ -273,37 +310,74 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Vip(VipCommand::List) => {
-            let s = request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            let s = request(Request::Status)?
+                .status
+                .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
             if json {
                 let list: Vec<_> = s
                     .vips
                     .iter()
                     .map(|v| serde_json::json!({"vip": v.vip, "name": v.name, "hash": v.hash, "backends": v.backends.len(), "fail_open": v.fail_open}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&list).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("serialisable")
+                );
             } else {
-                println!("{:<32} {:<20} {:<15} {:>8}", "VIP", "NAME", "HASH", "BACKENDS");
+                println!(
+                    "{:<32} {:<20} {:<15} {:>8}",
+                    "VIP", "NAME", "HASH", "BACKENDS"
+                );
                 for v in s.vips {
-                    println!("{:<32} {:<20} {:<15} {:>8}", v.vip.to_string(), v.name, v.hash.to_string(), v.backends.len());
+                    println!(
+                        "{:<32} {:<20} {:<15} {:>8}",
+                        v.vip.to_string(),
+                        v.name,
+                        v.hash.to_string(),
+                        v.backends.len()
+                    );
                 }
             }
             Ok(())
         }
         Command::Backend(b) => {
             let req = match b {
-                BackendCommand::Add { vip, address, weight } => Request::BackendAdd { vip, address, weight },
+                BackendCommand::Add {
+                    vip,
+                    address,
+                    weight,
+                } => Request::BackendAdd {
+                    vip,
+                    address,
+                    weight,
+                },
                 BackendCommand::Del { vip, address } => Request::BackendDel { vip, address },
                 BackendCommand::Drain { vip, address } => Request::BackendDrain { vip, address },
-                BackendCommand::Undrain { vip, address } => Request::BackendUndrain { vip, address },
-                BackendCommand::Weight { vip, address, weight } => Request::BackendWeight { vip, address, weight },
+                BackendCommand::Undrain { vip, address } => {
+                    Request::BackendUndrain { vip, address }
+                }
+                BackendCommand::Weight {
+                    vip,
+                    address,
+                    weight,
+                } => Request::BackendWeight {
+                    vip,
+                    address,
+                    weight,
+                },
             };
             print_changes(request(req)?);
             Ok(())
         }
         Command::Status => {
-            let s = request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            let s = request(Request::Status)?
+                .status
+                .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("serialisable")
+                );
             } else {
                 print!("{}", stats::status_text(&s));
             }
@@ -311,12 +385,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Stats { watch } => {
             let take = || -> Result<api::Snapshot, Failure> {
-                request(Request::Status)?.status.ok_or_else(|| Failure(1, "no status in the answer".to_owned()))
+                request(Request::Status)?
+                    .status
+                    .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))
             };
             let Some(interval) = watch else {
                 let s = take()?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&s).expect("serialisable"));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).expect("serialisable")
+                    );
                 } else {
                     print!("{}", stats::stats_table(&s, None));
                 }
@@ -350,7 +429,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let iface = iface.ok_or_else(|| {
                 Failure(3, format!("no daemon answers at {}; pass --iface IF to remove that interface's pins directly", cli.socket.display()))
             })?;
-            let removed = daemon::teardown_all_layouts(&pin_dir, &iface).map_err(|e| Failure(1, format!("{e:#}")))?;
+            let removed = daemon::teardown_all_layouts(&pin_dir, &iface)
+                .map_err(|e| Failure(1, format!("{e:#}")))?;
             if removed.is_empty() {
                 println!("nothing pinned for {iface} under {}", pin_dir.display());
             }
@@ -365,7 +445,11 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// `xlb decap`: attaches (and pins) the decapsulator, or detaches it.
@@ -374,19 +458,43 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
     let link_pin = pins.join("link");
     if args.detach {
         if !link_pin.exists() {
-            return Err(Failure(1, format!("no decapsulator is attached to {} (no pin at {})", args.iface, link_pin.display())));
+            return Err(Failure(
+                1,
+                format!(
+                    "no decapsulator is attached to {} (no pin at {})",
+                    args.iface,
+                    link_pin.display()
+                ),
+            ));
         }
         daemon::teardown_pins(&pins).map_err(|e| Failure(1, format!("{e:#}")))?;
         println!("decapsulator detached from {}", args.iface);
         return Ok(());
     }
-    let ifidx = daemon::ifindex(&args.iface).ok_or_else(|| Failure(1, format!("--iface: no interface named {:?}", args.iface)))?;
-    let addrs = if args.address.is_empty() { interface_addresses(&args.iface) } else { args.address.clone() };
+    let ifidx = daemon::ifindex(&args.iface)
+        .ok_or_else(|| Failure(1, format!("--iface: no interface named {:?}", args.iface)))?;
+    let addrs = if args.address.is_empty() {
+        interface_addresses(&args.iface)
+    } else {
+        args.address.clone()
+    };
     if addrs.is_empty() {
-        return Err(Failure(1, format!("{} has no address to decapsulate for; pass --address", args.iface)));
+        return Err(Failure(
+            1,
+            format!(
+                "{} has no address to decapsulate for; pass --address",
+                args.iface
+            ),
+        ));
     }
     if link_pin.exists() {
-        return Err(Failure(1, format!("a decapsulator is already attached to {}; `xlb decap --iface {} --detach` first", args.iface, args.iface)));
+        return Err(Failure(
+            1,
+            format!(
+                "a decapsulator is already attached to {}; `xlb decap --iface {} --detach` first",
+                args.iface, args.iface
+            ),
+        ));
     }
     daemon::ensure_bpffs(&args.pin_dir).map_err(|e| Failure(1, format!("{e:#}")))?;
     let mut d = decap::Decap::load().map_err(|e| Failure(1, e.to_string()))?;
@@ -401,15 +509,24 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
     let link = match d.attach(ifidx, xmode) {
         Ok(l) => l,
         Err(_) if matches!(args.xdp_mode, Mode::Auto) => {
-            eprintln!("xlb: native XDP failed on {}; using generic XDP", args.iface);
-            d.attach(ifidx, aya::programs::XdpMode::Skb).map_err(|e| Failure(1, e.to_string()))?
+            eprintln!(
+                "xlb: native XDP failed on {}; using generic XDP",
+                args.iface
+            );
+            d.attach(ifidx, aya::programs::XdpMode::Skb)
+                .map_err(|e| Failure(1, e.to_string()))?
         }
         Err(e) => return Err(Failure(1, e.to_string())),
     };
-    std::fs::create_dir_all(&pins).map_err(|e| Failure(1, format!("cannot create {}: {e}", pins.display())))?;
-    link.pin(&link_pin).map_err(|e| Failure(1, format!("cannot pin {}: {e}", link_pin.display())))?;
+    std::fs::create_dir_all(&pins)
+        .map_err(|e| Failure(1, format!("cannot create {}: {e}", pins.display())))?;
+    link.pin(&link_pin)
+        .map_err(|e| Failure(1, format!("cannot pin {}: {e}", link_pin.display())))?;
     if json {
-        println!("{}", serde_json::json!({"interface": args.iface, "addresses": addrs}));
+        println!(
+            "{}",
+            serde_json::json!({"interface": args.iface, "addresses": addrs})
+        );
     } else {
         let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         println!("decapsulating on {} for {}", args.iface, list.join(", "));

@@ -15,8 +15,15 @@ use crate::{api::Snapshot, engine::Health};
 
 type Labels = Vec<(String, String)>;
 
-fn family<M: prometheus_client::metrics::TypedMetric + Default + Clone + Send + Sync + 'static + std::fmt::Debug>(
-) -> Family<Labels, M>
+fn family<
+    M: prometheus_client::metrics::TypedMetric
+        + Default
+        + Clone
+        + Send
+        + Sync
+        + 'static
+        + std::fmt::Debug,
+>() -> Family<Labels, M>
 where
     M: prometheus_client::encoding::EncodeMetric,
 {
@@ -29,7 +36,10 @@ pub fn render(s: &Snapshot) -> String {
     r.register(
         "xlb_build",
         "xlb version",
-        Info::new(vec![("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned())]),
+        Info::new(vec![(
+            "version".to_owned(),
+            env!("CARGO_PKG_VERSION").to_owned(),
+        )]),
     );
 
     let vip_packets: Family<Labels, Counter> = family();
@@ -47,7 +57,10 @@ pub fn render(s: &Snapshot) -> String {
     let be_state: Family<Labels, Gauge> = family();
 
     for v in &s.vips {
-        let l: Labels = vec![("vip".to_owned(), v.vip.to_string()), ("vip_name".to_owned(), v.name.clone())];
+        let l: Labels = vec![
+            ("vip".to_owned(), v.vip.to_string()),
+            ("vip_name".to_owned(), v.name.clone()),
+        ];
         vip_packets.get_or_create(&l).inc_by(v.counters.packets);
         vip_bytes.get_or_create(&l).inc_by(v.counters.bytes);
         vip_flows.get_or_create(&l).inc_by(v.counters.new_flows);
@@ -60,9 +73,13 @@ pub fn render(s: &Snapshot) -> String {
             be_packets.get_or_create(&bl).inc_by(b.counters.packets);
             be_bytes.get_or_create(&bl).inc_by(b.counters.bytes);
             be_flows.get_or_create(&bl).inc_by(b.counters.new_flows);
-            be_healthy.get_or_create(&bl).set(i64::from(b.health == Health::Healthy));
+            be_healthy
+                .get_or_create(&bl)
+                .set(i64::from(b.health == Health::Healthy));
             be_weight.get_or_create(&bl).set(i64::from(b.weight));
-            be_new_flows_ok.get_or_create(&bl).set(i64::from(b.takes_new_flows));
+            be_new_flows_ok
+                .get_or_create(&bl)
+                .set(i64::from(b.takes_new_flows));
             for state in ["active", "drained", "deregistering", "down"] {
                 let mut sl = bl.clone();
                 sl.push(("state".to_owned(), state.to_owned()));
@@ -70,40 +87,114 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
-    r.register("xlb_vip_packets", "Packets forwarded for the VIP", vip_packets);
-    r.register_with_unit("xlb_vip", "Bytes (IP length, as received) forwarded for the VIP", Unit::Bytes, vip_bytes);
-    r.register("xlb_vip_new_flows", "Flows remembered in the flow table for the VIP", vip_flows);
-    r.register("xlb_vip_flow_table_hits", "Packets whose flow was in the flow table", vip_hits);
-    r.register("xlb_vip_flow_table_misses", "Packets that went through Maglev", vip_misses);
-    r.register("xlb_vip_fail_open", "1 when every backend is unhealthy and all of them take traffic", vip_fail_open);
-    r.register("xlb_backend_packets", "Packets sent to the backend", be_packets);
-    r.register_with_unit("xlb_backend", "Bytes (IP length, before encapsulation) sent to the backend", Unit::Bytes, be_bytes);
-    r.register("xlb_backend_new_flows", "New flows sent to the backend", be_flows);
-    r.register("xlb_backend_healthy", "1 when the backend's health checks pass", be_healthy);
-    r.register("xlb_backend_weight", "Maglev weight of the backend", be_weight);
-    r.register("xlb_backend_takes_new_flows", "1 when the backend is in its VIP's Maglev table", be_new_flows_ok);
-    r.register("xlb_backend_state", "1 for the backend's administrative state", be_state);
+    r.register(
+        "xlb_vip_packets",
+        "Packets forwarded for the VIP",
+        vip_packets,
+    );
+    r.register_with_unit(
+        "xlb_vip",
+        "Bytes (IP length, as received) forwarded for the VIP",
+        Unit::Bytes,
+        vip_bytes,
+    );
+    r.register(
+        "xlb_vip_new_flows",
+        "Flows remembered in the flow table for the VIP",
+        vip_flows,
+    );
+    r.register(
+        "xlb_vip_flow_table_hits",
+        "Packets whose flow was in the flow table",
+        vip_hits,
+    );
+    r.register(
+        "xlb_vip_flow_table_misses",
+        "Packets that went through Maglev",
+        vip_misses,
+    );
+    r.register(
+        "xlb_vip_fail_open",
+        "1 when every backend is unhealthy and all of them take traffic",
+        vip_fail_open,
+    );
+    r.register(
+        "xlb_backend_packets",
+        "Packets sent to the backend",
+        be_packets,
+    );
+    r.register_with_unit(
+        "xlb_backend",
+        "Bytes (IP length, before encapsulation) sent to the backend",
+        Unit::Bytes,
+        be_bytes,
+    );
+    r.register(
+        "xlb_backend_new_flows",
+        "New flows sent to the backend",
+        be_flows,
+    );
+    r.register(
+        "xlb_backend_healthy",
+        "1 when the backend's health checks pass",
+        be_healthy,
+    );
+    r.register(
+        "xlb_backend_weight",
+        "Maglev weight of the backend",
+        be_weight,
+    );
+    r.register(
+        "xlb_backend_takes_new_flows",
+        "1 when the backend is in its VIP's Maglev table",
+        be_new_flows_ok,
+    );
+    r.register(
+        "xlb_backend_state",
+        "1 for the backend's administrative state",
+        be_state,
+    );
 
     let actions: Family<Labels, Counter> = family();
     for a in &s.actions {
-        actions.get_or_create(&vec![("action".to_owned(), a.name.clone())]).inc_by(a.value);
+        actions
+            .get_or_create(&vec![("action".to_owned(), a.name.clone())])
+            .inc_by(a.value);
     }
-    r.register("xlb_xdp_actions", "Packets seen by the balancer, by XDP action", actions);
+    r.register(
+        "xlb_xdp_actions",
+        "Packets seen by the balancer, by XDP action",
+        actions,
+    );
     let drops: Family<Labels, Counter> = family();
     let passes: Family<Labels, Counter> = family();
-    let forwarded: Counter = Counter::default();
+    let forwarded: Family<Labels, Counter> = family();
+    let replies: Family<Labels, Counter> = family();
     for c in &s.reasons {
         let l = vec![("reason".to_owned(), c.name.clone())];
-        if c.name == "forwarded" {
-            forwarded.inc_by(c.value);
-        } else if crate::stats::is_pass_reason(&c.name) {
-            passes.get_or_create(&l).inc_by(c.value);
-        } else {
-            drops.get_or_create(&l).inc_by(c.value);
-        }
+        let f = match c.kind.as_str() {
+            "forward" => &forwarded,
+            "pass" => &passes,
+            "reply" => &replies,
+            _ => &drops,
+        };
+        f.get_or_create(&l).inc_by(c.value);
     }
-    r.register("xlb_forwarded_packets", "Packets encapsulated and sent to a backend", forwarded);
-    r.register("xlb_passes", "Packets left to the kernel, by reason", passes);
+    r.register(
+        "xlb_forwarded_packets",
+        "Packets encapsulated and sent to a backend, by reason",
+        forwarded,
+    );
+    r.register(
+        "xlb_passes",
+        "Packets left to the kernel, by reason",
+        passes,
+    );
+    r.register(
+        "xlb_replies",
+        "Packets the balancer answered itself (ICMP), by reason",
+        replies,
+    );
     r.register("xlb_drops", "Packets dropped, by reason", drops);
 
     let mut out = String::new();

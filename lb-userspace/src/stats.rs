@@ -14,13 +14,31 @@ use crate::{
     engine::{Engine, ago},
 };
 
-/// Whether a reason name is one under which packets are passed to the kernel.
-pub fn is_pass_reason(name: &str) -> bool {
-    matches!(name, "not_ip" | "bad_ip_header" | "not_vip" | "no_neighbour")
+/// The name of a reason kind (`lb_common::stats::reason::KIND_*`).
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        reason::KIND_FORWARD => "forward",
+        reason::KIND_PASS => "pass",
+        reason::KIND_DROP => "drop",
+        _ => "reply",
+    }
+}
+
+/// Sum of the reasons of one kind.
+pub fn total(s: &Snapshot, kind: &str) -> u64 {
+    s.reasons
+        .iter()
+        .filter(|r| r.kind == kind)
+        .map(|r| r.value)
+        .sum()
 }
 
 /// Reads every counter and the controller's state.
-pub fn snapshot(engine: &Engine, interface: &str, xdp_mode: &str) -> Result<Snapshot, DataplaneError> {
+pub fn snapshot(
+    engine: &Engine,
+    interface: &str,
+    xdp_mode: &str,
+) -> Result<Snapshot, DataplaneError> {
     let lb = engine.balancer();
     let now = Instant::now();
     let mut vips = Vec::new();
@@ -47,8 +65,14 @@ pub fn snapshot(engine: &Engine, interface: &str, xdp_mode: &str) -> Result<Snap
                 health_since_secs: ago(b.health_since).as_secs(),
                 state: state.to_owned(),
                 takes_new_flows: b.in_table,
-                deregistration_left_secs: b.removing.map(|d| d.saturating_duration_since(now).as_secs()),
-                counters: Counters { packets: c.packets, bytes: c.bytes, new_flows: c.new_flows },
+                deregistration_left_secs: b
+                    .removing
+                    .map(|d| d.saturating_duration_since(now).as_secs()),
+                counters: Counters {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    new_flows: c.new_flows,
+                },
             });
         }
         vips.push(VipStatus {
@@ -56,7 +80,11 @@ pub fn snapshot(engine: &Engine, interface: &str, xdp_mode: &str) -> Result<Snap
             vip: *id,
             hash: v.config.hash,
             fail_open: v.fail_open,
-            counters: Counters { packets: s.packets, bytes: s.bytes, new_flows: s.new_flows },
+            counters: Counters {
+                packets: s.packets,
+                bytes: s.bytes,
+                new_flows: s.new_flows,
+            },
             flow_hits: s.flow_hits,
             flow_misses: s.flow_misses,
             backends,
@@ -64,13 +92,24 @@ pub fn snapshot(engine: &Engine, interface: &str, xdp_mode: &str) -> Result<Snap
     }
     let global = lb.global_stats()?;
     let actions = (0..ACTIONS as usize)
-        .map(|i| NamedCount { name: ACTION_NAMES[i].to_owned(), value: global[i] })
+        .map(|i| NamedCount {
+            name: ACTION_NAMES[i].to_owned(),
+            value: global[i],
+            kind: String::new(),
+        })
         .collect();
     let reasons = (0..reason::COUNT as usize)
-        .map(|i| NamedCount { name: reason::NAMES[i].to_owned(), value: global[ACTIONS as usize + i] })
+        .map(|i| NamedCount {
+            name: reason::NAMES[i].to_owned(),
+            value: global[ACTIONS as usize + i],
+            kind: kind_name(reason::KINDS[i]).to_owned(),
+        })
         .collect();
     Ok(Snapshot {
-        taken_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+        taken_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
         interface: interface.to_owned(),
         xdp_mode: xdp_mode.to_owned(),
         vips,
@@ -94,7 +133,9 @@ pub fn human(n: f64) -> String {
 
 /// The `xlb stats` table. With `previous` (an earlier snapshot), adds rates.
 pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
-    let secs = previous.map(|p| (now.taken_at_ms.saturating_sub(p.taken_at_ms)) as f64 / 1000.0).filter(|s| *s > 0.0);
+    let secs = previous
+        .map(|p| (now.taken_at_ms.saturating_sub(p.taken_at_ms)) as f64 / 1000.0)
+        .filter(|s| *s > 0.0);
     let rate = |cur: u64, old: Option<u64>| match (secs, old) {
         (Some(s), Some(o)) => human(cur.saturating_sub(o) as f64 / s),
         _ => "-".to_owned(),
@@ -107,12 +148,20 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
     );
     for v in &now.vips {
         let pv = previous.and_then(|p| p.vips.iter().find(|x| x.vip == v.vip));
-        let name = if v.name == v.vip.to_string() { v.name.clone() } else { format!("{} ({})", v.vip, v.name) };
+        let name = if v.name == v.vip.to_string() {
+            v.name.clone()
+        } else {
+            format!("{} ({})", v.vip, v.name)
+        };
         let _ = writeln!(
             out,
             "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
             name,
-            if v.fail_open { "(all backends, FAIL-OPEN)" } else { "(all backends)" },
+            if v.fail_open {
+                "(all backends, FAIL-OPEN)"
+            } else {
+                "(all backends)"
+            },
             "",
             "",
             human(v.counters.packets as f64),
@@ -142,22 +191,28 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
     let drops: Vec<String> = now
         .reasons
         .iter()
-        .filter(|r| r.name != "forwarded" && !is_pass_reason(&r.name) && r.value > 0)
+        .filter(|r| r.kind == "drop" && r.value > 0)
         .map(|r| format!("{}={}", r.name, r.value))
         .collect();
+    let replies = total(now, "reply");
     let _ = writeln!(
         out,
-        "\nforwarded {}  passed to the kernel {}  dropped {}{}",
-        count(now, "forwarded"),
-        now.reasons.iter().filter(|r| is_pass_reason(&r.name)).map(|r| r.value).sum::<u64>(),
-        now.reasons.iter().filter(|r| r.name != "forwarded" && !is_pass_reason(&r.name)).map(|r| r.value).sum::<u64>(),
-        if drops.is_empty() { String::new() } else { format!(" ({})", drops.join(", ")) },
+        "\nforwarded {}  passed to the kernel {}  {}dropped {}{}",
+        total(now, "forward"),
+        total(now, "pass"),
+        if replies > 0 {
+            format!("answered by xlb {replies}  ")
+        } else {
+            String::new()
+        },
+        total(now, "drop"),
+        if drops.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", drops.join(", "))
+        },
     );
     out
-}
-
-fn count(s: &Snapshot, name: &str) -> u64 {
-    s.reasons.iter().find(|r| r.name == name).map_or(0, |r| r.value)
 }
 
 fn health_word(h: crate::engine::Health) -> &'static str {
@@ -171,7 +226,13 @@ fn health_word(h: crate::engine::Health) -> &'static str {
 /// The `xlb status` report: VIPs, backends with health and reasons, recent events.
 pub fn status_text(s: &Snapshot) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "interface {} (XDP {}), {} VIPs", s.interface, s.xdp_mode, s.vips.len());
+    let _ = writeln!(
+        out,
+        "interface {} (XDP {}), {} VIPs",
+        s.interface,
+        s.xdp_mode,
+        s.vips.len()
+    );
     for v in &s.vips {
         let _ = writeln!(
             out,
@@ -181,7 +242,11 @@ pub fn status_text(s: &Snapshot) -> String {
             v.hash,
             v.counters.packets,
             v.counters.new_flows,
-            if v.fail_open { "  FAIL-OPEN: every backend is unhealthy; sending to all" } else { "" }
+            if v.fail_open {
+                "  FAIL-OPEN: every backend is unhealthy; sending to all"
+            } else {
+                ""
+            }
         );
         if v.backends.is_empty() {
             let _ = writeln!(out, "  (no backends: packets to this VIP are dropped)");
@@ -211,7 +276,10 @@ pub fn status_text(s: &Snapshot) -> String {
     if !recent.is_empty() {
         let _ = writeln!(out, "\nrecent events (newest first):");
         for e in recent {
-            let age = SystemTime::now().duration_since(e.at).unwrap_or_default().as_secs();
+            let age = SystemTime::now()
+                .duration_since(e.at)
+                .unwrap_or_default()
+                .as_secs();
             let who = match e.backend {
                 Some(b) => format!("{} {b}", e.vip),
                 None => e.vip.clone(),

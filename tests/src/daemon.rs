@@ -24,7 +24,11 @@ pub fn xlb_bin() -> PathBuf {
         .into_iter()
         .find(|p| p.exists())
         .unwrap_or_else(|| dir.join("xlb"));
-    assert!(bin.exists(), "{} not found: build it with `cargo build -p xlb` (cargo xtask test does) or set XLB_BIN", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p xlb` (cargo xtask test does) or set XLB_BIN",
+        bin.display()
+    );
     bin
 }
 
@@ -52,7 +56,15 @@ impl Daemon {
             .replace("@PINS@", &pin_dir.to_string_lossy());
         let config_path = dir.join("xlb.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let mut d = Self { dir, socket, config_path, pin_dir, ns_path: ns.path(), child: None, starts: 0 };
+        let mut d = Self {
+            dir,
+            socket,
+            config_path,
+            pin_dir,
+            ns_path: ns.path(),
+            child: None,
+            starts: 0,
+        };
         d.spawn();
         d
     }
@@ -78,7 +90,8 @@ impl Daemon {
 
     fn spawn(&mut self) {
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("xlb-{}.log", self.starts))).expect("log file");
+        let log = std::fs::File::create(self.dir.join(format!("xlb-{}.log", self.starts)))
+            .expect("log file");
         let mut cmd = std::process::Command::new("nsenter");
         // SAFETY: prctl in the child between fork and exec, async-signal-safe. The daemon
         // dies with the test thread that started it, even if the test is killed.
@@ -107,17 +120,26 @@ impl Daemon {
             {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("xlb run exited ({status}) during start-up:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "xlb run did not answer within 30s:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "xlb run did not answer within 30s:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// The log of the current run.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join(format!("xlb-{}.log", self.starts))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(format!("xlb-{}.log", self.starts)))
+            .unwrap_or_default()
     }
 
     /// Kills the daemon with SIGKILL (no clean-up of any kind).

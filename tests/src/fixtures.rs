@@ -227,8 +227,13 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         reason::PASS_NOT_VIP,
     );
     pass(
-        "ICMP echo request to a VIP address",
-        Packet::icmp(c4, ip("203.0.113.10"), 8, 0, &[0, 1, 0, 1]),
+        "ICMP echo request to another address",
+        Packet::icmp(c4, ip("203.0.113.11"), 8, 0, &[0, 1, 0, 1]),
+        reason::PASS_NOT_VIP,
+    );
+    pass(
+        "ICMP echo reply to a VIP address",
+        Packet::icmp(c4, ip("203.0.113.10"), 0, 0, &[0, 1, 0, 1]),
         reason::PASS_NOT_VIP,
     );
     pass(
@@ -350,6 +355,157 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         reason::DROP_FAMILY,
     );
     let _ = (ICMP, RST);
+    out.extend(icmp_fixtures(lab));
+    out
+}
+
+/// ICMP: echo answered, errors steered to the flow's backend, too-big signalled.
+fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
+    let mut out = Vec::new();
+    let (c4, c6) = (client4(), client6());
+    let (vip4, vip6) = (ip("203.0.113.10"), ip("2001:db8:203::10"));
+    let payload = b"abcdefghijklmnopqrstuvwx";
+    let reply = |to: Packet| {
+        Output::Frame(
+            to.macs(crate::packet::ROUTER_MAC, crate::packet::LB_MAC)
+                .build(),
+        )
+    };
+
+    // Echo requests to a VIP address are answered by the balancer (TTL 64, id 0).
+    let mut echo4 = vec![0x12, 0x34, 0, 7];
+    echo4.extend_from_slice(payload);
+    out.push(Fixture {
+        name: "ICMP echo request to a VIP address: answered by the balancer",
+        input: Packet::icmp(c4, vip4, 8, 0, &echo4).tos(0x10).build(),
+        action: XDP_TX,
+        output: reply(
+            Packet::icmp(vip4, c4, 0, 0, &echo4)
+                .tos(0x10)
+                .ipv4_id(0)
+                .ipv4_frag(0),
+        ),
+        reason: reason::ICMP_ECHO_ANSWERED,
+        backend: None,
+    });
+    out.push(Fixture {
+        name: "ICMPv6 echo request to a VIP address: answered by the balancer",
+        input: Packet::icmp(c6, vip6, 128, 0, &echo4).build(),
+        action: XDP_TX,
+        output: reply(Packet::icmp(vip6, c6, 129, 0, &echo4)),
+        reason: reason::ICMP_ECHO_ANSWERED,
+        backend: None,
+    });
+
+    // Errors quoting a backend's reply (VIP -> client) go to the backend of that flow.
+    let steer = |name: &'static str, err: Packet, flow: Packet| {
+        let pred = lab.lb.predict(&flow.build()).unwrap().expect("a VIP flow");
+        let backend = lab.backend_addr(pred.backend());
+        let source = match backend {
+            IpAddr::V4(_) => IpAddr::V4(crate::lab::SOURCE_V4),
+            IpAddr::V6(_) => IpAddr::V6(crate::lab::SOURCE_V6),
+        };
+        let frame = err.encapsulated(
+            source,
+            backend,
+            crate::lab::neighbour_mac(backend),
+            crate::packet::LB_MAC,
+            pred.hash,
+        );
+        Fixture {
+            name,
+            input: err.build(),
+            action: XDP_TX,
+            output: Output::Frame(frame),
+            reason: reason::ICMP_ERROR_STEERED,
+            backend: Some(pred.backend()),
+        }
+    };
+    let quoted4 = Packet::tcp(vip4, 80, c4, 40100, ACK).ip_bytes();
+    let mut rest = vec![0, 0, 0x05, 0x78]; // next-hop MTU 1400
+    rest.extend_from_slice(&quoted4[..28]);
+    out.push(steer(
+        "ICMP fragmentation-needed about a VIP flow: sent to the flow's backend",
+        Packet::icmp(ip("192.0.2.254"), vip4, 3, 4, &rest),
+        Packet::tcp(c4, 40100, vip4, 80, ACK),
+    ));
+    let quoted6 = Packet::tcp(ip("2001:db8:203::10"), 443, c6, 40200, ACK).ip_bytes();
+    let mut rest = vec![0, 0, 0x05, 0x00]; // MTU 1280
+    rest.extend_from_slice(&quoted6[..48]);
+    out.push(steer(
+        "ICMPv6 packet-too-big about a VIP flow: sent to the flow's backend",
+        Packet::icmp(ip("2001:db8:c::fe"), vip6, 2, 0, &rest),
+        Packet::tcp(c6, 40200, vip6, 443, ACK),
+    ));
+    let quoted = Packet::tcp(vip4, 8443, c4, 40100, ACK).ip_bytes();
+    let mut rest = vec![0, 0, 0x05, 0x78];
+    rest.extend_from_slice(&quoted[..28]);
+    out.push(Fixture {
+        name: "ICMP error about a flow to a port that is no VIP: passed",
+        input: Packet::icmp(ip("192.0.2.254"), vip4, 3, 4, &rest).build(),
+        action: XDP_PASS,
+        output: Output::Unchanged,
+        reason: reason::PASS_NOT_VIP,
+        backend: None,
+    });
+
+    // Too big once encapsulated (fx0's MTU is 1500): the client is told the usable MTU.
+    let big4 = Packet::tcp(c4, 40300, vip4, 80, ACK).payload(&[0x5a; 1450]);
+    let mut rest = vec![0, 0];
+    rest.extend_from_slice(&1480u16.to_be_bytes());
+    rest.extend_from_slice(&big4.ip_bytes()[..28]);
+    out.push(Fixture {
+        name: "IPv4 VIP packet with DF too big once encapsulated: fragmentation needed, MTU 1480",
+        input: big4.build(),
+        action: XDP_TX,
+        output: reply(
+            Packet::icmp(vip4, c4, 3, 4, &rest)
+                .tos(0xc0)
+                .ipv4_id(0)
+                .ipv4_frag(0),
+        ),
+        reason: reason::TOO_BIG_SIGNALLED,
+        backend: None,
+    });
+    let big46 = Packet::tcp(c4, 40301, ip("203.0.113.20"), 80, ACK).payload(&[0x5a; 1440]);
+    let mut rest = vec![0, 0];
+    rest.extend_from_slice(&1460u16.to_be_bytes());
+    rest.extend_from_slice(&big46.ip_bytes()[..28]);
+    out.push(Fixture {
+        name: "IPv4 VIP packet too big for IPv6 encapsulation: MTU 1460 announced",
+        input: big46.build(),
+        action: XDP_TX,
+        output: reply(
+            Packet::icmp(ip("203.0.113.20"), c4, 3, 4, &rest)
+                .tos(0xc0)
+                .ipv4_id(0)
+                .ipv4_frag(0),
+        ),
+        reason: reason::TOO_BIG_SIGNALLED,
+        backend: None,
+    });
+    let big6 = Packet::tcp(c6, 40302, vip6, 443, ACK).payload(&[0x5a; 1430]);
+    let mut rest = 1460u32.to_be_bytes().to_vec();
+    rest.extend_from_slice(&big6.ip_bytes()[..48]);
+    out.push(Fixture {
+        name: "IPv6 VIP packet too big once encapsulated: packet too big, MTU 1460",
+        input: big6.build(),
+        action: XDP_TX,
+        output: reply(Packet::icmp(vip6, c6, 2, 0, &rest).flow_label(0)),
+        reason: reason::TOO_BIG_SIGNALLED,
+        backend: None,
+    });
+    out.push(Fixture {
+        name: "IPv4 VIP packet too big without DF: dropped (cannot fragment, must not signal)",
+        input: Packet::udp(c4, 5000, vip4, 53)
+            .payload(&[1; 1460])
+            .ipv4_frag(0)
+            .build(),
+        action: XDP_DROP,
+        output: Output::Unchanged,
+        reason: reason::DROP_TOO_BIG,
+        backend: None,
+    });
     out
 }
 

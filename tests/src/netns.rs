@@ -161,7 +161,10 @@ pub fn cleanup_everything_of_this_process() {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(&prefix) {
-                let _ = Command::new("ip").args(["netns", "delete", &name]).stderr(Stdio::null()).status();
+                let _ = Command::new("ip")
+                    .args(["netns", "delete", &name])
+                    .stderr(Stdio::null())
+                    .status();
                 let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xlb-test-decap/{name}"));
                 let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/xlb-test/{name}"));
                 let _ = std::fs::remove_dir_all(format!("/run/xlb-test/{name}"));

@@ -336,6 +336,20 @@ impl Packet {
         self
     }
 
+    pub fn ipv4_id(mut self, value: u16) -> Self {
+        if let L3::V4 { id, .. } = &mut self.l3 {
+            *id = value;
+        }
+        self
+    }
+
+    pub fn flow_label(mut self, value: u32) -> Self {
+        if let L3::V6 { flow_label, .. } = &mut self.l3 {
+            *flow_label = value;
+        }
+        self
+    }
+
     pub fn ipv4_ihl(mut self, ihl: u8) -> Self {
         if let L3::V4 { ihl_override, .. } = &mut self.l3 {
             *ihl_override = Some(ihl);

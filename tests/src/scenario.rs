@@ -15,7 +15,12 @@ pub const VIP: &str = "203.0.113.10";
 pub const VIP6: &str = "2001:db8:203::10";
 
 /// Limits used by scenario configurations (small maps: many tests run at once).
-pub const LIMITS: Limits = Limits { max_vips: 8, max_backends: 64, flow_table_entries: 65_536, maglev_size: 65_537 };
+pub const LIMITS: Limits = Limits {
+    max_vips: 8,
+    max_backends: 64,
+    flow_table_entries: 65_536,
+    maglev_size: 65_537,
+};
 
 /// The `[dataplane]` and `[daemon]` sections of scenario configurations.
 pub fn header() -> String {
@@ -30,7 +35,10 @@ pub fn header() -> String {
 /// A TCP VIP section on `VIP:port` with the given backends (indexes, 1-based) and fast
 /// health checks.
 pub fn tcp_vip(port: u16, backends: &[usize], extra: &str) -> String {
-    let list: Vec<String> = backends.iter().map(|i| format!("{{ address = \"{}\" }}", backend_v4(*i))).collect();
+    let list: Vec<String> = backends
+        .iter()
+        .map(|i| format!("{{ address = \"{}\" }}", backend_v4(*i)))
+        .collect();
     format!(
         "[[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\n{extra}\nbackends = [ {} ]\n\
          [vip.health_check]\ninterval = \"300ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\njitter = \"0s\"\n\n",
@@ -52,7 +60,13 @@ pub fn on_every_backend(
     topo.backends
         .iter()
         .enumerate()
-        .map(|(i, ns)| make(ns, SocketAddr::new("0.0.0.0".parse().unwrap(), port), &backend_name(i + 1)))
+        .map(|(i, ns)| {
+            make(
+                ns,
+                SocketAddr::new("0.0.0.0".parse().unwrap(), port),
+                &backend_name(i + 1),
+            )
+        })
         .collect()
 }
 
@@ -80,15 +94,34 @@ impl Scenario {
     }
 
     /// As `with_config`, with more servers started by `extra` before the daemon.
-    pub fn with_servers(n: usize, config: &str, healthy: usize, extra: impl FnOnce(&Topology) -> Vec<Server>) -> Self {
-        let topo = Topology::new(n);
+    pub fn with_servers(
+        n: usize,
+        config: &str,
+        healthy: usize,
+        extra: impl FnOnce(&Topology) -> Vec<Server>,
+    ) -> Self {
+        Self::on(Topology::new(n), config, healthy, extra)
+    }
+
+    /// As `with_servers`, on a topology built by the caller.
+    pub fn on(
+        topo: Topology,
+        config: &str,
+        healthy: usize,
+        extra: impl FnOnce(&Topology) -> Vec<Server>,
+    ) -> Self {
         topo.add_vip_on_backends(VIP.parse().unwrap());
         topo.add_vip_on_backends(VIP6.parse().unwrap());
         topo.start_decap();
         let servers = on_every_backend(&topo, 80, servers::echo_server);
         let extra = extra(&topo);
         let daemon = Daemon::start(&topo.lb, config);
-        let s = Self { topo, daemon, servers, extra };
+        let s = Self {
+            topo,
+            daemon,
+            servers,
+            extra,
+        };
         s.wait_healthy(healthy, std::time::Duration::from_secs(10));
         s
     }
@@ -98,28 +131,45 @@ impl Scenario {
         let deadline = std::time::Instant::now() + within;
         loop {
             let s = self.daemon.status();
-            let healthy = s.vips[0].backends.iter().filter(|b| b.health == xlb::engine::Health::Healthy).count();
+            let healthy = s.vips[0]
+                .backends
+                .iter()
+                .filter(|b| b.health == xlb::engine::Health::Healthy)
+                .count();
             if healthy == n {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "only {healthy} of {n} backends healthy:\n{}", xlb::stats::status_text(&s));
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {healthy} of {n} backends healthy:\n{}",
+                xlb::stats::status_text(&s)
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
     /// The daemon's maps, opened from their pins (for predictions).
     pub fn maps(&self) -> Balancer {
-        Balancer::load(LIMITS, Some(&xlb::daemon::pin_path(&self.daemon.pin_dir, "eth0"))).expect("open pinned maps")
+        Balancer::load(
+            LIMITS,
+            Some(&xlb::daemon::pin_path(&self.daemon.pin_dir, "eth0")),
+        )
+        .expect("open pinned maps")
     }
 }
 
 /// The backend id -> backend index map of a VIP, from the daemon's status.
-pub fn backend_index_by_id(status: &xlb::api::Snapshot, vip: usize) -> std::collections::HashMap<u32, usize> {
+pub fn backend_index_by_id(
+    status: &xlb::api::Snapshot,
+    vip: usize,
+) -> std::collections::HashMap<u32, usize> {
     status.vips[vip]
         .backends
         .iter()
         .map(|b| {
-            let IpAddr::V4(a) = b.address else { panic!("v4 backends") };
+            let IpAddr::V4(a) = b.address else {
+                panic!("v4 backends")
+            };
             (b.id, usize::from(a.octets()[3]) - 10)
         })
         .collect()

@@ -39,7 +39,11 @@ fn listener(ns: &Netns, addr: SocketAddr) -> TcpListener {
 }
 
 /// Accepts connections until stopped; each is handled by `handle` on its own thread.
-fn serve_tcp(ns: &Netns, addr: SocketAddr, handle: impl Fn(TcpStream) + Send + Sync + 'static) -> Server {
+fn serve_tcp(
+    ns: &Netns,
+    addr: SocketAddr,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) -> Server {
     let l = listener(ns, addr);
     let stop = Arc::new(AtomicBool::new(false));
     let handle = Arc::new(handle);
@@ -62,7 +66,11 @@ fn serve_tcp(ns: &Netns, addr: SocketAddr, handle: impl Fn(TcpStream) + Send + S
             let _ = w.join();
         }
     });
-    Server { stop, threads: vec![t], addr }
+    Server {
+        stop,
+        threads: vec![t],
+        addr,
+    }
 }
 
 /// Answers every connection with `name\n` and closes it (after reading what the client sent,
@@ -152,7 +160,10 @@ pub fn http_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
         } else {
             format!("{name}\n").into_bytes()
         };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n", body.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: {name}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
         let _ = c.write_all(head.as_bytes());
         let _ = c.write_all(&body);
         let _ = c.shutdown(Shutdown::Write);
@@ -161,7 +172,13 @@ pub fn http_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
 
 /// `n` bytes of a pattern that detects loss, duplication and reordering.
 pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left((i % 29) as u32) as u8).collect()
+    (0..n)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left((i % 29) as u32) as u8
+        })
+        .collect()
 }
 
 /// Answers every datagram with `name`.
@@ -170,7 +187,8 @@ pub fn udp_identity_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
         let _inside = ns.enter();
         UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"))
     };
-    sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     let name = name.as_bytes().to_vec();
@@ -182,12 +200,21 @@ pub fn udp_identity_server(ns: &Netns, addr: SocketAddr, name: &str) -> Server {
             }
         }
     });
-    Server { stop, threads: vec![t], addr }
+    Server {
+        stop,
+        threads: vec![t],
+        addr,
+    }
 }
 
 /// Connects from the client namespace from a chosen source port (0: any), sends `send`,
 /// and returns everything the server sent until it closed.
-pub fn tcp_request(client: &Netns, src: Option<SocketAddr>, dst: SocketAddr, send: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn tcp_request(
+    client: &Netns,
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+    send: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let mut s = connect(client, src, dst, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     if !send.is_empty() {
@@ -201,9 +228,18 @@ pub fn tcp_request(client: &Netns, src: Option<SocketAddr>, dst: SocketAddr, sen
 }
 
 /// A TCP connection made from inside `ns`, optionally from a fixed source address/port.
-pub fn connect(ns: &Netns, src: Option<SocketAddr>, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+pub fn connect(
+    ns: &Netns,
+    src: Option<SocketAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     let _inside = ns.enter();
-    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     match src {
         None => TcpStream::connect_timeout(&dst, timeout),
         Some(src) => {
@@ -215,7 +251,13 @@ pub fn connect(ns: &Netns, src: Option<SocketAddr>, dst: SocketAddr, timeout: Du
                     return Err(std::io::Error::last_os_error());
                 }
                 let one: libc::c_int = 1;
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), 4);
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    (&raw const one).cast(),
+                    4,
+                );
                 let (sa, len) = sockaddr(src);
                 if libc::bind(fd, (&raw const sa).cast(), len) != 0 {
                     let e = std::io::Error::last_os_error();
@@ -223,8 +265,17 @@ pub fn connect(ns: &Netns, src: Option<SocketAddr>, dst: SocketAddr, timeout: Du
                     return Err(e);
                 }
                 let (da, dlen) = sockaddr(dst);
-                let tv = libc::timeval { tv_sec: timeout.as_secs() as i64, tv_usec: 0 };
-                libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&raw const tv).cast(), size_of::<libc::timeval>() as u32);
+                let tv = libc::timeval {
+                    tv_sec: timeout.as_secs() as i64,
+                    tv_usec: 0,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    (&raw const tv).cast(),
+                    size_of::<libc::timeval>() as u32,
+                );
                 if libc::connect(fd, (&raw const da).cast(), dlen) != 0 {
                     let e = std::io::Error::last_os_error();
                     libc::close(fd);
@@ -265,7 +316,11 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub fn udp_request(client: &Netns, dst: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
     let sock = {
         let _inside = client.enter();
-        let any: IpAddr = if dst.is_ipv4() { "0.0.0.0".parse().unwrap() } else { "::".parse().unwrap() };
+        let any: IpAddr = if dst.is_ipv4() {
+            "0.0.0.0".parse().unwrap()
+        } else {
+            "::".parse().unwrap()
+        };
         UdpSocket::bind(SocketAddr::new(any, 0))?
     };
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;

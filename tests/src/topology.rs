@@ -47,6 +47,12 @@ pub struct Topology {
 impl Topology {
     /// Builds the topology with `n` backends. The VIPs are routed to the LB; nothing runs yet.
     pub fn new(n: usize) -> Self {
+        Self::with_lb_mtu(n, 2000)
+    }
+
+    /// As `new`, with the MTU of the LB-to-backend side (LB, router, backends) set to `mtu`.
+    pub fn with_lb_mtu(n: usize, mtu: u16) -> Self {
+        let mtu = mtu.to_string();
         crate::netns::require_root();
         let client = Netns::new("cli");
         let router = Netns::new("rtr");
@@ -80,16 +86,23 @@ impl Topology {
         lb.ip(&["route", "add", "default", "via", "198.18.0.1"]);
         lb.ip(&["-6", "route", "add", "default", "via", "2001:db8:18::1"]);
         router.ip(&["route", "add", "203.0.113.0/24", "via", "198.18.0.2"]);
-        router.ip(&["-6", "route", "add", "2001:db8:203::/64", "via", "2001:db8:18::2"]);
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:203::/64",
+            "via",
+            "2001:db8:18::2",
+        ]);
         // The LB-to-backend side carries encapsulated packets, 20 or 40 bytes larger than
         // what clients send: a larger MTU there, as in a real deployment, so full-size client
         // segments fit. (Native XDP on veth refuses MTUs above about 3.5 KB.)
         for (ns, dev) in [(&lb, "eth0"), (&router, "lb"), (&router, "bebr")] {
-            ns.ip(&["link", "set", dev, "mtu", "2000"]);
+            ns.ip(&["link", "set", dev, "mtu", &mtu]);
         }
         for (i, b) in backends.iter().enumerate() {
-            router.ip(&["link", "set", &format!("be{}", i + 1), "mtu", "2000"]);
-            b.ip(&["link", "set", "eth0", "mtu", "2000"]);
+            router.ip(&["link", "set", &format!("be{}", i + 1), "mtu", &mtu]);
+            b.ip(&["link", "set", "eth0", "mtu", &mtu]);
         }
         router.sysctl("net.ipv4.ip_forward=1");
         router.sysctl("net.ipv6.conf.all.forwarding=1");
@@ -104,25 +117,46 @@ impl Topology {
             router.exec("ping", &["-c", "1", "-W", "1", &backend_v4(i).to_string()]);
         }
         lb.exec("ping", &["-c", "1", "-W", "1", "198.18.0.1"]);
-        let _ = lb.command("ping").args(["-6", "-c", "1", "-W", "1", "2001:db8:18::1"]).output();
-        let _ = client.command("ping").args(["-c", "1", "-W", "1", "192.0.2.1"]).output();
+        let _ = lb
+            .command("ping")
+            .args(["-6", "-c", "1", "-W", "1", "2001:db8:18::1"])
+            .output();
+        let _ = client
+            .command("ping")
+            .args(["-c", "1", "-W", "1", "192.0.2.1"])
+            .output();
 
         let router_xdp = {
             let _inside = router.enter();
             let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("load reference programs");
-            let p: &mut Xdp = e.program_mut("xlb_pass").expect("xlb_pass").try_into().expect("xdp");
+            let p: &mut Xdp = e
+                .program_mut("xlb_pass")
+                .expect("xlb_pass")
+                .try_into()
+                .expect("xdp");
             p.load().expect("load xlb_pass");
             let idx = router.ifindex("lb");
-            p.attach_to_if_index(idx, aya::programs::XdpMode::Driver).expect("attach xlb_pass on the router");
+            p.attach_to_if_index(idx, aya::programs::XdpMode::Driver)
+                .expect("attach xlb_pass on the router");
             e
         };
-        Self { client, router, lb, backends, _router_xdp: router_xdp }
+        Self {
+            client,
+            router,
+            lb,
+            backends,
+            _router_xdp: router_xdp,
+        }
     }
 
     /// Puts `vip` on every backend's loopback (so they accept its packets).
     pub fn add_vip_on_backends(&self, vip: IpAddr) {
         for b in &self.backends {
-            let prefix = if vip.is_ipv4() { format!("{vip}/32") } else { format!("{vip}/128") };
+            let prefix = if vip.is_ipv4() {
+                format!("{vip}/32")
+            } else {
+                format!("{vip}/128")
+            };
             b.ip(&["addr", "add", &prefix, "dev", "lo"]);
         }
     }
@@ -131,7 +165,10 @@ impl Topology {
     pub fn start_decap(&self) {
         for b in &self.backends {
             let pins = format!("/sys/fs/bpf/xlb-test-decap/{}", b.name());
-            b.exec(&crate::daemon::xlb_bin().to_string_lossy(), &["decap", "--iface", "eth0", "--pin-dir", &pins]);
+            b.exec(
+                &crate::daemon::xlb_bin().to_string_lossy(),
+                &["decap", "--iface", "eth0", "--pin-dir", &pins],
+            );
         }
     }
 }
@@ -147,7 +184,20 @@ impl Drop for Topology {
 fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     run(
         "ip",
-        &["link", "add", a_name, "netns", a.name(), "type", "veth", "peer", "name", b_name, "netns", b.name()],
+        &[
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
+        ],
     );
     a.ip(&["link", "set", a_name, "up"]);
     b.ip(&["link", "set", b_name, "up"]);

@@ -22,7 +22,10 @@ fn vip80() -> SocketAddr {
 /// Which backend a frame from the client to the VIP goes to, as userspace predicts it.
 fn predicted(maps: &xlb::dataplane::Balancer, sport: u16) -> u32 {
     let frame = Packet::tcp(IpAddr::V4(CLIENT_V4), sport, VIP.parse().unwrap(), 80, SYN).build();
-    maps.predict(&frame).unwrap().expect("a VIP packet").maglev_backend
+    maps.predict(&frame)
+        .unwrap()
+        .expect("a VIP packet")
+        .maglev_backend
 }
 
 #[test]
@@ -38,14 +41,21 @@ fn connections_land_on_the_predicted_backend() {
             let (_, out, _) = s.daemon.cli(&["stats"]);
             panic!("connection from port {sport}: {e}\n{out}")
         });
-        let got = String::from_utf8_lossy(&reply).lines().next().unwrap_or("").to_owned();
+        let got = String::from_utf8_lossy(&reply)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
         let want = backend_name(ids[&predicted(&maps, sport)]);
         assert_eq!(got, want, "connection from port {sport}");
         *per_backend.entry(got).or_default() += 1;
     }
     // 300 connections over 3 equal backends: each gets a fair share (binomial, 6 sigma).
     for (b, n) in &per_backend {
-        assert!((60..=140).contains(n), "{b} got {n} of 300: {per_backend:?}");
+        assert!(
+            (60..=140).contains(n),
+            "{b} got {n} of 300: {per_backend:?}"
+        );
     }
     assert_eq!(per_backend.len(), 3);
 }
@@ -62,9 +72,12 @@ struct Stream {
 
 impl Stream {
     fn open(s: &Scenario, duration: Duration) -> Self {
-        let conn = xlb_tests::servers::connect(&s.topo.client, None, vip80(), Duration::from_secs(3)).expect("connect");
+        let conn =
+            xlb_tests::servers::connect(&s.topo.client, None, vip80(), Duration::from_secs(3))
+                .expect("connect");
         conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        conn.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        conn.set_write_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let local = conn.local_addr().unwrap();
         let mut r = conn.try_clone().unwrap();
         let mut w = conn;
@@ -109,7 +122,12 @@ impl Stream {
                 }
             }
         });
-        Self { backend: String::from_utf8(name).unwrap(), local, writer, reader }
+        Self {
+            backend: String::from_utf8(name).unwrap(),
+            local,
+            writer,
+            reader,
+        }
     }
 
     /// Waits for the end: (bytes sent, bytes echoed back intact, longest silence).
@@ -127,7 +145,11 @@ fn sigkill_and_restart_lose_nothing() {
     let stream = Stream::open(&s, Duration::from_secs(6));
     std::thread::sleep(Duration::from_millis(1500));
     let before = s.daemon.status();
-    let table_before = { let m = s.maps(); m.read_table(m.vip(&before.vips[0].vip.key()).unwrap().unwrap().table).unwrap() };
+    let table_before = {
+        let m = s.maps();
+        m.read_table(m.vip(&before.vips[0].vip.key()).unwrap().unwrap().table)
+            .unwrap()
+    };
     s.daemon.kill9();
     std::thread::sleep(Duration::from_millis(500));
     s.daemon.restart();
@@ -136,11 +158,21 @@ fn sigkill_and_restart_lose_nothing() {
     let (sent, echoed, longest) = stream.finish();
     assert_eq!(echoed, sent, "every byte echoed back intact");
     assert!(sent > 1 << 20, "the stream ran ({sent} bytes)");
-    assert!(longest < Duration::from_secs(1), "the stream stalled for {longest:?}");
+    assert!(
+        longest < Duration::from_secs(1),
+        "the stream stalled for {longest:?}"
+    );
     eprintln!("sigkill/restart: {sent} bytes echoed intact, longest silence {longest:?}");
     // Same backend: the echo came from one connection that was never reset, and its
     // flow-table entry still names the backend the stream started on.
-    let frame = Packet::tcp(local.ip(), local.port(), VIP.parse().unwrap(), 80, xlb_tests::packet::ACK).build();
+    let frame = Packet::tcp(
+        local.ip(),
+        local.port(),
+        VIP.parse().unwrap(),
+        80,
+        xlb_tests::packet::ACK,
+    )
+    .build();
     let p = s.maps().predict(&frame).unwrap().expect("VIP packet");
     let ids = backend_index_by_id(&after, 0);
     let remembered = p.remembered.expect("the stream's flow is remembered");
@@ -150,15 +182,31 @@ fn sigkill_and_restart_lose_nothing() {
     assert!(a.counters.packets > b.counters.packets && a.counters.bytes > b.counters.bytes);
     for (x, y) in b.backends.iter().zip(&a.backends) {
         assert_eq!(x.address, y.address);
-        assert!(y.counters.packets >= x.counters.packets, "backend {} counters went back", x.address);
-        assert_eq!(y.health, x.health, "health of {} changed across the restart", x.address);
+        assert!(
+            y.counters.packets >= x.counters.packets,
+            "backend {} counters went back",
+            x.address
+        );
+        assert_eq!(
+            y.health, x.health,
+            "health of {} changed across the restart",
+            x.address
+        );
     }
     let m = s.maps();
-    let table_after = m.read_table(m.vip(&a.vip.key()).unwrap().unwrap().table).unwrap();
-    assert!(table_before == table_after, "the Maglev table changed across the restart");
-    assert!(s.daemon.log().contains("re-opened the pinned state"), "{}", s.daemon.log());
+    let table_after = m
+        .read_table(m.vip(&a.vip.key()).unwrap().unwrap().table)
+        .unwrap();
+    assert!(
+        table_before == table_after,
+        "the Maglev table changed across the restart"
+    );
+    assert!(
+        s.daemon.log().contains("re-opened the pinned state"),
+        "{}",
+        s.daemon.log()
+    );
 }
-
 
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
@@ -167,11 +215,31 @@ fn refused_applies_change_nothing() {
     let before = s.daemon.status();
     let good = std::fs::read_to_string(&s.daemon.config_path).unwrap();
     let cases = [
-        ("port = 80", "port = 70000", "vip[0].port: 70000 is out of range 0-65535"),
-        ("interface = \"eth0\"", "interface = \"eth9\"", "dataplane.interface: no interface named \"eth9\"; nothing was changed"),
-        ("maglev_table_size = 65537", "maglev_table_size = 65539", "dataplane.maglev_table_size cannot change while running (65537 -> 65539)"),
-        ("protocol = \"tcp\"", "protocol = \"tcp\"\nfoo = 1", "unknown field `foo`"),
-        ("address = \"198.51.100.12\"", "address = \"2001:db8:be::12\"", "needs dataplane.source_v6"),
+        (
+            "port = 80",
+            "port = 70000",
+            "vip[0].port: 70000 is out of range 0-65535",
+        ),
+        (
+            "interface = \"eth0\"",
+            "interface = \"eth9\"",
+            "dataplane.interface: no interface named \"eth9\"; nothing was changed",
+        ),
+        (
+            "maglev_table_size = 65537",
+            "maglev_table_size = 65539",
+            "dataplane.maglev_table_size cannot change while running (65537 -> 65539)",
+        ),
+        (
+            "protocol = \"tcp\"",
+            "protocol = \"tcp\"\nfoo = 1",
+            "unknown field `foo`",
+        ),
+        (
+            "address = \"198.51.100.12\"",
+            "address = \"2001:db8:be::12\"",
+            "needs dataplane.source_v6",
+        ),
     ];
     for (from, to, want) in cases {
         let mut bad = good.replacen(from, to, 1);
@@ -182,7 +250,10 @@ fn refused_applies_change_nothing() {
         let path = s.daemon.dir.join("bad.toml");
         std::fs::write(&path, &bad).unwrap();
         let (code, out, err) = s.daemon.cli(&["apply", "-f", path.to_str().unwrap()]);
-        assert_eq!(code, 1, "exit code for {to:?}: stdout {out:?} stderr {err:?}");
+        assert_eq!(
+            code, 1,
+            "exit code for {to:?}: stdout {out:?} stderr {err:?}"
+        );
         assert_eq!(err.lines().count(), 1, "one line: {err:?}");
         assert!(err.contains(want), "{to:?}: {err:?}");
         assert!(out.is_empty(), "{out:?}");
@@ -191,21 +262,49 @@ fn refused_applies_change_nothing() {
     let path = s.daemon.dir.join("bad.toml");
     std::fs::write(&path, good.replacen("port = 80", "port = 70000", 1)).unwrap();
     let (code, _, err) = s.daemon.cli(&["check", "-c", path.to_str().unwrap()]);
-    assert_eq!((code, err.trim_end()), (1, format!("xlb: vip[0].port: 70000 is out of range 0-65535").as_str()));
+    assert_eq!(
+        (code, err.trim_end()),
+        (
+            1,
+            format!("xlb: vip[0].port: 70000 is out of range 0-65535").as_str()
+        )
+    );
     // Nothing changed: same VIPs, backends, ids, tables; forwarding still works.
     let after = s.daemon.status();
     let shape = |st: &xlb::api::Snapshot| -> Vec<(String, Vec<(IpAddr, u32, u32)>)> {
-        st.vips.iter().map(|v| (v.vip.to_string(), v.backends.iter().map(|b| (b.address, b.id, b.weight)).collect())).collect()
+        st.vips
+            .iter()
+            .map(|v| {
+                (
+                    v.vip.to_string(),
+                    v.backends
+                        .iter()
+                        .map(|b| (b.address, b.id, b.weight))
+                        .collect(),
+                )
+            })
+            .collect()
     };
     assert_eq!(shape(&before), shape(&after));
     let reply = tcp_request(&s.topo.client, None, vip80(), b"ping").expect("still forwarding");
     assert!(String::from_utf8_lossy(&reply).starts_with("backend-"));
     // A good apply through the same path works and reports what changed.
     let path = s.daemon.dir.join("good.toml");
-    std::fs::write(&path, good.replacen("address = \"198.51.100.12\" }", "address = \"198.51.100.12\", weight = 50 }", 1)).unwrap();
+    std::fs::write(
+        &path,
+        good.replacen(
+            "address = \"198.51.100.12\" }",
+            "address = \"198.51.100.12\", weight = 50 }",
+            1,
+        ),
+    )
+    .unwrap();
     let (code, out, err) = s.daemon.cli(&["apply", "-f", path.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("backend 198.51.100.12 weight 100 -> 50"), "{out}");
+    assert!(
+        out.contains("backend 198.51.100.12 weight 100 -> 50"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -217,7 +316,9 @@ fn adding_a_backend_under_load_keeps_established_connections() {
     // 60 established connections, each knowing its backend.
     let mut conns = Vec::new();
     for _ in 0..60 {
-        let mut c = xlb_tests::servers::connect(&s.topo.client, None, vip80(), Duration::from_secs(3)).unwrap();
+        let mut c =
+            xlb_tests::servers::connect(&s.topo.client, None, vip80(), Duration::from_secs(3))
+                .unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut line = String::new();
         let mut b = [0u8; 1];
@@ -228,16 +329,26 @@ fn adding_a_backend_under_load_keeps_established_connections() {
         conns.push((c, line));
     }
     // Traffic keeps flowing on them while backend 3 is added.
-    let (code, out, err) = s.daemon.cli(&["backend", "add", "203.0.113.10:80/tcp", "198.51.100.13"]);
+    let (code, out, err) =
+        s.daemon
+            .cli(&["backend", "add", "203.0.113.10:80/tcp", "198.51.100.13"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backend 198.51.100.13 added"), "{out}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = s.daemon.status();
-        if st.vips[0].backends.iter().any(|b| b.address.to_string() == "198.51.100.13" && b.takes_new_flows) {
+        if st.vips[0]
+            .backends
+            .iter()
+            .any(|b| b.address.to_string() == "198.51.100.13" && b.takes_new_flows)
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "backend 3 never took new flows: {}", xlb::stats::status_text(&st));
+        assert!(
+            Instant::now() < deadline,
+            "backend 3 never took new flows: {}",
+            xlb::stats::status_text(&st)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // Every established connection still reaches its backend: the echo comes back.
@@ -245,7 +356,8 @@ fn adding_a_backend_under_load_keeps_established_connections() {
         let msg = format!("message {i}\n");
         c.write_all(msg.as_bytes()).unwrap();
         let mut back = vec![0u8; msg.len()];
-        c.read_exact(&mut back).unwrap_or_else(|e| panic!("connection {i} lost after the add: {e}"));
+        c.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("connection {i} lost after the add: {e}"));
         assert_eq!(back, msg.as_bytes());
     }
     // New connections now reach backend 3 too.

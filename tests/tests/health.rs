@@ -17,27 +17,44 @@ fn vip80() -> SocketAddr {
 }
 
 /// Waits until `f(status)` holds; returns how long it took.
-fn wait_for(s: &Scenario, within: Duration, what: &str, f: impl Fn(&xlb::api::Snapshot) -> bool) -> Duration {
+fn wait_for(
+    s: &Scenario,
+    within: Duration,
+    what: &str,
+    f: impl Fn(&xlb::api::Snapshot) -> bool,
+) -> Duration {
     let start = Instant::now();
     loop {
         let st = s.daemon.status();
         if f(&st) {
             return start.elapsed();
         }
-        assert!(start.elapsed() < within, "{what} did not happen within {within:?}:\n{}", xlb::stats::status_text(&st));
+        assert!(
+            start.elapsed() < within,
+            "{what} did not happen within {within:?}:\n{}",
+            xlb::stats::status_text(&st)
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn backend<'a>(st: &'a xlb::api::Snapshot, addr: &str) -> &'a xlb::api::BackendStatus {
-    st.vips[0].backends.iter().find(|b| b.address.to_string() == addr).expect("backend")
+    st.vips[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == addr)
+        .expect("backend")
 }
 
 /// Which backend answered each of `n` new connections; failures as "FAILED".
 fn spread(s: &Scenario, n: usize) -> Vec<String> {
     (0..n)
         .map(|_| match tcp_request(&s.topo.client, None, vip80(), b"") {
-            Ok(r) => String::from_utf8_lossy(&r).lines().next().unwrap_or("EMPTY").to_owned(),
+            Ok(r) => String::from_utf8_lossy(&r)
+                .lines()
+                .next()
+                .unwrap_or("EMPTY")
+                .to_owned(),
             Err(e) => format!("FAILED: {e}"),
         })
         .collect()
@@ -52,26 +69,60 @@ fn a_dead_backend_leaves_within_the_bound_and_returns_when_healthy() {
     // Stop backend 2's server: its port now refuses connections.
     s.servers.remove(1);
     let stopped = Instant::now();
-    let took = wait_for(&s, Duration::from_secs(5), "backend 2 leaving the table", |st| !backend(st, dead).takes_new_flows);
+    let took = wait_for(
+        &s,
+        Duration::from_secs(5),
+        "backend 2 leaving the table",
+        |st| !backend(st, dead).takes_new_flows,
+    );
     // Bound: interval x unhealthy_threshold + timeout, plus 300ms margin for scheduling.
     let bound = Duration::from_millis(300 * 2 + 200 + 300);
     assert!(took <= bound, "took {took:?}, bound {bound:?}");
     let st = s.daemon.status();
     let b = backend(&st, dead);
     assert_eq!(b.health, Health::Unhealthy);
-    assert!(b.health_reason.contains("consecutive failed checks, last: connection refused"), "{}", b.health_reason);
-    assert!(st.events.iter().any(|e| e.backend.map(|a| a.to_string()) == Some(dead.to_owned()) && e.message.contains("healthy -> unhealthy")));
-    eprintln!("backend down: out of the table {:?} after its server stopped", stopped.elapsed());
+    assert!(
+        b.health_reason
+            .contains("consecutive failed checks, last: connection refused"),
+        "{}",
+        b.health_reason
+    );
+    assert!(st.events.iter().any(
+        |e| e.backend.map(|a| a.to_string()) == Some(dead.to_owned())
+            && e.message.contains("healthy -> unhealthy")
+    ));
+    eprintln!(
+        "backend down: out of the table {:?} after its server stopped",
+        stopped.elapsed()
+    );
     // From now on every new connection succeeds and avoids it.
     let seen = spread(&s, 90);
-    assert!(seen.iter().all(|b| b == "backend-1" || b == "backend-3"), "{seen:?}");
+    assert!(
+        seen.iter().all(|b| b == "backend-1" || b == "backend-3"),
+        "{seen:?}"
+    );
     // Start it again: back after 2 successful checks.
-    s.servers.insert(1, servers::echo_server(&s.topo.backends[1], "0.0.0.0:80".parse().unwrap(), "backend-2"));
-    let back = wait_for(&s, Duration::from_secs(5), "backend 2 returning", |st| backend(st, dead).takes_new_flows);
-    assert!(back <= Duration::from_millis(300 * 2 + 300 + 300), "returned after {back:?}");
+    s.servers.insert(
+        1,
+        servers::echo_server(
+            &s.topo.backends[1],
+            "0.0.0.0:80".parse().unwrap(),
+            "backend-2",
+        ),
+    );
+    let back = wait_for(&s, Duration::from_secs(5), "backend 2 returning", |st| {
+        backend(st, dead).takes_new_flows
+    });
+    assert!(
+        back <= Duration::from_millis(300 * 2 + 300 + 300),
+        "returned after {back:?}"
+    );
     let seen = spread(&s, 90);
     assert!(seen.iter().all(|b| b.starts_with("backend-")), "{seen:?}");
-    assert!(seen.iter().filter(|b| *b == "backend-2").count() >= 10, "{seen:?}");
+    assert!(
+        seen.iter().filter(|b| *b == "backend-2").count() >= 10,
+        "{seen:?}"
+    );
 }
 
 #[test]
@@ -91,7 +142,9 @@ fn a_drained_backend_keeps_its_stream_and_gets_no_new_connections() {
         }
     }
     let mut c = stream.expect("a connection on backend 1");
-    let (code, out, err) = s.daemon.cli(&["backend", "drain", "203.0.113.10:80/tcp", "198.51.100.11"]);
+    let (code, out, err) =
+        s.daemon
+            .cli(&["backend", "drain", "203.0.113.10:80/tcp", "198.51.100.11"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backend 198.51.100.11 drained"), "{out}");
     // The stream goes on, intact, while new connections avoid the drained backend.
@@ -100,15 +153,21 @@ fn a_drained_backend_keeps_its_stream_and_gets_no_new_connections() {
     for round in 0..8 {
         let chunk = &data[round * 32 * 1024..(round + 1) * 32 * 1024];
         c.write_all(chunk).unwrap();
-        c.read_exact(&mut back[round * 32 * 1024..(round + 1) * 32 * 1024]).unwrap();
+        c.read_exact(&mut back[round * 32 * 1024..(round + 1) * 32 * 1024])
+            .unwrap();
         let seen = spread(&s, 10);
-        assert!(seen.iter().all(|b| b == "backend-2" || b == "backend-3"), "round {round}: {seen:?}");
+        assert!(
+            seen.iter().all(|b| b == "backend-2" || b == "backend-3"),
+            "round {round}: {seen:?}"
+        );
     }
     assert!(back == data, "the stream's bytes came back intact");
     let st = s.daemon.status();
     assert_eq!(backend(&st, "198.51.100.11").state, "drained");
     // Undrain: it takes new flows again.
-    let (code, _, _) = s.daemon.cli(&["backend", "undrain", "203.0.113.10:80/tcp", "198.51.100.11"]);
+    let (code, _, _) =
+        s.daemon
+            .cli(&["backend", "undrain", "203.0.113.10:80/tcp", "198.51.100.11"]);
     assert_eq!(code, 0);
     let seen = spread(&s, 60);
     assert!(seen.iter().any(|b| b == "backend-1"), "{seen:?}");
@@ -119,32 +178,48 @@ fn a_drained_backend_keeps_its_stream_and_gets_no_new_connections() {
 fn when_every_backend_fails_its_check_traffic_fails_open() {
     // Health checked over HTTP on port 8080, served by separate health servers; the
     // service on port 80 stays up.
-    let config = (header() + &tcp_vip(80, &[1, 2, 3], ""))
-        .replace("interval = \"300ms\"", "protocol = \"http\"\nport = 8080\npath = \"/health\"\ninterval = \"300ms\"");
+    let config = (header() + &tcp_vip(80, &[1, 2, 3], "")).replace(
+        "interval = \"300ms\"",
+        "protocol = \"http\"\nport = 8080\npath = \"/health\"\ninterval = \"300ms\"",
+    );
     let mut scenario = Scenario::with_servers(3, &config, 3, |topo| {
         xlb_tests::scenario::on_every_backend(topo, 8080, servers::http_server)
     });
     // Every health server goes away: every backend turns unhealthy, and the VIP fails open.
     scenario.extra.clear();
-    wait_for(&scenario, Duration::from_secs(5), "fail-open", |st| st.vips[0].fail_open);
+    wait_for(&scenario, Duration::from_secs(5), "fail-open", |st| {
+        st.vips[0].fail_open
+    });
     let st = scenario.daemon.status();
-    assert!(st.vips[0].backends.iter().all(|b| b.health == Health::Unhealthy && b.takes_new_flows));
+    assert!(
+        st.vips[0]
+            .backends
+            .iter()
+            .all(|b| b.health == Health::Unhealthy && b.takes_new_flows)
+    );
     let (_, text, _) = scenario.daemon.cli(&["status"]);
     assert!(text.contains("FAIL-OPEN"), "{text}");
     // Traffic still flows, to all of them.
     let seen = spread(&scenario, 90);
     for b in ["backend-1", "backend-2", "backend-3"] {
-        assert!(seen.iter().filter(|x| *x == b).count() >= 10, "{b}: {seen:?}");
+        assert!(
+            seen.iter().filter(|x| *x == b).count() >= 10,
+            "{b}: {seen:?}"
+        );
     }
     let metrics = fetch_metrics(&scenario);
-    assert!(metrics.contains("xlb_vip_fail_open{vip=\"203.0.113.10:80/tcp\",vip_name=\"web\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("xlb_vip_fail_open{vip=\"203.0.113.10:80/tcp\",vip_name=\"web\"} 1"),
+        "{metrics}"
+    );
 }
 
 fn fetch_metrics(s: &Scenario) -> String {
     let _inside = s.topo.lb.enter();
     let mut c = std::net::TcpStream::connect("127.0.0.1:9469").expect("metrics endpoint");
     drop(_inside);
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     out
@@ -168,7 +243,9 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
         }
     }
     let mut c = conn.expect("a connection on backend 2");
-    let (code, _, err) = s.daemon.cli(&["backend", "del", "203.0.113.10:80/tcp", "198.51.100.12"]);
+    let (code, _, err) = s
+        .daemon
+        .cli(&["backend", "del", "203.0.113.10:80/tcp", "198.51.100.12"]);
     assert_eq!(code, 0, "{err}");
     let removed = Instant::now();
     let st = s.daemon.status();
@@ -177,12 +254,18 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
     for i in 0..5 {
         c.write_all(b"ping\n").unwrap();
         let mut b = [0u8; 5];
-        c.read_exact(&mut b).unwrap_or_else(|e| panic!("round {i}: {e}"));
+        c.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("round {i}: {e}"));
         assert!(spread(&s, 5).iter().all(|b| b == "backend-1"));
         std::thread::sleep(Duration::from_millis(300));
     }
     // After it: the backend is gone.
-    wait_for(&s, Duration::from_secs(6), "removal", |st| st.vips[0].backends.len() == 1);
+    wait_for(&s, Duration::from_secs(6), "removal", |st| {
+        st.vips[0].backends.len() == 1
+    });
     let took = removed.elapsed();
-    assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(4500), "removed after {took:?}");
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_millis(4500),
+        "removed after {took:?}"
+    );
 }

@@ -34,7 +34,9 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 /// The error for `GOOD` with `from` replaced by `to`.
 fn error_with(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "{from:?} not in the sample");
-    parse(&GOOD.replacen(from, to, 1)).expect_err("must fail").to_string()
+    parse(&GOOD.replacen(from, to, 1))
+        .expect_err("must fail")
+        .to_string()
 }
 
 #[test]
@@ -56,28 +58,95 @@ fn good_config() {
     assert_eq!(v6.deregistration_delay, Duration::from_secs(5));
     assert_eq!(v6.backends[0].health.kind, ProbeKind::Tcp);
     assert_eq!(v6.backends[0].health.interval, health_defaults::INTERVAL);
-    assert_eq!(c.daemon.metrics_address, Some("127.0.0.1:9469".parse().unwrap()));
+    assert_eq!(
+        c.daemon.metrics_address,
+        Some("127.0.0.1:9469".parse().unwrap())
+    );
 }
 
 #[test]
 fn every_error_names_field_value_and_problem() {
     let cases = [
-        ("\"203.0.113.10\"", "\"203.0.113.300\"", "vip[0].address: \"203.0.113.300\" is not an IP address"),
-        ("port = 80", "port = 70000", "vip[0].port: 70000 is out of range 0-65535"),
-        ("port = 80", "port = -1", "vip[0].port: -1 is out of range 0-65535"),
-        ("protocol = \"tcp\"", "protocol = \"sctp\"", "vip[0].protocol: \"sctp\" is not tcp or udp"),
-        ("maglev_table_size = 65537", "maglev_table_size = 65536", "dataplane.maglev_table_size: 65536 is not prime; use 65537"),
-        ("maglev_table_size = 65537", "maglev_table_size = 101", "dataplane.maglev_table_size: 101 is too small for the 2 backends of VIP 203.0.113.10:80/tcp: Maglev needs at least 100 entries per backend; use 211"),
-        ("{ address = \"2001:db8::21\" }", "{ address = \"198.51.100.30\" }", "vip[1].backends[0].address: IPv4 backend 198.51.100.30 cannot carry IPv6 VIP [2001:db8:203::10]:443/tcp: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address"),
-        ("source_v6 = \"2001:db8::10\"\n", "", "vip[1].backends[0].address: IPv6 backend 2001:db8::21 needs dataplane.source_v6 (the outer source address)"),
-        ("{ address = \"198.51.100.22\" }", "{ address = \"198.51.100.21\" }", "vip[0].backends[1].address: duplicate backend 198.51.100.21 in VIP 203.0.113.10:80/tcp"),
-        ("weight = 100", "weight = 2000000", "vip[0].backends[0].weight: 2000000 is out of range 0-1000000"),
-        ("hash = \"source-address\"", "hash = \"round-robin\"", "vip[1].hash: \"round-robin\" is not \"5-tuple\" or \"source-address\""),
-        ("deregistration_delay = \"5s\"", "deregistration_delay = \"5 parsecs\"", "vip[1].deregistration_delay: \"5 parsecs\" is not a duration like \"500ms\", \"2s\", \"1m\""),
-        ("expect = \"200-299,302\"", "expect = \"299-200\"", "vip[0].health_check.expect: \"299-200\" in \"299-200\" is not a status code or range like 200-299"),
-        ("path = \"/health\"", "path = \"health\"", "vip[0].health_check.path: \"health\" must start with / and have no spaces"),
-        ("source_v4 = \"198.51.100.10\"", "source_v4 = \"2001:db8::1\"", "dataplane.source_v4: \"2001:db8::1\" is not an IPv4 address"),
-        ("interface = \"eth0\"", "interface = \"a/b\"", "dataplane.interface: \"a/b\" is not a valid interface name"),
+        (
+            "\"203.0.113.10\"",
+            "\"203.0.113.300\"",
+            "vip[0].address: \"203.0.113.300\" is not an IP address",
+        ),
+        (
+            "port = 80",
+            "port = 70000",
+            "vip[0].port: 70000 is out of range 0-65535",
+        ),
+        (
+            "port = 80",
+            "port = -1",
+            "vip[0].port: -1 is out of range 0-65535",
+        ),
+        (
+            "protocol = \"tcp\"",
+            "protocol = \"sctp\"",
+            "vip[0].protocol: \"sctp\" is not tcp or udp",
+        ),
+        (
+            "maglev_table_size = 65537",
+            "maglev_table_size = 65536",
+            "dataplane.maglev_table_size: 65536 is not prime; use 65537",
+        ),
+        (
+            "maglev_table_size = 65537",
+            "maglev_table_size = 101",
+            "dataplane.maglev_table_size: 101 is too small for the 2 backends of VIP 203.0.113.10:80/tcp: Maglev needs at least 100 entries per backend; use 211",
+        ),
+        (
+            "{ address = \"2001:db8::21\" }",
+            "{ address = \"198.51.100.30\" }",
+            "vip[1].backends[0].address: IPv4 backend 198.51.100.30 cannot carry IPv6 VIP [2001:db8:203::10]:443/tcp: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address",
+        ),
+        (
+            "source_v6 = \"2001:db8::10\"\n",
+            "",
+            "vip[1].backends[0].address: IPv6 backend 2001:db8::21 needs dataplane.source_v6 (the outer source address)",
+        ),
+        (
+            "{ address = \"198.51.100.22\" }",
+            "{ address = \"198.51.100.21\" }",
+            "vip[0].backends[1].address: duplicate backend 198.51.100.21 in VIP 203.0.113.10:80/tcp",
+        ),
+        (
+            "weight = 100",
+            "weight = 2000000",
+            "vip[0].backends[0].weight: 2000000 is out of range 0-1000000",
+        ),
+        (
+            "hash = \"source-address\"",
+            "hash = \"round-robin\"",
+            "vip[1].hash: \"round-robin\" is not \"5-tuple\" or \"source-address\"",
+        ),
+        (
+            "deregistration_delay = \"5s\"",
+            "deregistration_delay = \"5 parsecs\"",
+            "vip[1].deregistration_delay: \"5 parsecs\" is not a duration like \"500ms\", \"2s\", \"1m\"",
+        ),
+        (
+            "expect = \"200-299,302\"",
+            "expect = \"299-200\"",
+            "vip[0].health_check.expect: \"299-200\" in \"299-200\" is not a status code or range like 200-299",
+        ),
+        (
+            "path = \"/health\"",
+            "path = \"health\"",
+            "vip[0].health_check.path: \"health\" must start with / and have no spaces",
+        ),
+        (
+            "source_v4 = \"198.51.100.10\"",
+            "source_v4 = \"2001:db8::1\"",
+            "dataplane.source_v4: \"2001:db8::1\" is not an IPv4 address",
+        ),
+        (
+            "interface = \"eth0\"",
+            "interface = \"a/b\"",
+            "dataplane.interface: \"a/b\" is not a valid interface name",
+        ),
     ];
     for (from, to, want) in cases {
         assert_eq!(error_with(from, to), want, "replacing {from:?} with {to:?}");
@@ -87,7 +156,10 @@ fn every_error_names_field_value_and_problem() {
 #[test]
 fn unknown_keys_and_syntax_errors_give_the_line() {
     let e = error_with("flow_table_entries = 100000", "flow_table_entrys = 100000");
-    assert!(e.starts_with("test.toml:6: unknown field `flow_table_entrys`"), "{e}");
+    assert!(
+        e.starts_with("test.toml:6: unknown field `flow_table_entrys`"),
+        "{e}"
+    );
     assert!(!e.contains('\n'));
     let e = error_with("[[vip]]\nname", "[[vip]\nname");
     assert!(e.starts_with("test.toml:"), "{e}");
@@ -102,7 +174,8 @@ fn duplicate_vip() {
         "vip[2].address: duplicate VIP 203.0.113.10:80/tcp (also vip[0])"
     );
     // Same address and port, other protocol: a different VIP.
-    let text = format!("{GOOD}\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n");
+    let text =
+        format!("{GOOD}\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\nprotocol = \"udp\"\n");
     assert!(parse(&text).is_ok());
 }
 
@@ -136,8 +209,26 @@ backends = [
 "#;
     let c = parse(text).unwrap();
     let (a, b) = (&c.vips[0].backends[0].health, &c.vips[0].backends[1].health);
-    assert_eq!((a.kind, a.port, a.path.as_str(), a.interval, a.timeout), (ProbeKind::Http, 80, "/ping", Duration::from_secs(10), Duration::from_secs(3)));
-    assert_eq!((b.kind, b.port, b.path.as_str(), b.interval, b.timeout), (ProbeKind::Http, 8080, "/ping", Duration::from_secs(10), Duration::from_secs(1)));
+    assert_eq!(
+        (a.kind, a.port, a.path.as_str(), a.interval, a.timeout),
+        (
+            ProbeKind::Http,
+            80,
+            "/ping",
+            Duration::from_secs(10),
+            Duration::from_secs(3)
+        )
+    );
+    assert_eq!(
+        (b.kind, b.port, b.path.as_str(), b.interval, b.timeout),
+        (
+            ProbeKind::Http,
+            8080,
+            "/ping",
+            Duration::from_secs(10),
+            Duration::from_secs(1)
+        )
+    );
     let bad = text.replace("timeout = \"1s\"", "timeout = \"20s\"");
     assert_eq!(
         parse(&bad).unwrap_err().to_string(),
@@ -148,14 +239,26 @@ backends = [
 #[test]
 fn limits_are_checked() {
     let text = "[dataplane]\nmax_vips = 1\nsource_v4 = \"198.51.100.10\"\n[[vip]]\naddress = \"203.0.113.10\"\nport = 80\n[[vip]]\naddress = \"203.0.113.11\"\nport = 80\n";
-    assert_eq!(parse(text).unwrap_err().to_string(), "dataplane.max_vips: 2 VIPs are configured but max_vips is 1");
+    assert_eq!(
+        parse(text).unwrap_err().to_string(),
+        "dataplane.max_vips: 2 VIPs are configured but max_vips is 1"
+    );
 }
 
 #[test]
 fn vip_id_parsing() {
-    assert_eq!("203.0.113.10:80/tcp".parse::<VipId>().unwrap().to_string(), "203.0.113.10:80/tcp");
-    assert_eq!("[2001:db8::1]:53/udp".parse::<VipId>().unwrap().to_string(), "[2001:db8::1]:53/udp");
-    assert_eq!("203.0.113.10:80".parse::<VipId>().unwrap().protocol, Protocol::Tcp);
+    assert_eq!(
+        "203.0.113.10:80/tcp".parse::<VipId>().unwrap().to_string(),
+        "203.0.113.10:80/tcp"
+    );
+    assert_eq!(
+        "[2001:db8::1]:53/udp".parse::<VipId>().unwrap().to_string(),
+        "[2001:db8::1]:53/udp"
+    );
+    assert_eq!(
+        "203.0.113.10:80".parse::<VipId>().unwrap().protocol,
+        Protocol::Tcp
+    );
     assert!("203.0.113.10/tcp".parse::<VipId>().is_err());
     assert!("203.0.113.10:80/icmp".parse::<VipId>().is_err());
 }
