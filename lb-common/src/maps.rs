@@ -188,8 +188,13 @@ pub struct VipStats {
     pub flow_hits: u64,
     /// Packets that went through Maglev (new flow, evicted entry, or backend gone).
     pub flow_misses: u64,
+    /// TCP packets without SYN that found no flow entry: the flow's entry was evicted (the
+    /// flow table is too small for the traffic), or the flow began before this balancer
+    /// saw it (a restart elsewhere, an ECMP change). Maglev still sends them to the same
+    /// backend unless the VIP's backends changed meanwhile.
+    pub midflow_misses: u64,
 }
-const _: () = assert!(size_of::<VipStats>() == 40);
+const _: () = assert!(size_of::<VipStats>() == 48);
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
 #[repr(C)]

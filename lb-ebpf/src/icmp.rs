@@ -91,6 +91,7 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
         dport: if affinity { key.port } else { flow.dport },
         ..flow
     };
+    s.midflow = 0;
     // Nothing remembered; and an error about an error is never sent: a steered ICMP error
     // that is too big is dropped.
     let v = forward::forward_flow(&ctx, h, &vip, s, false);

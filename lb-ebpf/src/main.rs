@@ -25,7 +25,7 @@ use lb_common::{
     VipKey, VipStats,
     hash::flow_key,
     parse::Headers,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, parse},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, TCP_SYN, parse},
     stats::{ACTIONS, GLOBAL_COUNTERS, reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
@@ -155,6 +155,7 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
         return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     };
     s.flow = flow_key(h, vip_key.port, vip.flags);
+    s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
     // A TCP RST ends its flow: forwarded, but not remembered.
     let remember = h.proto != PROTO_TCP || h.tcp_flags & TCP_RST == 0;
     forward::forward_flow(&ctx, h, &vip, s, remember)

@@ -61,7 +61,9 @@ pub struct Scratch {
     pub new_flow: u8,
     /// 1 when the flow table answered.
     pub hit: u8,
-    pub reserved: [u8; 2],
+    /// 1 for a TCP packet without SYN (it should belong to a known flow).
+    pub midflow: u8,
+    pub reserved: u8,
 }
 
 /// This CPU's scratch slot.
@@ -130,6 +132,7 @@ pub fn count(vip: &VipInfo, s: &Scratch, ip_len: u16) {
             (*v).new_flows += new_flow;
             (*v).flow_hits += hit;
             (*v).flow_misses += 1 - hit;
+            (*v).midflow_misses += (1 - hit) * u64::from(s.midflow);
         }
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(s.id) {

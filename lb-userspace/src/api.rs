@@ -142,6 +142,9 @@ pub struct VipStatus {
     pub counters: Counters,
     pub flow_hits: u64,
     pub flow_misses: u64,
+    /// TCP packets without SYN that found no flow entry (evicted, or begun elsewhere).
+    #[serde(default)]
+    pub midflow_misses: u64,
     pub backends: Vec<BackendStatus>,
 }
 

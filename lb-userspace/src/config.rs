@@ -32,6 +32,17 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A value from the operator, quoted for an error message and cut to a readable length.
+fn q(value: &str) -> String {
+    const MAX: usize = 60;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let cut: String = value.chars().take(MAX).collect();
+        format!("{cut:?}... ({} characters)", value.chars().count())
+    }
+}
+
 fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
@@ -252,11 +263,17 @@ impl std::str::FromStr for VipId {
         let protocol = match proto {
             "tcp" => Protocol::Tcp,
             "udp" => Protocol::Udp,
-            other => return Err(format!("protocol {other:?} in {s:?} is not tcp or udp")),
+            other => {
+                return Err(format!(
+                    "protocol {q_other} in {q_s} is not tcp or udp",
+                    q_other = q(other),
+                    q_s = q(s)
+                ));
+            }
         };
         let sa: SocketAddr = hostport
             .parse()
-            .map_err(|_| format!("{s:?} is not ADDRESS:PORT/PROTOCOL (e.g. 203.0.113.10:80/tcp, [2001:db8::1]:443/tcp)"))?;
+            .map_err(|_| format!("{q_s} is not ADDRESS:PORT/PROTOCOL (e.g. 203.0.113.10:80/tcp, [2001:db8::1]:443/tcp)", q_s = q(s)))?;
         Ok(Self {
             address: sa.ip(),
             port: sa.port(),
@@ -428,7 +445,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(i) if i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) => {
             return Err(err(
                 "dataplane.interface",
-                format!("{i:?} is not a valid interface name"),
+                format!("{q_i} is not a valid interface name", q_i = q(i)),
             ));
         }
         other => other.clone(),
@@ -440,7 +457,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(o) => {
             return Err(err(
                 "dataplane.xdp_mode",
-                format!("{o:?} is not one of auto, native, generic"),
+                format!("{q_o} is not one of auto, native, generic", q_o = q(o)),
             ));
         }
     };
@@ -449,7 +466,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
             err(
                 "dataplane.source_v4",
-                format!("{s:?} is not an IPv4 address"),
+                format!("{q_s} is not an IPv4 address", q_s = q(s)),
             )
         })?),
     };
@@ -458,7 +475,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| {
             err(
                 "dataplane.source_v6",
-                format!("{s:?} is not an IPv6 address"),
+                format!("{q_s} is not an IPv6 address", q_s = q(s)),
             )
         })?),
     };
@@ -532,7 +549,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(s) => Some(s.parse().map_err(|_| {
                 err(
                     "daemon.metrics_address",
-                    format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:9469), or \"off\""),
+                    format!(
+                        "{q_s} is not ADDRESS:PORT (e.g. 127.0.0.1:9469), or \"off\"",
+                        q_s = q(s)
+                    ),
                 )
             })?),
         },
@@ -562,9 +582,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .address
             .as_deref()
             .ok_or_else(|| err(at("address"), "missing (the VIP's IP address)"))?;
-        let address: IpAddr = address_s
-            .parse()
-            .map_err(|_| err(at("address"), format!("{address_s:?} is not an IP address")))?;
+        let address: IpAddr = address_s.parse().map_err(|_| {
+            err(
+                at("address"),
+                format!(
+                    "{q_address_s} is not an IP address",
+                    q_address_s = q(address_s)
+                ),
+            )
+        })?;
         if address.is_unspecified() || address.is_multicast() || address.is_loopback() {
             return Err(err(
                 at("address"),
@@ -581,7 +607,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let protocol = match v.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
             Some("udp") => Protocol::Udp,
-            Some(o) => return Err(err(at("protocol"), format!("{o:?} is not tcp or udp"))),
+            Some(o) => {
+                return Err(err(
+                    at("protocol"),
+                    format!("{q_o} is not tcp or udp", q_o = q(o)),
+                ));
+            }
         };
         let id = VipId {
             address,
@@ -594,7 +625,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(o) => {
                 return Err(err(
                     at("hash"),
-                    format!("{o:?} is not \"5-tuple\" or \"source-address\""),
+                    format!("{q_o} is not \"5-tuple\" or \"source-address\"", q_o = q(o)),
                 ));
             }
         };
@@ -610,7 +641,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             {
                 return Err(err(
                     at("name"),
-                    format!("{n:?} must be 1 to 64 printable characters without quotes"),
+                    format!(
+                        "{q_n} must be 1 to 64 printable characters without quotes",
+                        q_n = q(n)
+                    ),
                 ));
             }
             Some(n) => n.clone(),
@@ -637,9 +671,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 .address
                 .as_deref()
                 .ok_or_else(|| err(bat("address"), "missing"))?;
-            let baddr: IpAddr = s
-                .parse()
-                .map_err(|_| err(bat("address"), format!("{s:?} is not an IP address")))?;
+            let baddr: IpAddr = s.parse().map_err(|_| {
+                err(
+                    bat("address"),
+                    format!("{q_s} is not an IP address", q_s = q(s)),
+                )
+            })?;
             let weight = int_in(
                 &bat("weight"),
                 b.weight,
@@ -831,7 +868,10 @@ pub fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
     let bad = || {
         err(
             field,
-            format!("{s:?} is not a duration like \"500ms\", \"2s\", \"1m\""),
+            format!(
+                "{q_s} is not a duration like \"500ms\", \"2s\", \"1m\"",
+                q_s = q(s)
+            ),
         )
     };
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -843,7 +883,10 @@ pub fn duration(field: &str, s: &str) -> Result<Duration, ConfigError> {
         _ => return Err(bad()),
     };
     if d > Duration::from_secs(24 * 3600) {
-        return Err(err(field, format!("{s:?} is longer than a day")));
+        return Err(err(
+            field,
+            format!("{q_s} is longer than a day", q_s = q(s)),
+        ));
     }
     Ok(d)
 }
@@ -853,7 +896,11 @@ fn status_ranges(field: &str, s: &str) -> Result<Vec<(u16, u16)>, ConfigError> {
     let bad = |part: &str| {
         err(
             field,
-            format!("{part:?} in {s:?} is not a status code or range like 200-299"),
+            format!(
+                "{q_part} in {q_s} is not a status code or range like 200-299",
+                q_part = q(part),
+                q_s = q(s)
+            ),
         )
     };
     let code = |p: &str| {
@@ -892,7 +939,7 @@ fn health(at: &str, h: &RawHealth, vip_port: u16) -> Result<HealthCheck, ConfigE
         o => {
             return Err(err(
                 f("protocol"),
-                format!("{o:?} is not tcp, http or none"),
+                format!("{q_o} is not tcp, http or none", q_o = q(o)),
             ));
         }
     };
@@ -904,7 +951,10 @@ fn health(at: &str, h: &RawHealth, vip_port: u16) -> Result<HealthCheck, ConfigE
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(err(
             f("path"),
-            format!("{path:?} must start with / and have no spaces"),
+            format!(
+                "{q_path} must start with / and have no spaces",
+                q_path = q(&path)
+            ),
         ));
     }
     let expect = status_ranges(&f("expect"), h.expect.as_deref().unwrap_or(d::EXPECT))?;

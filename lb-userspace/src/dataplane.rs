@@ -386,6 +386,7 @@ impl Balancer {
             new_flows: a.new_flows + v.new_flows,
             flow_hits: a.flow_hits + v.flow_hits,
             flow_misses: a.flow_misses + v.flow_misses,
+            midflow_misses: a.midflow_misses + v.midflow_misses,
         }))
     }
 

@@ -48,6 +48,7 @@ pub fn render(s: &Snapshot) -> String {
     let vip_hits: Family<Labels, Counter> = family();
     let vip_misses: Family<Labels, Counter> = family();
     let vip_fail_open: Family<Labels, Gauge> = family();
+    let vip_midflow: Family<Labels, Counter> = family();
     let be_packets: Family<Labels, Counter> = family();
     let be_bytes: Family<Labels, Counter> = family();
     let be_flows: Family<Labels, Counter> = family();
@@ -67,6 +68,7 @@ pub fn render(s: &Snapshot) -> String {
         vip_hits.get_or_create(&l).inc_by(v.flow_hits);
         vip_misses.get_or_create(&l).inc_by(v.flow_misses);
         vip_fail_open.get_or_create(&l).set(i64::from(v.fail_open));
+        vip_midflow.get_or_create(&l).inc_by(v.midflow_misses);
         for b in &v.backends {
             let mut bl = l.clone();
             bl.push(("backend".to_owned(), b.address.to_string()));

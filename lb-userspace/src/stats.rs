@@ -87,6 +87,7 @@ pub fn snapshot(
             },
             flow_hits: s.flow_hits,
             flow_misses: s.flow_misses,
+            midflow_misses: s.midflow_misses,
             backends,
         });
     }

@@ -495,6 +495,33 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
         reason: reason::TOO_BIG_SIGNALLED,
         backend: None,
     });
+    let jumbo = Packet::tcp(c4, 40303, vip4, 80, ACK).payload(&[0x77; 2900]);
+    let mut rest = vec![0, 0];
+    rest.extend_from_slice(&1480u16.to_be_bytes());
+    rest.extend_from_slice(&jumbo.ip_bytes()[..28]);
+    out.push(Fixture {
+        name: "oversized (2954-byte) frame to a VIP: fragmentation needed, MTU 1480",
+        input: jumbo.build(),
+        action: XDP_TX,
+        output: reply(
+            Packet::icmp(vip4, c4, 3, 4, &rest)
+                .tos(0xc0)
+                .ipv4_id(0)
+                .ipv4_frag(0),
+        ),
+        reason: reason::TOO_BIG_SIGNALLED,
+        backend: None,
+    });
+    out.push(Fixture {
+        name: "IP-in-IP to a VIP address: not a VIP protocol, passed",
+        input: Packet::ip_proto(c4, vip4, 4)
+            .payload(&Packet::tcp(c4, 1, ip("198.51.100.21"), 80, SYN).ip_bytes())
+            .build(),
+        action: XDP_PASS,
+        output: Output::Unchanged,
+        reason: reason::PASS_NOT_VIP,
+        backend: None,
+    });
     out.push(Fixture {
         name: "IPv4 VIP packet too big without DF: dropped (cannot fragment, must not signal)",
         input: Packet::udp(c4, 5000, vip4, 53)

@@ -133,3 +133,56 @@ fn any_bytes_get_a_defined_action_and_non_vip_traffic_is_untouched() {
         })
         .unwrap();
 }
+
+/// Every truncation of VIP packets (each header boundary and every byte in between) gets a
+/// defined action, leaves the frame as it was, and is counted under a documented reason.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn every_truncation_of_a_vip_packet_is_refused_cleanly() {
+    use lb_common::stats::{ACTIONS, reason};
+    use xlb_tests::packet::{ACK, SYN};
+    let lab = Lab::new();
+    let c4: IpAddr = "192.0.2.1".parse().unwrap();
+    let c6: IpAddr = "2001:db8:c::1".parse().unwrap();
+    let vip4: IpAddr = "203.0.113.10".parse().unwrap();
+    let vip6: IpAddr = "2001:db8:203::10".parse().unwrap();
+    let packets = [
+        Packet::tcp(c4, 40000, vip4, 80, SYN)
+            .ipv4_options(&[1, 1, 1, 1, 0x94, 4, 0, 0])
+            .payload(b"data"),
+        Packet::tcp(c6, 40000, vip6, 443, ACK)
+            .ipv6_ext(Ext::HopByHop { len8: 0 })
+            .ipv6_ext(Ext::Routing { len8: 1 })
+            .payload(b"data"),
+        Packet::udp(c4, 5000, vip4, 53).vlan(7).payload(b"query"),
+    ];
+    let allowed = [
+        reason::PASS_NOT_IP,
+        reason::PASS_BAD_IP,
+        reason::DROP_MALFORMED,
+    ];
+    for p in packets {
+        let full = p.build();
+        let (action, _) = lab.run(&full);
+        assert_eq!(action, XDP_TX, "the whole packet is forwarded");
+        for n in 14..full.len() {
+            let frame = &full[..n];
+            let before = lab.lb.global_stats().unwrap();
+            let (action, out) = lab.run(frame);
+            let after = lab.lb.global_stats().unwrap();
+            assert!(
+                action == XDP_PASS || action == XDP_DROP,
+                "cut at {n}: action {action}"
+            );
+            assert_eq!(out, frame, "cut at {n}: the frame was changed");
+            let why = (0..reason::COUNT)
+                .find(|r| after[(ACTIONS + r) as usize] != before[(ACTIONS + r) as usize])
+                .unwrap();
+            assert!(
+                allowed.contains(&why),
+                "cut at {n}: counted as {}",
+                reason::NAMES[why as usize]
+            );
+        }
+    }
+}

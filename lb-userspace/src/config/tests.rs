@@ -269,3 +269,41 @@ fn primes() {
     assert_eq!(next_prime(65_536), 65_537);
     assert_eq!(next_prime(1_048_576), 1_048_583);
 }
+
+#[test]
+fn long_values_are_cut_in_errors() {
+    let long = "9".repeat(5000);
+    let e = error_with("\"203.0.113.10\"", &format!("\"{long}\""));
+    assert!(e.len() < 200, "{e}");
+    assert!(
+        e.ends_with("... (5000 characters) is not an IP address"),
+        "{e}"
+    );
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 2000, ..Default::default() })]
+
+    /// A valid file with random bytes inserted or removed anywhere parses or fails with one
+    /// line; never a panic.
+    #[test]
+    fn mutated_files_fail_cleanly(at in 0usize..GOOD.len(), cut in 0usize..40, insert in "[ -~\n\\[\\]=\"{}]{0,20}") {
+        let mut text = GOOD.to_owned();
+        let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+        let end = (at + cut).min(text.len());
+        let end = (end..=text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+        text.replace_range(at..end, &insert);
+        if let Err(e) = Config::parse(&text, "fuzz.toml") {
+            let line = e.to_string();
+            proptest::prop_assert!(!line.contains('\n') && !line.is_empty(), "{:?}", line);
+        }
+    }
+
+    /// Arbitrary text: never a panic, one-line errors.
+    #[test]
+    fn arbitrary_text_fails_cleanly(text in "\\PC{0,300}") {
+        if let Err(e) = Config::parse(&text, "fuzz.toml") {
+            proptest::prop_assert!(!e.to_string().contains('\n'));
+        }
+    }
+}
