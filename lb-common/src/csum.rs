@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn incremental_update_matches_recomputation() {
-        let mut h = [
+        let h = [
             0x45u8, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
@@ -74,7 +74,6 @@ mod tests {
                 "ttl {new_ttl}"
             );
         }
-        h[10] = 0;
     }
 
     #[test]

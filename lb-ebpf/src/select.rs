@@ -84,7 +84,7 @@ pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
     let hash = flow_hash(&s.flow);
     s.hash = hash;
     // SAFETY: FlowValue is plain integers, copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
+    if let Some(v) = unsafe { FLOWS.get(s.flow) } {
         let v = *v;
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)
@@ -114,7 +114,7 @@ pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
         backend: id,
         generation: b.generation,
     };
-    s.new_flow = u8::from(remember && FLOWS.insert(&s.flow, value, 0).is_ok());
+    s.new_flow = u8::from(remember && FLOWS.insert(s.flow, value, 0).is_ok());
     true
 }
 

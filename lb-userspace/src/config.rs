@@ -13,7 +13,10 @@ use std::{
 use lb_common::{PROTO_TCP, PROTO_UDP, VipKey};
 use serde::Deserialize;
 
-use crate::dataplane::Limits;
+use crate::{
+    dataplane::Limits,
+    maglev::{self, Variant, is_prime, next_prime},
+};
 
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/xlb/xlb.sock";
@@ -77,6 +80,7 @@ struct RawDataplane {
     maglev_table_size: Option<i64>,
     max_vips: Option<i64>,
     max_backends: Option<i64>,
+    maglev_variant: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +160,26 @@ pub enum XdpModeSetting {
     Native,
     /// Generic (skb) mode: works everywhere, slower.
     Generic,
+}
+
+/// How Maglev tables are filled (see `crate::maglev`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaglevVariant {
+    /// Lockstep: about 45% fewer flows move between the backends that stay when one leaves.
+    #[default]
+    Lockstep,
+    /// Classic Maglev (NSDI 2016).
+    Classic,
+}
+
+impl MaglevVariant {
+    pub fn builder_variant(self) -> Variant {
+        match self {
+            MaglevVariant::Lockstep => Variant::Lockstep,
+            MaglevVariant::Classic => Variant::Classic,
+        }
+    }
 }
 
 /// Which fields feed the flow hash.
@@ -382,6 +406,8 @@ pub struct VipConfig {
 pub struct DataplaneConfig {
     pub interface: Option<String>,
     pub xdp_mode: XdpModeSetting,
+    /// How Maglev tables are filled; every load balancer of a VIP must use the same.
+    pub maglev_variant: MaglevVariant,
     pub source_v4: Option<Ipv4Addr>,
     pub source_v6: Option<Ipv6Addr>,
     pub limits: Limits,
@@ -479,6 +505,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             )
         })?),
     };
+    let maglev_variant = match d.maglev_variant.as_deref() {
+        None | Some("lockstep") => MaglevVariant::Lockstep,
+        Some("classic") => MaglevVariant::Classic,
+        Some(o) => {
+            return Err(err(
+                "dataplane.maglev_variant",
+                format!("{} is not \"lockstep\" or \"classic\"", q(o)),
+            ));
+        }
+    };
     let defaults = Limits::default();
     let limits = Limits {
         max_vips: int_in(
@@ -510,6 +546,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             16_777_259,
         )?,
     };
+    if limits.maglev_size > maglev::MAX_TABLE_SIZE {
+        return Err(err(
+            "dataplane.maglev_table_size",
+            format!(
+                "{} is above the largest supported size {}",
+                limits.maglev_size,
+                maglev::MAX_TABLE_SIZE
+            ),
+        ));
+    }
     if !is_prime(limits.maglev_size) {
         return Err(err(
             "dataplane.maglev_table_size",
@@ -683,7 +729,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 i64::from(DEFAULT_WEIGHT),
                 0,
                 i64::from(MAX_WEIGHT),
-            )? as u32;
+            )?;
             let h = b.health_check.clone().unwrap_or_default().over(&vip_health);
             let hat = if b.health_check.is_some() {
                 bat("health_check")
@@ -714,6 +760,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         dataplane: DataplaneConfig {
             interface,
             xdp_mode,
+            maglev_variant,
             source_v4,
             source_v6,
             limits,
@@ -821,28 +868,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// Whether `n` is prime (trial division; `n` is at most a few million).
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let mut d = 2u32;
-    while d.saturating_mul(d) <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
-
-/// The smallest prime at least `n`.
-pub fn next_prime(n: u32) -> u32 {
-    (n.max(2)..)
-        .find(|&c| is_prime(c))
-        .expect("primes are unbounded")
 }
 
 /// An integer field within `[min, max]`, `default` when absent.

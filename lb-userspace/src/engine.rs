@@ -723,12 +723,18 @@ impl Engine {
     /// a backend entry that is not ready.
     pub fn sync_vip(&mut self, vid: &VipId) -> Result<()> {
         let m = self.lb.limits().maglev_size;
+        let variant = self.dataplane.maglev_variant.builder_variant();
         let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
-        let eligible: Vec<&BackendState> = vip
+        // The anchor: every configured backend with a weight, whatever its health or drain.
+        // The table is built over it, then only the slots of backends that do not serve are
+        // handed to those that do: a backend going down or being drained moves its own
+        // flows and nobody else's, and coming back restores the very same table.
+        let anchor: Vec<&BackendState> = vip
             .backends
             .values()
-            .filter(|b| b.admin_active() && b.config.weight > 0)
+            .filter(|b| b.removing.is_none() && b.config.weight > 0)
             .collect();
+        let eligible: Vec<&BackendState> = anchor.iter().copied().filter(|b| !b.drained).collect();
         let healthy: Vec<&BackendState> = eligible
             .iter()
             .copied()
@@ -747,7 +753,7 @@ impl Engine {
             (eligible.clone(), !eligible.is_empty())
         };
         let serving_ids: BTreeSet<u32> = serving.iter().map(|b| b.id).collect();
-        let entries: Vec<maglev::Entry> = serving
+        let entries: Vec<maglev::Entry> = anchor
             .iter()
             .map(|b| maglev::Entry {
                 key: maglev::BackendKey {
@@ -758,13 +764,16 @@ impl Engine {
                 id: b.id,
             })
             .collect();
-        let table = if entries.is_empty() {
+        let table = if serving_ids.is_empty() {
             vec![0; m as usize]
         } else {
-            maglev::build(&entries, m, MAGLEV_SEED).map_err(|e| EngineError::Maglev {
-                vip: *vid,
-                message: e.to_string(),
-            })?
+            maglev::Builder::new(m, MAGLEV_SEED)
+                .variant(variant)
+                .build_anchored(&entries, |e| serving_ids.contains(&e.id))
+                .map_err(|e| EngineError::Maglev {
+                    vip: *vid,
+                    message: e.to_string(),
+                })?
         };
         let fail_open_changed = vip.fail_open != fail_open;
         vip.fail_open = fail_open;

@@ -99,16 +99,15 @@ impl Drop for Supervisor {
     }
 }
 
-/// A random delay in `[0, max]`, from the clock and the target (no RNG dependency needed).
+/// A random delay in `[0, max]` (std's randomly keyed hasher as the source: no RNG
+/// dependency needed).
 fn jitter(max: Duration, t: &Target) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    (t.vip, t.backend).hash(&mut h);
-    let frac = (h.finish() % 10_000) as u32;
-    max * frac / 10_000
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one((t.vip, t.backend));
+    max * (r % 10_000) as u32 / 10_000
 }
 
 async fn probe_loop(t: Target, verdicts: mpsc::Sender<Verdict>) {

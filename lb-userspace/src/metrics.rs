@@ -15,17 +15,13 @@ use crate::{api::Snapshot, engine::Health};
 
 type Labels = Vec<(String, String)>;
 
-fn family<
-    M: prometheus_client::metrics::TypedMetric
-        + Default
-        + Clone
-        + Send
-        + Sync
-        + 'static
-        + std::fmt::Debug,
->() -> Family<Labels, M>
+/// A fresh family of metrics with label sets.
+fn family<M>() -> Family<Labels, M>
 where
-    M: prometheus_client::encoding::EncodeMetric,
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + std::fmt::Debug,
 {
     Family::default()
 }

@@ -264,14 +264,12 @@ fn refused_applies_change_nothing() {
     let (code, _, err) = s.daemon.cli(&["check", "-c", path.to_str().unwrap()]);
     assert_eq!(
         (code, err.trim_end()),
-        (
-            1,
-            format!("xlb: vip[0].port: 70000 is out of range 0-65535").as_str()
-        )
+        (1, "xlb: vip[0].port: 70000 is out of range 0-65535")
     );
     // Nothing changed: same VIPs, backends, ids, tables; forwarding still works.
     let after = s.daemon.status();
-    let shape = |st: &xlb::api::Snapshot| -> Vec<(String, Vec<(IpAddr, u32, u32)>)> {
+    type Shape = Vec<(String, Vec<(IpAddr, u32, u32)>)>;
+    let shape = |st: &xlb::api::Snapshot| -> Shape {
         st.vips
             .iter()
             .map(|v| {

@@ -269,3 +269,58 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
         "removed after {took:?}"
     );
 }
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_health_flap_moves_only_the_failed_backends_flows() {
+    let mut s = Scenario::new(3);
+    let table = |s: &Scenario| {
+        let m = s.maps();
+        let st = s.daemon.status();
+        m.read_table(m.vip(&st.vips[0].vip.key()).unwrap().unwrap().table)
+            .unwrap()
+    };
+    let id_of = |st: &xlb::api::Snapshot, addr: &str| {
+        st.vips[0]
+            .backends
+            .iter()
+            .find(|b| b.address.to_string() == addr)
+            .unwrap()
+            .id
+    };
+    let before = table(&s);
+    let down = id_of(&s.daemon.status(), "198.51.100.12");
+    s.servers.remove(1);
+    wait_for(&s, Duration::from_secs(5), "backend 2 down", |st| {
+        !backend(st, "198.51.100.12").takes_new_flows
+    });
+    let during = table(&s);
+    let moved = before.iter().zip(&during).filter(|(a, b)| a != b).count();
+    let collateral = before
+        .iter()
+        .zip(&during)
+        .filter(|(a, b)| a != b && **a != down)
+        .count();
+    let owned = before.iter().filter(|&&x| x == down).count();
+    assert_eq!(
+        collateral, 0,
+        "slots moved between the backends that stayed"
+    );
+    assert_eq!(moved, owned, "exactly the failed backend's slots moved");
+    s.servers.insert(
+        1,
+        servers::echo_server(
+            &s.topo.backends[1],
+            "0.0.0.0:80".parse().unwrap(),
+            "backend-2",
+        ),
+    );
+    wait_for(&s, Duration::from_secs(5), "backend 2 back", |st| {
+        backend(st, "198.51.100.12").takes_new_flows
+    });
+    assert!(table(&s) == before, "the table returned exactly");
+    eprintln!(
+        "health flap: {moved} of {} slots moved (all backend 2's), none between the others",
+        before.len()
+    );
+}

@@ -1,7 +1,8 @@
 //! Reference programs: `xlb_pass` (lets a veth peer receive `XDP_TX`/redirected frames,
-//! which veth only delivers to a peer that has an XDP program), and the floors the
-//! benchmark measures the balancer against: `xlb_tx` (returns `XDP_TX`) and `xlb_macswap`
-//! (swaps the MAC addresses and returns `XDP_TX`, the least a real forwarder does).
+//! which veth only delivers to a peer that has an XDP program), `xlb_drop` (the benchmark's
+//! sink on the far side of a veth), and the floors the benchmark measures the balancer
+//! against: `xlb_tx` (returns `XDP_TX`) and `xlb_macswap` (swaps the MAC addresses and
+//! returns `XDP_TX`, the least a real forwarder does).
 #![no_std]
 #![no_main]
 
@@ -12,6 +13,11 @@ use lb_ebpf::packet::XdpPacket;
 #[xdp]
 pub fn xlb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn xlb_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
 }
 
 #[xdp]

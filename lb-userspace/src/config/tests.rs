@@ -264,10 +264,21 @@ fn vip_id_parsing() {
 }
 
 #[test]
-fn primes() {
-    assert!(is_prime(65_537) && is_prime(1_048_573) && !is_prime(65_536) && !is_prime(1));
-    assert_eq!(next_prime(65_536), 65_537);
-    assert_eq!(next_prime(1_048_576), 1_048_583);
+fn maglev_variant() {
+    assert_eq!(
+        parse(GOOD).unwrap().dataplane.maglev_variant,
+        MaglevVariant::Lockstep
+    );
+    let c = parse(&GOOD.replace(
+        "[dataplane]\n",
+        "[dataplane]\nmaglev_variant = \"classic\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.dataplane.maglev_variant, MaglevVariant::Classic);
+    assert_eq!(
+        error_with("[dataplane]\n", "[dataplane]\nmaglev_variant = \"ring\"\n"),
+        "dataplane.maglev_variant: \"ring\" is not \"lockstep\" or \"classic\""
+    );
 }
 
 #[test]
