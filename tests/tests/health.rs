@@ -243,11 +243,13 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
         }
     }
     let mut c = conn.expect("a connection on backend 2");
+    // Stamped before the request: the daemon starts the delay when it
+    // receives it, which is after this instant and before the CLI returns.
+    let removed = Instant::now();
     let (code, _, err) = s
         .daemon
         .cli(&["backend", "del", "203.0.113.10:80/tcp", "198.51.100.12"]);
     assert_eq!(code, 0, "{err}");
-    let removed = Instant::now();
     let st = s.daemon.status();
     assert_eq!(backend(&st, "198.51.100.12").state, "deregistering");
     // During the delay: the connection works, new ones go to backend 1.
