@@ -201,6 +201,63 @@ impl Balancer {
             .expect("the balancer object has its program, loaded by `load`")
     }
 
+    /// Another program of the balancer's object (`xlb_balancer_bench`, `xlb_bench_restore`),
+    /// loaded on first use; for benchmarks. It shares the balancer's maps.
+    pub fn extra_program(&mut self, name: &str) -> Result<&Xdp> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        if p.fd().is_err() {
+            p.load()?;
+        }
+        Ok(p)
+    }
+
+    /// A program of the balancer's object loaded with [`Balancer::extra_program`].
+    pub fn program_named(&self, name: &str) -> &Xdp {
+        self.ebpf
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("a program of the balancer object")
+    }
+
+    /// Sets the frame the benchmark entry point restores before each run: its length and
+    /// its L2 header (14 bytes, or 18 with a VLAN tag).
+    pub fn set_bench_template(&mut self, frame: &[u8]) -> Result<()> {
+        let l2_len = if frame.len() >= 14
+            && (frame[12..14] == [0x81, 0x00] || frame[12..14] == [0x88, 0xa8])
+        {
+            18
+        } else {
+            14
+        };
+        let mut value = [0u8; 32];
+        value[0..4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        value[4..8].copy_from_slice(&(l2_len as u32).to_ne_bytes());
+        value[8..8 + l2_len].copy_from_slice(&frame[..l2_len]);
+        let mut a: Array<_, [u8; 32]> = typed(
+            "BENCH",
+            self.ebpf
+                .map_mut("BENCH")
+                .expect("the balancer object has BENCH"),
+        )?;
+        a.set(0, value, 0).map_err(|source| DataplaneError::Map {
+            map: "BENCH",
+            source,
+        })
+    }
+
+    /// Removes a remembered flow (benchmarks measure the new-flow path with it).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let mut m: HashMap<_, FlowKey, FlowValue> = typed("FLOWS", self.map_mut("FLOWS"))?;
+        ignore_missing(m.remove(key)).map_err(|source| DataplaneError::Map {
+            map: "FLOWS",
+            source,
+        })
+    }
+
     pub fn program_mut(&mut self) -> &mut Xdp {
         program_mut(&mut self.ebpf).expect("the balancer object has its program")
     }

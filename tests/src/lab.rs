@@ -183,6 +183,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Self {
+        Self::with_flow_table(4096)
+    }
+
+    /// A lab whose flow table holds `entries` flows.
+    pub fn with_flow_table(entries: u32) -> Self {
         require_root();
         let ns = Netns::new("fx");
         ns.ip(&[
@@ -249,7 +254,7 @@ impl Lab {
         let limits = Limits {
             max_vips: 16,
             max_backends: 256,
-            flow_table_entries: 4096,
+            flow_table_entries: entries,
             maglev_size: M,
         };
         let mut lb = Balancer::load(limits, None).expect("load the balancer");

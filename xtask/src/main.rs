@@ -7,6 +7,7 @@
 //!   BPF); runs `setup` first, so a fresh machine needs nothing else.
 //! - `demo`: the lab (`xlb-lab`): client, router, xlb and three backends in namespaces,
 //!   real traffic, counters, a failover; everything removed at the end.
+//! - `bench`: the benchmarks (`xlb-bench`, then the Maglev criterion bench).
 //! - `lint`: rustfmt check and clippy with warnings denied, userspace and eBPF separately.
 //!
 //! Plain `std::process::Command` and anyhow only: this runs before anything else builds.
@@ -37,6 +38,8 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup   install prerequisites (rust-src for nightly, bpf-linker, Debian packages)
   demo    run the lab: namespaces with a client, router, xlb and 3 backends (run as root)
+  bench   measure: per-packet cost, forwarding rate, Maglev, throughput (run as root)
+          [--quick] [--json] [--save-baseline] [--no-criterion] [dataplane|maglev|throughput]
   build   build xlb in release mode
   test    run every test, including the root-only ones (run as root)
   lint    rustfmt --check and clippy -D warnings (userspace and eBPF)";
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Some("build") => setup().and_then(|()| build()),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
         Some("lint") => setup().and_then(|()| lint()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
@@ -249,11 +253,59 @@ fn demo(extra: &[String]) -> Result<()> {
     run(Command::new(root().join("target/debug/xlb-lab")).args(extra))
 }
 
+/// Builds everything in release mode and runs the benchmarks (`tests/src/bin/xlb-bench.rs`,
+/// then the Maglev criterion bench unless `--no-criterion`).
+fn bench(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmarks load XDP programs and build namespaces, so they need root: \
+             run `sudo -E env PATH=$PATH cargo xtask bench`"
+        );
+    }
+    setup()?;
+    println!("xtask bench: building in release mode");
+    run(Command::new("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        "xlb",
+        "--package",
+        "xlb-tests",
+        "--bins",
+    ]))?;
+    let own: Vec<&String> = args.iter().filter(|a| *a != "--no-criterion").collect();
+    run(Command::new(root().join("target/release/xlb-bench")).args(own))?;
+    if !args.iter().any(|a| a == "--no-criterion" || a == "--json") {
+        let quick = args.iter().any(|a| a == "--quick");
+        let mut c = Command::new("cargo");
+        c.args([
+            "bench",
+            "--quiet",
+            "--package",
+            "xlb",
+            "--bench",
+            "maglev",
+            "--",
+        ]);
+        if quick {
+            c.arg("--quick");
+        }
+        run(&mut c)?;
+    }
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate, for its own target (its .cargo/config.toml and rust-toolchain.toml).
+    // `cargo xtask` runs under the workspace toolchain and exports it (RUSTUP_TOOLCHAIN,
+    // RUSTC); without removing them the nightly of lb-ebpf/rust-toolchain.toml is ignored.
     run(Command::new("cargo")
         .args(["clippy", "--release", "--", "-D", "warnings"])
-        .current_dir(root().join("lb-ebpf")))
+        .current_dir(root().join("lb-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER"))
 }

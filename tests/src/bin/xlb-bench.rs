@@ -1,0 +1,689 @@
+//! `xlb-bench`: the numbers behind `cargo xtask bench`.
+//!
+//! 1. Per-packet cost of the balancer through `BPF_PROG_TEST_RUN`, one run per call, the
+//!    kernel's own duration of each run; a batch's figure is its mean, the result the
+//!    median of 5 batches, beside a trivial `XDP_TX` program measured the same way.
+//!    Also the net cost without the per-call overhead: the bench entry point (which
+//!    restores the template frame before balancing) with a large repeat, minus the restore
+//!    alone.
+//! 2. Forwarding rate with live frames (`BPF_F_TEST_XDP_LIVE_FRAMES`) on a veth, one CPU,
+//!    against a MAC-swapping `XDP_TX` program.
+//! 3. Maglev: build time, balance, disruption; the controller's update path for one
+//!    backend change.
+//! 4. TCP throughput client -> VIP -> backend through the balancer, against the same path
+//!    without it.
+//!
+//! Prints a table (or `--json`), and the change against `bench/baseline.json`.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use lb_common::{FlowKey, FlowValue, addr_to_map, port_to_map};
+use xlb::{dataplane::Balancer, maglev};
+use xlb_tests::{
+    fixtures::client4,
+    lab::Lab,
+    packet::{ACK, Packet, SYN},
+};
+
+/// One measured figure.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Figure {
+    section: String,
+    name: String,
+    value: f64,
+    unit: String,
+    /// What to compare it with (the floor, the target, the reference).
+    note: String,
+}
+
+struct Bench {
+    quick: bool,
+    figures: Vec<Figure>,
+}
+
+impl Bench {
+    fn add(&mut self, section: &str, name: &str, value: f64, unit: &str, note: &str) {
+        eprintln!("  {name}: {value:.2} {unit}  {note}");
+        self.figures.push(Figure {
+            section: section.into(),
+            name: name.into(),
+            value,
+            unit: unit.into(),
+            note: note.into(),
+        });
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+/// `struct xdp_md` with an ingress interface, as `BPF_PROG_TEST_RUN` takes it.
+fn ctx_bytes(len: usize, ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
+/// Kernel-measured nanoseconds of one run of `prog` on `frame` (repeat = 1).
+fn one_run(prog: &Xdp, frame: &[u8], ifindex: u32) -> f64 {
+    let ctx = ctx_bytes(frame.len(), ifindex);
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .expect("test run");
+    r.duration.as_nanos() as f64
+}
+
+/// Median over 5 batches of the mean per-call time; `next` gives each call's frame and
+/// may do untimed work between calls.
+fn per_call(prog: &Xdp, ifindex: u32, calls: usize, mut next: impl FnMut(usize) -> Vec<u8>) -> f64 {
+    let mut batches = Vec::new();
+    for b in 0..5 {
+        let mut total = 0.0;
+        for i in 0..calls {
+            let frame = next(b * calls + i);
+            total += one_run(prog, &frame, ifindex);
+        }
+        batches.push(total / calls as f64);
+    }
+    median(batches)
+}
+
+/// Average in-kernel nanoseconds per run with a large repeat (the frame is reused, so the
+/// program must restore it: the bench entry point does).
+fn repeated(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
+    let ctx = ctx_bytes(frame.len(), ifindex);
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let mut out = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("repeated test run");
+        runs.push(r.duration.as_nanos() as f64);
+    }
+    median(runs)
+}
+
+/// Frames per second forwarded with live frames: the kernel runs the program on `frames`
+/// copies of `frame` and transmits what it returns `XDP_TX` for. Median of 5 runs.
+fn live_rate(prog: &Xdp, frame: &[u8], ifindex: u32, frames: u32) -> f64 {
+    let ctx = ctx_bytes(frame.len(), ifindex);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })
+        .expect("live-frames test run");
+        rates.push(f64::from(frames) / start.elapsed().as_secs_f64());
+    }
+    median(rates)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: sched_setaffinity on the calling thread with a zeroed, then filled, cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn reference() -> Ebpf {
+    let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("reference programs");
+    for name in ["xlb_tx", "xlb_macswap", "xlb_drop"] {
+        let p: &mut Xdp = e.program_mut(name).expect(name).try_into().expect("xdp");
+        p.load().expect("load reference program");
+    }
+    e
+}
+
+fn xdp<'a>(e: &'a Ebpf, name: &str) -> &'a Xdp {
+    e.program(name)
+        .and_then(|p| p.try_into().ok())
+        .expect("program")
+}
+
+/// A flow key the fixtures' VIP `web4` sees from `src:port`.
+fn web4_flow(src: IpAddr, port: u16) -> FlowKey {
+    let (s, family) = addr_to_map(src);
+    let (d, _) = addr_to_map("203.0.113.10".parse().unwrap());
+    FlowKey {
+        src: s,
+        dst: d,
+        sport: port_to_map(port),
+        dport: port_to_map(80),
+        proto: 6,
+        family,
+        reserved: [0; 2],
+    }
+}
+
+fn data_plane(b: &mut Bench) {
+    eprintln!("\n== per-packet cost (BPF_PROG_TEST_RUN, one run per call, kernel time)");
+    let entries = if b.quick { 1 << 16 } else { 1 << 20 };
+    let mut lab = Lab::with_flow_table(entries);
+    let calls = if b.quick { 2_000 } else { 20_000 };
+    let _inside = lab.ns.enter();
+    pin_to_cpu(0);
+    let ifx = lab.ifindex;
+    let refs = reference();
+    let vip4: IpAddr = "203.0.113.10".parse().unwrap();
+    let (c6, vip6): (IpAddr, IpAddr) = (
+        "2001:db8:c::1".parse().unwrap(),
+        "2001:db8:203::10".parse().unwrap(),
+    );
+    let c4 = client4();
+    let syn4 = Packet::tcp(c4, 41000, vip4, 80, SYN).build();
+    let ack4 = Packet::tcp(c4, 41000, vip4, 80, ACK).build();
+    let udp4 = Packet::udp(c4, 41000, vip4, 53).payload(&[0; 32]).build();
+    let syn6 = Packet::tcp(c6, 41000, vip6, 443, SYN).build();
+    let ack6 = Packet::tcp(c6, 41000, vip6, 443, ACK).build();
+    let other = Packet::tcp(c4, 41000, "203.0.113.11".parse().unwrap(), 80, ACK).build();
+
+    let floor = per_call(xdp(&refs, "xlb_tx"), ifx, calls, |_| ack4.clone());
+    b.add(
+        "per-packet",
+        "floor: trivial XDP_TX program",
+        floor,
+        "ns",
+        "the per-call overhead of the method",
+    );
+    let lb = lab.lb.program();
+    // Established: the flow is remembered first.
+    for f in [&syn4, &syn6, &udp4] {
+        one_run(lb, f, ifx);
+    }
+    let est4 = per_call(lb, ifx, calls, |_| ack4.clone());
+    b.add(
+        "per-packet",
+        "IPv4 TCP, established flow",
+        est4,
+        "ns",
+        "target <= 100; Katran 131",
+    );
+    let est6 = per_call(lb, ifx, calls, |_| ack6.clone());
+    b.add("per-packet", "IPv6 TCP, established flow", est6, "ns", "");
+    let udp = per_call(lb, ifx, calls, |_| udp4.clone());
+    b.add("per-packet", "IPv4 UDP, established flow", udp, "ns", "");
+    let non_vip = per_call(lb, ifx, calls, |_| other.clone());
+    b.add("per-packet", "non-VIP packet (passed)", non_vip, "ns", "");
+    drop(_inside);
+
+    // New flow, same key: the entry is removed (untimed) before every call.
+    let key4 = web4_flow(c4, 41000);
+    let mut new4 = Vec::new();
+    {
+        let _inside = lab.ns.enter();
+        for _ in 0..5 {
+            let mut total = 0.0;
+            for _ in 0..calls {
+                lab.lb.remove_flow(&key4).unwrap();
+                total += one_run(lab.lb.program(), &syn4, ifx);
+            }
+            new4.push(total / calls as f64);
+        }
+    }
+    b.add(
+        "per-packet",
+        "IPv4 TCP SYN, new flow (same key)",
+        median(new4),
+        "ns",
+        "target <= 150; Katran 238",
+    );
+
+    // New flows with fresh keys into a full flow table.
+    eprintln!("  (filling a flow table of {entries} entries)");
+    let value = FlowValue {
+        backend: lab.backend_ids[0][0],
+        generation: 1,
+    };
+    for i in 0..entries {
+        let src = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000u32 + (i >> 16)));
+        lab.lb
+            .set_flow(&web4_flow(src, (i & 0xffff) as u16), &value)
+            .unwrap();
+    }
+    let _inside = lab.ns.enter();
+    let lb = lab.lb.program();
+    let fresh = |i: usize| {
+        let src = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000u32 + (i as u32 >> 16)));
+        Packet::tcp(src, (i & 0xffff) as u16, vip4, 80, SYN).build()
+    };
+    let fresh4 = per_call(lb, ifx, calls, fresh);
+    b.add(
+        "per-packet",
+        "IPv4 TCP SYN, new flow, fresh key into a full table",
+        fresh4,
+        "ns",
+        "target <= 300; Katran 485-643",
+    );
+    let fresh6 = per_call(lb, ifx, calls, |i| {
+        let mut a = [
+            0x20u8, 0x01, 0x0d, 0xb8, 0, 0x0e, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        a[12..16].copy_from_slice(&(i as u32).to_be_bytes());
+        Packet::tcp(IpAddr::from(a), 40000, vip6, 443, SYN).build()
+    });
+    b.add(
+        "per-packet",
+        "IPv6 TCP SYN, new flow, fresh key into a full table",
+        fresh6,
+        "ns",
+        "",
+    );
+    drop(_inside);
+
+    // Net cost: the bench entry point restores the frame each run; subtract the restore.
+    let repeat = if b.quick { 100_000 } else { 1_000_000 };
+    lab.lb.set_bench_template(&ack4).unwrap();
+    let _ = lab.lb.extra_program("xlb_balancer_bench").unwrap();
+    let _ = lab.lb.extra_program("xlb_bench_restore").unwrap();
+    let _inside = lab.ns.enter();
+    let full = repeated(
+        lab.lb.program_named("xlb_balancer_bench"),
+        &ack4,
+        ifx,
+        repeat,
+    );
+    let restore = repeated(
+        lab.lb.program_named("xlb_bench_restore"),
+        &ack4,
+        ifx,
+        repeat,
+    );
+    b.add(
+        "net",
+        "IPv4 TCP established, net of per-call overhead",
+        full - restore,
+        "ns",
+        "Katran 79",
+    );
+    drop(_inside);
+    lab.lb.set_bench_template(&other).unwrap();
+    let _inside = lab.ns.enter();
+    let full = repeated(
+        lab.lb.program_named("xlb_balancer_bench"),
+        &other,
+        ifx,
+        repeat,
+    );
+    let restore = repeated(
+        lab.lb.program_named("xlb_bench_restore"),
+        &other,
+        ifx,
+        repeat,
+    );
+    b.add(
+        "net",
+        "non-VIP, net of per-call overhead",
+        full - restore,
+        "ns",
+        "Katran 30",
+    );
+    drop(_inside);
+
+    eprintln!("\n== forwarding rate (live frames on a veth, one CPU)");
+    // The far end of fx0 drops what arrives, as cheaply as possible.
+    let mut sink = Ebpf::load(xlb::programs::REFERENCE).unwrap();
+    {
+        let _inside = lab.ns.enter();
+        let p: &mut Xdp = sink.program_mut("xlb_drop").unwrap().try_into().unwrap();
+        p.load().unwrap();
+        p.attach_to_if_index(lab.ns.ifindex("fx1"), XdpMode::Driver)
+            .expect("attach the sink");
+    }
+    lab.lb.set_bench_template(&ack4).unwrap();
+    let frames = if b.quick { 500_000 } else { 5_000_000 };
+    let _inside = lab.ns.enter();
+    let floor = live_rate(xdp(&refs, "xlb_macswap"), &ack4, ifx, frames) / 1e6;
+    b.add(
+        "rate",
+        "floor: MAC-swap XDP_TX",
+        floor,
+        "Mpps",
+        "about 12.5 here",
+    );
+    let restore = live_rate(
+        lab.lb.program_named("xlb_bench_restore"),
+        &ack4,
+        ifx,
+        frames,
+    ) / 1e6;
+    b.add(
+        "rate",
+        "restore-only XDP_TX (the bench entry's own overhead)",
+        restore,
+        "Mpps",
+        "",
+    );
+    let rate = live_rate(
+        lab.lb.program_named("xlb_balancer_bench"),
+        &ack4,
+        ifx,
+        frames,
+    ) / 1e6;
+    b.add(
+        "rate",
+        "balancer, IPv4 TCP established, XDP_TX",
+        rate,
+        "Mpps",
+        "target >= 8.5; Katran 6.5",
+    );
+    b.add("rate", "balancer / floor", rate / floor, "ratio", "");
+}
+
+fn maglev_figures(b: &mut Bench) {
+    eprintln!("\n== Maglev (M = 65537)");
+    let entries = |n: u32| -> Vec<maglev::Entry> {
+        (1..=n)
+            .map(|i| maglev::Entry {
+                key: maglev::BackendKey {
+                    addr: IpAddr::from(0xc633_0000u32.wrapping_add(i).to_be_bytes()),
+                    port: 0,
+                },
+                weight: 100,
+                id: i,
+            })
+            .collect()
+    };
+    let runs = if b.quick { 5 } else { 21 };
+    for variant in [maglev::Variant::Lockstep, maglev::Variant::Classic] {
+        let vname = if variant == maglev::Variant::Lockstep {
+            "lockstep"
+        } else {
+            "classic"
+        };
+        for n in [100u32, 1000, 10_000] {
+            let e = entries(n);
+            let builder = maglev::Builder::new(65_537, 0)
+                .variant(variant)
+                .without_size_rule();
+            let times: Vec<f64> = (0..runs)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(builder.build(&e).unwrap());
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let note = if n == 1000 {
+                "target < 1 ms; reference Maglev about 2 ms"
+            } else {
+                ""
+            };
+            b.add(
+                "maglev",
+                &format!("build, {vname}, N={n}"),
+                median(times),
+                "ms",
+                note,
+            );
+        }
+        for n in [100u32, 1000] {
+            let e = entries(n);
+            let builder = maglev::Builder::new(65_537, 0)
+                .variant(variant)
+                .without_size_rule();
+            let full = builder.build(&e).unwrap();
+            let q = maglev::quality(&full, &e);
+            b.add(
+                "maglev",
+                &format!("balance max/mean, {vname}, N={n}"),
+                q.max_over_fair,
+                "ratio",
+                "",
+            );
+            let fewer = builder.build(&e[1..]).unwrap();
+            let d = maglev::disruption(&full, &fewer);
+            b.add(
+                "maglev",
+                &format!("one of N removed: slots moved, {vname}, N={n}"),
+                d.changed_fraction() * 100.0,
+                "%",
+                "reference 1.55 / 0.68",
+            );
+            b.add(
+                "maglev",
+                &format!("one of N removed: collateral, {vname}, N={n}"),
+                d.collateral_fraction() * 100.0,
+                "%",
+                "",
+            );
+        }
+    }
+}
+
+/// The controller's whole update path for one backend change: engine diff, table build,
+/// write through the mapping, switch.
+fn update_latency(b: &mut Bench) {
+    use xlb::{config::Config, engine::Engine};
+    for n in [100usize, 1000] {
+        let m = if n == 100 { 65_537 } else { 100_003 };
+        let backends: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "{{ address = \"10.{}.{}.{}\" }}",
+                    i >> 16,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect();
+        let text = format!(
+            "[dataplane]\nsource_v4 = \"198.51.100.10\"\nmaglev_table_size = {m}\nmax_vips = 4\nmax_backends = 4096\nflow_table_entries = 1024\n\
+             [[vip]]\naddress = \"203.0.113.10\"\nport = 80\nhealth_check = {{ protocol = \"none\" }}\nbackends = [ {} ]\n",
+            backends.join(", ")
+        );
+        let config = Config::parse(&text, "bench").unwrap();
+        let lb = Balancer::load(config.dataplane.limits, None).expect("load");
+        let mut engine = Engine::new(lb, config.dataplane.clone());
+        engine.apply(&config).unwrap();
+        let mut other = config.clone();
+        let runs = if b.quick { 5 } else { 15 };
+        let times: Vec<f64> = (0..runs)
+            .map(|i| {
+                // Alternate one backend's weight: a real change, one table rebuild.
+                other.vips[0].backends[0].weight = if i % 2 == 0 { 50 } else { 100 };
+                let t = Instant::now();
+                engine.apply(&other).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        b.add(
+            "maglev",
+            &format!("controller update, one backend changed, N={n}, M={m}"),
+            median(times),
+            "ms",
+            "diff + build + write + switch",
+        );
+    }
+}
+
+/// TCP throughput of one stream client -> VIP -> backend, against client -> backend.
+fn throughput(b: &mut Bench) {
+    use xlb_tests::{scenario::*, servers};
+    eprintln!("\n== TCP throughput through the balancer (namespaces, one stream)");
+    let config = header()
+        + &tcp_vip(9000, &[1], "").replace(
+            "interval = \"300ms\"",
+            "protocol = \"none\"\ninterval = \"300ms\"",
+        );
+    let s = Scenario::with_servers(1, &config, 0, |topo| {
+        on_every_backend(topo, 9000, servers::sink_server)
+    });
+    let size = if b.quick { 64 << 20 } else { 512 << 20 };
+    let data = servers::pattern(1 << 20);
+    let send = |to: SocketAddr| -> f64 {
+        let mut c = servers::connect(&s.topo.client, None, to, Duration::from_secs(3)).unwrap();
+        let start = Instant::now();
+        use std::io::{Read, Write};
+        for _ in 0..size >> 20 {
+            c.write_all(&data).unwrap();
+        }
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with(&size.to_string()), "{answer}");
+        size as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
+    };
+    let via = median(
+        (0..3)
+            .map(|_| send("203.0.113.10:9000".parse().unwrap()))
+            .collect(),
+    );
+    let direct = median(
+        (0..3)
+            .map(|_| send("198.51.100.11:9000".parse().unwrap()))
+            .collect(),
+    );
+    b.add(
+        "throughput",
+        "client -> VIP -> backend (through xlb)",
+        via,
+        "Gbit/s",
+        "",
+    );
+    b.add(
+        "throughput",
+        "client -> backend (no balancer)",
+        direct,
+        "Gbit/s",
+        "",
+    );
+    b.add(
+        "throughput",
+        "through xlb / direct",
+        via / direct,
+        "ratio",
+        "",
+    );
+}
+
+fn machine() -> BTreeMap<String, String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    BTreeMap::from([
+        ("cpu".into(), model),
+        ("cores".into(), cores.to_string()),
+        ("kernel".into(), kernel),
+    ])
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let save = args.iter().any(|a| a == "--save-baseline");
+    let only: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let run = |s: &str| only.is_empty() || only.iter().any(|o| *o == s);
+    xlb_tests::netns::require_root();
+    xlb_tests::netns::cleanup_on_signal();
+    let mut b = Bench {
+        quick,
+        figures: Vec::new(),
+    };
+    let m = machine();
+    eprintln!(
+        "xlb bench on {} ({} cores), kernel {}",
+        m["cpu"], m["cores"], m["kernel"]
+    );
+    if run("dataplane") {
+        data_plane(&mut b);
+    }
+    if run("maglev") {
+        maglev_figures(&mut b);
+        update_latency(&mut b);
+    }
+    if run("throughput") {
+        throughput(&mut b);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let baseline_path = root.join("bench/baseline.json");
+    let baseline: BTreeMap<String, f64> = std::fs::read(&baseline_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| serde_json::from_value::<Vec<Figure>>(v["figures"].clone()).ok())
+        .map(|f| f.into_iter().map(|x| (x.name, x.value)).collect())
+        .unwrap_or_default();
+    let report = serde_json::json!({ "machine": m, "quick": quick, "figures": b.figures });
+    std::fs::create_dir_all(root.join("bench")).ok();
+    std::fs::write(
+        root.join("bench/last-run.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .ok();
+    if save {
+        std::fs::write(&baseline_path, serde_json::to_vec_pretty(&report).unwrap())
+            .expect("write the baseline");
+        eprintln!("saved {}", baseline_path.display());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap());
+        return;
+    }
+    println!(
+        "\nxlb bench — {} ({} cores), kernel {}{}",
+        m["cpu"],
+        m["cores"],
+        m["kernel"],
+        if quick { " (quick)" } else { "" }
+    );
+    let mut section = String::new();
+    for f in &b.figures {
+        if f.section != section {
+            section = f.section.clone();
+            println!("\n{section}");
+        }
+        let change = baseline
+            .get(&f.name)
+            .filter(|v| **v != 0.0)
+            .map_or(String::new(), |v| {
+                format!("{:+.0}%", (f.value - v) / v * 100.0)
+            });
+        println!(
+            "  {:<62} {:>10.3} {:<7} {:>7}  {}",
+            f.name, f.value, f.unit, change, f.note
+        );
+    }
+}
