@@ -37,7 +37,7 @@ pub const fn port_from_map(port: u16) -> u16 {
 ///
 /// A VIP with `port == 0` takes every port of its address and protocol; the data plane
 /// looks up the exact port first and the wildcard second.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: Addr,
@@ -127,7 +127,7 @@ impl Backend {
 /// For a 5-tuple VIP it is the packet's 5-tuple. For a source-affinity VIP the source port
 /// is zero and the destination port is the VIP's configured port (0 for an any-port VIP),
 /// so every connection of a client shares one entry and one hash.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: Addr,

@@ -7,7 +7,7 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS, xdp_action, xdp_md,
     },
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
@@ -23,7 +23,7 @@ use lb_common::{
 use lb_ebpf::packet::adjust_head;
 
 use crate::{
-    CONFIG, Verdict,
+    CONFIG, NEXT_HOPS, Verdict,
     select::{self, Scratch},
 };
 
@@ -68,6 +68,7 @@ const AF_INET6: u8 = 10;
 pub fn encapsulate_and_send(
     ctx: &XdpContext,
     h: &Headers,
+    id: u32,
     backend: &Backend,
     hash: u32,
 ) -> Verdict {
@@ -98,8 +99,46 @@ pub fn encapsulate_and_send(
         outer_total: h.ip_len.saturating_add(outer_len),
     };
     let mut hop = MaybeUninit::<NextHop>::uninit();
-    next_hop(ctx.ctx, &job, &mut hop);
-    // SAFETY: next_hop always initialises it.
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    let cache = NEXT_HOPS.get_ptr_mut(id);
+    // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
+    match cache.map(|c| unsafe { &mut *c }) {
+        Some(c) if c.fresh(now, backend.generation, ingress) => {
+            hop.write(NextHop {
+                rc: if job.outer_total > c.mtu {
+                    BPF_FIB_LKUP_RET_FRAG_NEEDED
+                } else {
+                    BPF_FIB_LKUP_RET_SUCCESS
+                },
+                ifindex: c.ifindex,
+                mtu: c.mtu,
+                smac: c.smac,
+                dmac: c.dmac,
+            });
+        }
+        c => {
+            next_hop(ctx.ctx, &job, &mut hop);
+            // SAFETY: next_hop always initialises it.
+            let fresh = unsafe { hop.assume_init_ref() };
+            if let Some(c) = c
+                && fresh.rc == BPF_FIB_LKUP_RET_SUCCESS
+                && fresh.mtu != 0
+            {
+                *c = CachedHop {
+                    looked_up: now,
+                    generation: backend.generation,
+                    ingress,
+                    ifindex: fresh.ifindex,
+                    mtu: fresh.mtu,
+                    smac: fresh.smac,
+                    dmac: fresh.dmac,
+                    reserved: 0,
+                };
+            }
+        }
+    }
+    // SAFETY: initialised on both arms above.
     let hop = unsafe { hop.assume_init_ref() };
     let neighbour_known = match hop.rc {
         BPF_FIB_LKUP_RET_SUCCESS => true,
@@ -149,7 +188,7 @@ pub fn forward_flow(
     if !select::choose_backend(vip, remember, s) {
         return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     }
-    let v = encapsulate_and_send(ctx, h, &s.backend, s.hash);
+    let v = encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
     let why = u32::from(v.why);
     if why == reason::FORWARDED || why == reason::PASS_NO_NEIGH {
         select::count(vip, s, h.ip_len);
@@ -169,12 +208,48 @@ struct Encap<'a> {
     outer_total: u16,
 }
 
+/// How long a CPU reuses the FIB's answer for a backend: 250 jiffies (1 s at this kernel's
+/// HZ=250; 0.25 s to 2.5 s for HZ 1000 to 100). A route, neighbour or MTU change reaches
+/// packets within that time; a cached hop is never used for another backend (generation)
+/// or another ingress interface.
+const NEXT_HOP_TTL_JIFFIES: u64 = 250;
+
+/// A successful FIB answer for one backend, kept per CPU in `NEXT_HOPS`. The lookup costs
+/// about 100 ns, as much as the rest of an established flow's packet; the answer changes
+/// only when routes or neighbours do. Only `SUCCESS` answers are kept: an unresolved
+/// neighbour, a missing route or a disabled forwarding are asked again every packet.
+#[repr(C)]
+pub struct CachedHop {
+    /// `bpf_jiffies64()` at the lookup; 0 = never looked up.
+    looked_up: u64,
+    /// `Backend::generation` of the backend it was looked up for.
+    generation: u32,
+    /// The ingress interface the lookup was made for.
+    ingress: u32,
+    ifindex: u32,
+    /// The route's MTU (the FIB returns it on success too).
+    mtu: u16,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    reserved: u16,
+}
+
+impl CachedHop {
+    #[inline(always)]
+    fn fresh(&self, now: u64, generation: u32, ingress: u32) -> bool {
+        self.looked_up != 0
+            && now.wrapping_sub(self.looked_up) < NEXT_HOP_TTL_JIFFIES
+            && self.generation == generation
+            && self.ingress == ingress
+    }
+}
+
 /// The answer of the FIB about the way to a backend.
 struct NextHop {
     /// `BPF_FIB_LKUP_RET_*`.
     rc: u32,
     ifindex: u32,
-    /// The route's MTU, when `rc` is `BPF_FIB_LKUP_RET_FRAG_NEEDED`.
+    /// The route's MTU (on `SUCCESS` too: the kernel reports it since 5.12).
     mtu: u16,
     smac: [u8; 6],
     dmac: [u8; 6],

@@ -39,6 +39,9 @@ pub const OTHER: u32 = 0;
 /// 512 bytes of stack for the deepest chain of frames).
 #[inline(never)]
 pub fn kind(ctx: *mut xdp_md, h: &Headers) -> u32 {
+    if !select::may_be_vip(&h.dst) {
+        return OTHER;
+    }
     let key = VipKey {
         addr: h.dst,
         port: 0,

@@ -5,6 +5,8 @@
 //! benchmarks and as the `XDP_PASS` program that lets veth peers receive `XDP_TX` frames).
 //! Header parsing is not here: it lives in `lb-common` so host tests run the same code.
 #![no_std]
+// Word-sized packet access (`packet::word`) is BPF assembly.
+#![feature(asm_experimental_arch)]
 
 pub mod packet;
 pub mod stats;

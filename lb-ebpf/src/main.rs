@@ -24,7 +24,7 @@ use lb_common::parse::PacketBytes;
 use lb_common::{
     Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
     VipKey, VipStats,
-    hash::flow_key,
+    hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, TCP_SYN, parse},
     stats::{ACTIONS, GLOBAL_COUNTERS, reason},
@@ -49,6 +49,11 @@ static VIPS: HashMap<VipKey, VipInfo> = HashMap::with_max_entries(1, 0);
 /// malformed packets to a VIP address be recognised without ports.
 #[map]
 static VIP_ADDRS: HashMap<VipKey, u32> = HashMap::with_max_entries(1, 0);
+/// The VIP address filter: bit `lb_common::hash::vip_filter_bit(a)` is set for every
+/// address `a` that has a VIP (maintained with `VIP_ADDRS`). A clear bit proves a packet is
+/// not for a VIP at the cost of an array read, so other traffic skips the `VIPS` lookup.
+#[map]
+static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
 /// Backend id -> backend.
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(1, 0);
@@ -76,6 +81,11 @@ static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(
 /// Per-packet values too large for the BPF stack (`select::Scratch`), one slot per CPU.
 #[map]
 static SCRATCH: PerCpuArray<select::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Backend id -> the next hop this CPU last got from the FIB for it (`forward::CachedHop`).
+/// A cache: never pinned, sized like `BACKENDS` by the loader, empty after every load.
+#[map]
+static NEXT_HOPS: PerCpuArray<forward::CachedHop> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
@@ -260,6 +270,9 @@ const PARSED_IP: u32 = 2;
 /// address that has VIPs, passed untouched otherwise.
 #[inline(always)]
 fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u32) {
+    if !select::may_be_vip(dst) {
+        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+    }
     let key = VipKey {
         addr: *dst,
         port: 0,

@@ -58,18 +58,44 @@ impl XdpPacket {
         Some(p as *mut T)
     }
 
-    /// Writes `N` bytes at `offset`; `false` if they do not fit.
+    /// Writes `N` bytes at `offset`, in as few stores as it can; `false` if they do not
+    /// fit.
     #[inline(always)]
     pub fn write<const N: usize>(&self, offset: usize, bytes: &[u8; N]) -> bool {
-        match self.ptr::<[u8; N]>(offset) {
-            Some(p) => {
-                // SAFETY: `ptr` checked that the N bytes lie inside the packet, which the
-                // program owns for the duration of the call; `[u8; N]` has alignment 1.
-                unsafe { p.write(*bytes) };
-                true
-            }
-            None => false,
+        let Some(p) = self.ptr::<[u8; N]>(offset) else {
+            return false;
+        };
+        let p = p as usize;
+        let mut i = 0;
+        // SAFETY (every store): `ptr` checked that the N bytes lie inside the packet, which
+        // the program owns for the duration of the call; each store is within them.
+        while i + 8 <= N {
+            let w = [
+                bytes[i],
+                bytes[i + 1],
+                bytes[i + 2],
+                bytes[i + 3],
+                bytes[i + 4],
+                bytes[i + 5],
+                bytes[i + 6],
+                bytes[i + 7],
+            ];
+            unsafe { word::store64(p + i, u64::from_ne_bytes(w)) };
+            i += 8;
         }
+        if i + 4 <= N {
+            let w = [bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]];
+            unsafe { word::store32(p + i, u32::from_ne_bytes(w)) };
+            i += 4;
+        }
+        if i + 2 <= N {
+            unsafe { word::store16(p + i, u16::from_ne_bytes([bytes[i], bytes[i + 1]])) };
+            i += 2;
+        }
+        if i < N {
+            unsafe { ((p + i) as *mut u8).write(bytes[i]) };
+        }
+        true
     }
 }
 
@@ -114,13 +140,97 @@ impl PacketBytes for XdpPacket {
         self.end() - self.start
     }
 
+    /// The `N` bytes at `offset`, read in as few loads as it can.
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let p = self.ptr::<[u8; N]>(offset)?;
-        // SAFETY: `ptr` checked that the N bytes lie inside the packet; `[u8; N]` has
-        // alignment 1.
-        Some(unsafe { p.read() })
+        let p = self.ptr::<[u8; N]>(offset)? as usize;
+        let mut out = [0u8; N];
+        let mut i = 0;
+        // SAFETY (every load): `ptr` checked that the N bytes lie inside the packet; each
+        // load is within them.
+        while i + 8 <= N {
+            let w = unsafe { word::load64(p + i) }.to_ne_bytes();
+            out[i..i + 8].copy_from_slice(&w);
+            i += 8;
+        }
+        if i + 4 <= N {
+            let w = unsafe { word::load32(p + i) }.to_ne_bytes();
+            out[i..i + 4].copy_from_slice(&w);
+            i += 4;
+        }
+        if i + 2 <= N {
+            let w = unsafe { word::load16(p + i) }.to_ne_bytes();
+            out[i..i + 2].copy_from_slice(&w);
+            i += 2;
+        }
+        if i < N {
+            out[i] = unsafe { (p as *const u8).add(i).read() };
+        }
+        Some(out)
     }
+}
+
+/// Loads and stores of 2, 4 and 8 bytes at packet addresses of any alignment.
+///
+/// Packet headers sit at addresses with no alignment (an IP header is 14 bytes into the
+/// frame), so Rust's typed accesses, which need alignment, compile to one byte per
+/// instruction. BPF's own load and store instructions take any address: the verifier
+/// accepts them on packet pointers where the CPU handles misaligned access (x86, arm64),
+/// and the JIT emits plain moves. They are written in assembly because LLVM emits them
+/// only for accesses it can prove aligned. (Its `+allows-misaligned-mem-access` feature
+/// would do this everywhere, but also for stack slots, which the verifier refuses.)
+pub mod word {
+    use core::arch::asm;
+
+    macro_rules! access {
+        ($load:ident, $store:ident, $t:ty, $load_asm:literal, $store_asm:literal) => {
+            /// # Safety
+            /// `p` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $load(p: usize) -> $t {
+                let v: u64;
+                // SAFETY: the caller's; the instruction reads nothing else.
+                unsafe {
+                    asm!($load_asm, v = lateout(reg) v, p = in(reg) p,
+                         options(nostack, readonly, preserves_flags))
+                };
+                v as $t
+            }
+
+            /// # Safety
+            /// `p` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $store(p: usize, v: $t) {
+                // SAFETY: the caller's; the instruction writes nothing else.
+                unsafe {
+                    asm!($store_asm, p = in(reg) p, v = in(reg) u64::from(v),
+                         options(nostack, preserves_flags))
+                };
+            }
+        };
+    }
+
+    access!(
+        load16,
+        store16,
+        u16,
+        "{v} = *(u16 *)({p} + 0)",
+        "*(u16 *)({p} + 0) = {v}"
+    );
+    access!(
+        load32,
+        store32,
+        u32,
+        "{v} = *(u32 *)({p} + 0)",
+        "*(u32 *)({p} + 0) = {v}"
+    );
+    access!(
+        load64,
+        store64,
+        u64,
+        "{v} = *(u64 *)({p} + 0)",
+        "*(u64 *)({p} + 0) = {v}"
+    );
 }
 
 /// Moves the start of the packet by `delta` bytes (negative grows it at the front) and

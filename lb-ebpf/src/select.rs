@@ -2,13 +2,14 @@
 //! new flows (and for flows whose backend is gone).
 
 use lb_common::{
-    Backend, CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VipInfo, VipKey,
-    hash::{flow_hash, table_index},
+    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, VipInfo, VipKey,
+    hash::{flow_hash, table_index, vip_filter_bit},
     parse::Headers,
 };
 
 use crate::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, SCRATCH, VIP_STATS, VIPS,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, SCRATCH, VIP_FILTER, VIP_STATS,
+    VIPS,
 };
 
 /// The VIP stored under `key`.
@@ -19,10 +20,23 @@ pub fn vip(key: &VipKey) -> Option<VipInfo> {
     unsafe { VIPS.get(key) }.copied()
 }
 
+/// False when no VIP has the address `dst` (its bit in `VIP_FILTER` is clear); true when
+/// one may.
+#[inline(always)]
+pub fn may_be_vip(dst: &Addr) -> bool {
+    let bit = vip_filter_bit(dst);
+    VIP_FILTER
+        .get(bit >> 6)
+        .is_some_and(|word| (word >> (bit & 63)) & 1 != 0)
+}
+
 /// The VIP a packet is addressed to: the exact port first, then (only when some VIP has
 /// port 0) the any-port VIP of that address and protocol.
 #[inline(always)]
 pub fn find_vip(h: &Headers) -> Option<(VipKey, VipInfo)> {
+    if !may_be_vip(&h.dst) {
+        return None;
+    }
     let mut key = VipKey {
         addr: h.dst,
         port: h.dport,
@@ -54,8 +68,9 @@ pub struct Scratch {
     pub backend: Backend,
     /// The chosen backend's id.
     pub id: u32,
-    /// The flow hash; it also becomes the outer IPv6 flow label, so it is computed on hits
-    /// too (a label that changed after the first packet would let ECMP split the flow).
+    /// The flow hash. It is also the outer IPv6 flow label, so for an IPv6 backend it is
+    /// computed on flow-table hits too (a label that changed after the first packet would
+    /// let ECMP split the flow); for an IPv4 backend a hit leaves it 0, unused.
     pub hash: u32,
     /// 1 when the flow was newly remembered.
     pub new_flow: u8,
@@ -81,14 +96,18 @@ pub fn scratch() -> Option<&'static mut Scratch> {
 /// backend for new flows.
 #[inline(never)]
 pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
-    let hash = flow_hash(&s.flow);
-    s.hash = hash;
     // SAFETY: FlowValue is plain integers, copied out at once.
     if let Some(v) = unsafe { FLOWS.get(s.flow) } {
         let v = *v;
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)
         {
+            // A remembered flow needs its hash only as an IPv6 flow label.
+            s.hash = if b.family == FAMILY_V6 {
+                flow_hash(&s.flow)
+            } else {
+                0
+            };
             s.backend = *b;
             s.id = v.backend;
             s.new_flow = 0;
@@ -96,6 +115,8 @@ pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
             return true;
         }
     }
+    let hash = flow_hash(&s.flow);
+    s.hash = hash;
     let index = table_index(vip.table, MAGLEV_SIZE.load(), hash);
     let Some(pair) = MAGLEV.get(index >> 1) else {
         return false;

@@ -17,7 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, VipInfo, VipKey, VipStats,
+    Addr, Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, VipInfo, VipKey, VipStats,
+    hash::{VIP_FILTER_WORDS, vip_filter_bit},
     stats::GLOBAL_COUNTERS,
 };
 
@@ -27,9 +28,10 @@ use crate::programs;
 pub const PROGRAM: &str = "xlb_balancer";
 
 /// Every map of the balancer, as named in the object (and in the pin directory).
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 10] = [
     "VIPS",
     "VIP_ADDRS",
+    "VIP_FILTER",
     "BACKENDS",
     "MAGLEV",
     "FLOWS",
@@ -80,6 +82,7 @@ impl Limits {
         let (k, v, n) = match map {
             "VIPS" => (s::<VipKey>(), s::<VipInfo>(), self.max_vips),
             "VIP_ADDRS" => (s::<VipKey>(), s::<u32>(), self.max_vips),
+            "VIP_FILTER" => (s::<u32>(), s::<u64>(), VIP_FILTER_WORDS),
             "BACKENDS" => (s::<u32>(), s::<Backend>(), self.max_backends),
             "MAGLEV" => (
                 s::<u32>(),
@@ -174,7 +177,8 @@ impl Balancer {
             .map_max_entries("MAGLEV", entries)
             .map_max_entries("FLOWS", limits.flow_table_entries)
             .map_max_entries("VIP_STATS", limits.max_vips)
-            .map_max_entries("BACKEND_STATS", limits.max_backends);
+            .map_max_entries("BACKEND_STATS", limits.max_backends)
+            .map_max_entries("NEXT_HOPS", limits.max_backends);
         for (map, path) in &pins {
             loader.map_pin_path(map, path.as_path());
         }
@@ -182,11 +186,15 @@ impl Balancer {
         let program: &mut Xdp = program_mut(&mut ebpf)?;
         program.load()?;
         let tables = MaglevTables::map(&ebpf, limits.maglev_size, entries * 2)?;
-        Ok(Self {
+        let mut lb = Self {
             ebpf,
             limits,
             tables,
-        })
+        };
+        // Derived from VIP_ADDRS, so it is made right here whatever was pinned (maps pinned
+        // by a version without the filter included) before the program can be attached.
+        lb.rebuild_vip_filter()?;
+        Ok(lb)
     }
 
     pub fn limits(&self) -> Limits {
@@ -343,7 +351,58 @@ impl Balancer {
         r.map_err(|source| DataplaneError::Map {
             map: "VIP_ADDRS",
             source,
+        })?;
+        self.refresh_vip_filter(&addr_key.addr)
+    }
+
+    /// Sets the VIP filter word of `addr` from the addresses in `VIP_ADDRS`: its bit is
+    /// set while the address has a VIP (and stays set while another address shares it).
+    /// Called after `VIP_ADDRS` changed, so a new VIP's packets find its bit once it is
+    /// complete and a removed one's bit goes only after it is gone.
+    fn refresh_vip_filter(&mut self, addr: &Addr) -> Result<()> {
+        let word = vip_filter_bit(addr) >> 6;
+        let value = self
+            .vip_addresses()?
+            .iter()
+            .map(|(k, _)| vip_filter_bit(&k.addr))
+            .filter(|bit| bit >> 6 == word)
+            .fold(0u64, |w, bit| w | 1 << (bit & 63));
+        self.set_vip_filter_word(word, value)
+    }
+
+    /// Writes the whole VIP filter from `VIP_ADDRS` (at load).
+    fn rebuild_vip_filter(&mut self) -> Result<()> {
+        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+        for (k, _) in self.vip_addresses()? {
+            let bit = vip_filter_bit(&k.addr);
+            words[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        let current = self.vip_filter()?;
+        for (i, w) in words.into_iter().enumerate() {
+            if current.get(i) != Some(&w) {
+                self.set_vip_filter_word(i as u32, w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_vip_filter_word(&mut self, word: u32, value: u64) -> Result<()> {
+        let mut a: Array<_, u64> = typed("VIP_FILTER", self.map_mut("VIP_FILTER"))?;
+        a.set(word, value, 0).map_err(|source| DataplaneError::Map {
+            map: "VIP_FILTER",
+            source,
         })
+    }
+
+    /// The VIP filter's words.
+    pub fn vip_filter(&self) -> Result<Vec<u64>> {
+        let a: Array<_, u64> = typed("VIP_FILTER", self.map("VIP_FILTER"))?;
+        a.iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DataplaneError::Map {
+                map: "VIP_FILTER",
+                source,
+            })
     }
 
     pub fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>> {

@@ -229,3 +229,138 @@ fn ipv6_outer_flow_label_is_the_flow_hash_on_every_packet() {
         "label must not change once the flow is remembered"
     );
 }
+
+/// The next hop is cached per CPU for about a second (`forward::CachedHop`): a changed
+/// neighbour, a route withdrawn and a lowered MTU must all reach packets within that bound,
+/// with no controller involved.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
+    use lb_common::stats::{ACTIONS, reason};
+    use std::time::{Duration, Instant};
+
+    let lab = Lab::new();
+    let backend: std::net::IpAddr = "198.18.0.5".parse().unwrap();
+    let p = Packet::tcp(client4(), 46000, "203.0.113.70".parse().unwrap(), 80, ACK);
+    let big = Packet::tcp(client4(), 46000, "203.0.113.70".parse().unwrap(), 80, ACK)
+        .payload(&[9u8; 1200]);
+    let (action, out) = lab.run(&p.build());
+    assert!(
+        action == XDP_TX || action == 4,
+        "forwarded (action {action})"
+    );
+    assert_eq!(
+        out[..6],
+        xlb_tests::lab::neighbour_mac(backend),
+        "first MAC"
+    );
+
+    // Polls until `done` holds for a run, for at most 3 s (the cache keeps 1 s).
+    let within = |what: &str, frame: &[u8], done: &dyn Fn(u32, &[u8]) -> bool| {
+        let start = Instant::now();
+        loop {
+            let (action, out) = lab.run(frame);
+            if done(action, &out) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{what}: still not seen after 3 s (action {action})"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let new_mac = [0x02, 0, 0, 0, 0x18, 0xaa];
+    lab.ns.ip(&[
+        "neigh",
+        "replace",
+        "198.18.0.5",
+        "lladdr",
+        "02:00:00:00:18:aa",
+        "dev",
+        "fx2",
+        "nud",
+        "permanent",
+    ]);
+    let took = within("new neighbour MAC", &p.build(), &|_, out| {
+        out[..6] == new_mac
+    });
+    eprintln!("new MAC used after {took:?}");
+
+    let no_route = lab.counter(ACTIONS + reason::DROP_NO_ROUTE);
+    lab.ns.ip(&["route", "add", "blackhole", "198.18.0.5/32"]);
+    within("withdrawn route", &p.build(), &|action, _| action == 1);
+    assert_eq!(lab.counter(ACTIONS + reason::DROP_NO_ROUTE), no_route + 1);
+
+    lab.ns.ip(&["route", "del", "blackhole", "198.18.0.5/32"]);
+    // Locked: forwarding uses a route's MTU only then (or with ip_forward_use_pmtu).
+    lab.ns.ip(&[
+        "route",
+        "add",
+        "198.18.0.5/32",
+        "dev",
+        "fx2",
+        "mtu",
+        "lock",
+        "1000",
+    ]);
+    let signalled = lab.counter(ACTIONS + reason::TOO_BIG_SIGNALLED);
+    within("lowered MTU", &big.build(), &|action, _| action == XDP_TX);
+    assert_eq!(
+        lab.counter(ACTIONS + reason::TOO_BIG_SIGNALLED),
+        signalled + 1
+    );
+    // Packets that fit still go, to the new MAC.
+    let (_, out) = lab.run(&p.build());
+    assert_eq!(out[..6], new_mac);
+}
+
+/// The VIP address filter follows VIPs as they come and go: a VIP added to a running
+/// balancer is balanced at once, a removed one's traffic is passed untouched again, and its
+/// bit is cleared unless another VIP address shares it.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
+    use lb_common::{VipInfo, VipKey, hash::vip_filter_bit};
+
+    let mut lab = Lab::new();
+    let addr: std::net::IpAddr = "203.0.113.99".parse().unwrap();
+    let key = VipKey::new(addr, 80, lb_common::PROTO_TCP);
+    let addr_key = VipKey {
+        port: 0,
+        proto: 0,
+        ..key
+    };
+    let bit = vip_filter_bit(&key.addr);
+    let is_set = |lab: &Lab| lab.lb.vip_filter().unwrap()[(bit >> 6) as usize] >> (bit & 63) & 1;
+    let p = Packet::tcp(client4(), 47000, addr, 80, SYN);
+    let (action, out) = lab.run(&p.build());
+    assert_eq!(
+        (action, &out),
+        (2, &p.build()),
+        "passed before the VIP exists"
+    );
+    assert_eq!(is_set(&lab), 0);
+
+    // The "web4" VIP's table and backends, under a new address.
+    let (_, web) = lab.vip("web4");
+    let info = lab.lb.vip(&web).unwrap().unwrap();
+    lab.lb.set_vip(&key, &VipInfo { id: 15, ..info }).unwrap();
+    lab.lb.set_vip_address(&addr_key, 1).unwrap();
+    assert_eq!(is_set(&lab), 1);
+    let (action, _) = lab.run(&p.build());
+    assert_eq!(action, XDP_TX, "balanced once added");
+
+    lab.lb.remove_vip(&key).unwrap();
+    lab.lb.set_vip_address(&addr_key, 0).unwrap();
+    let (action, out) = lab.run(&p.build());
+    assert_eq!((action, &out), (2, &p.build()), "passed once removed");
+    let shared = lab
+        .lb
+        .vip_addresses()
+        .unwrap()
+        .iter()
+        .any(|(k, _)| vip_filter_bit(&k.addr) == bit);
+    assert_eq!(is_set(&lab), u64::from(shared));
+}
