@@ -535,7 +535,7 @@ fn throughput(b: &mut Bench) {
             "interval = \"300ms\"",
             "protocol = \"none\"\ninterval = \"300ms\"",
         );
-    let s = Scenario::with_servers(1, &config, 0, |topo| {
+    let s = Scenario::with_servers(1, &config, 1, |topo| {
         on_every_backend(topo, 9000, servers::sink_server)
     });
     let size = if b.quick { 64 << 20 } else { 512 << 20 };
