@@ -176,22 +176,29 @@ pub fn encapsulate_and_send(
     }
 }
 
-/// Sends a packet of the flow in `s.flow` to its backend (chosen into `s`) and counts it.
+/// Sends a packet of the flow in `s.flow` to the backend `vip` has for it (chosen into
+/// `s`: `how` is `select::LOOK_UP` and `select::REMEMBER` bits) and counts it.
 #[inline(always)]
 pub fn forward_flow(
     ctx: &XdpContext,
     h: &Headers,
     vip: &lb_common::VipInfo,
     s: &mut Scratch,
-    remember: bool,
+    how: u32,
 ) -> Verdict {
-    if !select::choose_backend(vip, remember, s) {
+    if !select::choose_backend(vip, how, s) {
         return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     }
+    send(ctx, h, vip.id, s)
+}
+
+/// Sends the packet to the backend chosen into `s` and counts it for VIP `vip_id`.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, h: &Headers, vip_id: u32, s: &mut Scratch) -> Verdict {
     let v = encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
     let why = u32::from(v.why);
     if why == reason::FORWARDED || why == reason::PASS_NO_NEIGH {
-        select::count(vip, s, h.ip_len);
+        select::count(vip_id, s, h.ip_len);
     }
     v
 }

@@ -97,7 +97,7 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
     s.midflow = 0;
     // Nothing remembered; and an error about an error is never sent: a steered ICMP error
     // that is too big is dropped.
-    let v = forward::forward_flow(&ctx, h, &vip, s, false);
+    let v = forward::forward_flow(&ctx, h, &vip, s, select::LOOK_UP);
     let why = u32::from(v.why);
     if why == reason::FORWARDED {
         (v.action, reason::ICMP_ERROR_STEERED)

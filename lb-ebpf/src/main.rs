@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use lb_common::parse::PacketBytes;
 use lb_common::{
-    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
-    VipKey, VipStats,
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
+    VIP_F_HASH_SOURCE, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, TCP_SYN, parse},
@@ -229,20 +229,39 @@ fn balance(ctx: &XdpContext) -> (u32, u32) {
 }
 
 /// A TCP or UDP packet: to its VIP's backend if it is for a VIP, passed otherwise.
+///
+/// The flow table is asked first, with the packet's 5-tuple: a packet of a remembered flow
+/// (most packets) then needs no `VIPS` lookup; its backend entry names its VIP. Only on a
+/// miss is the VIP looked up, and for a source-affinity VIP the table asked again with the
+/// affinity key. Flows of a removed VIP do not survive this way: removing a VIP releases its
+/// backend ids, which then keep no flow.
 #[inline(never)]
 fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
     let ctx = XdpContext::new(ctx);
-    let Some((vip_key, vip)) = select::find_vip(h) else {
+    if !select::may_be_vip(&h.dst) {
         return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
-    };
+    }
     let Some(s) = select::scratch() else {
         return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     };
-    s.flow = flow_key(h, vip_key.port, vip.flags);
+    s.flow = flow_key(h, h.dport, 0);
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
+    if select::remembered(s) {
+        return forward::send(&ctx, h, s.backend.vip, s);
+    }
+    let Some((vip_key, vip)) = select::find_vip(h) else {
+        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+    };
+    let mut how = 0;
+    if vip.flags & VIP_F_HASH_SOURCE != 0 {
+        s.flow = flow_key(h, vip_key.port, vip.flags);
+        how |= select::LOOK_UP;
+    }
     // A TCP RST ends its flow: forwarded, but not remembered.
-    let remember = h.proto != PROTO_TCP || h.tcp_flags & TCP_RST == 0;
-    forward::forward_flow(&ctx, h, &vip, s, remember)
+    if h.proto != PROTO_TCP || h.tcp_flags & TCP_RST == 0 {
+        how |= select::REMEMBER;
+    }
+    forward::forward_flow(&ctx, h, &vip, s, how)
 }
 
 /// Parses the packet in a BPF subprogram of its own: the parser's temporaries then live in

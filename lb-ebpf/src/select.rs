@@ -34,9 +34,6 @@ pub fn may_be_vip(dst: &Addr) -> bool {
 /// port 0) the any-port VIP of that address and protocol.
 #[inline(always)]
 pub fn find_vip(h: &Headers) -> Option<(VipKey, VipInfo)> {
-    if !may_be_vip(&h.dst) {
-        return None;
-    }
     let mut key = VipKey {
         addr: h.dst,
         port: h.dport,
@@ -90,30 +87,19 @@ pub fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Finds the backend of the flow in `s.flow`: the remembered one if it still keeps flows,
-/// otherwise the VIP's Maglev choice, which is then remembered if `remember` (not for a TCP
-/// RST, which ends its flow, nor for an ICMP error). Fills `s`; false when the VIP has no
-/// backend for new flows.
+/// `choose_backend`: look the flow up in the flow table first.
+pub const LOOK_UP: u32 = 1;
+/// `choose_backend`: remember a new choice (not for a TCP RST, which ends its flow, nor
+/// for an ICMP error).
+pub const REMEMBER: u32 = 2;
+
+/// Finds the backend of the flow in `s.flow`: with `LOOK_UP`, the remembered one if it
+/// still keeps flows; otherwise the VIP's Maglev choice, remembered with `REMEMBER`. Fills
+/// `s`; false when the VIP has no backend for new flows.
 #[inline(never)]
-pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
-    // SAFETY: FlowValue is plain integers, copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(s.flow) } {
-        let v = *v;
-        if let Some(b) = BACKENDS.get(v.backend)
-            && b.keeps_flow(v.generation)
-        {
-            // A remembered flow needs its hash only as an IPv6 flow label.
-            s.hash = if b.family == FAMILY_V6 {
-                flow_hash(&s.flow)
-            } else {
-                0
-            };
-            s.backend = *b;
-            s.id = v.backend;
-            s.new_flow = 0;
-            s.hit = 1;
-            return true;
-        }
+pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
+    if how & LOOK_UP != 0 && remembered(s) {
+        return true;
     }
     let hash = flow_hash(&s.flow);
     s.hash = hash;
@@ -135,16 +121,42 @@ pub fn choose_backend(vip: &VipInfo, remember: bool, s: &mut Scratch) -> bool {
         backend: id,
         generation: b.generation,
     };
-    s.new_flow = u8::from(remember && FLOWS.insert(s.flow, value, 0).is_ok());
+    s.new_flow = u8::from(how & REMEMBER != 0 && FLOWS.insert(s.flow, value, 0).is_ok());
     true
 }
 
-/// Counts a forwarded packet of `ip_len` bytes for its VIP and backend.
+/// Looks the flow in `s.flow` up in the flow table: true, with `s` filled, when it is
+/// there and its backend still keeps flows.
 #[inline(always)]
-pub fn count(vip: &VipInfo, s: &Scratch, ip_len: u16) {
+pub fn remembered(s: &mut Scratch) -> bool {
+    // SAFETY: FlowValue is plain integers, copied out at once.
+    if let Some(v) = unsafe { FLOWS.get(s.flow) } {
+        let v = *v;
+        if let Some(b) = BACKENDS.get(v.backend)
+            && b.keeps_flow(v.generation)
+        {
+            // A remembered flow needs its hash only as an IPv6 flow label.
+            s.hash = if b.family == FAMILY_V6 {
+                flow_hash(&s.flow)
+            } else {
+                0
+            };
+            s.backend = *b;
+            s.id = v.backend;
+            s.new_flow = 0;
+            s.hit = 1;
+            return true;
+        }
+    }
+    false
+}
+
+/// Counts a forwarded packet of `ip_len` bytes for VIP `vip_id` and the backend in `s`.
+#[inline(always)]
+pub fn count(vip_id: u32, s: &Scratch, ip_len: u16) {
     let bytes = u64::from(ip_len);
     let (new_flow, hit) = (u64::from(s.new_flow), u64::from(s.hit));
-    if let Some(v) = VIP_STATS.get_ptr_mut(vip.id) {
+    if let Some(v) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {

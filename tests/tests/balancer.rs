@@ -364,3 +364,62 @@ fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
         .any(|(k, _)| vip_filter_bit(&k.addr) == bit);
     assert_eq!(is_set(&lab), u64::from(shared));
 }
+
+/// Remembered flows are found before their VIP (the backend entry names the VIP), so the
+/// release of a removed VIP's backend ids must be what stops its flows, even on an address
+/// that keeps other VIPs; and the other VIPs' flows go on.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
+    use lb_common::{BACKEND_UNUSED, VipInfo, VipKey};
+
+    let mut lab = Lab::new();
+    let (_, web) = lab.vip("web4");
+    let web_info = lab.lb.vip(&web).unwrap().unwrap();
+    // VIP 203.0.113.10:8080 beside web4 (:80), with a backend id of its own.
+    let id = 200;
+    let mut b = lab.lb.backend(lab.backend_ids[0][0]).unwrap();
+    b.vip = 14;
+    b.generation = 7;
+    lab.lb.set_backend(id, &b).unwrap();
+    lab.lb
+        .write_table(28, &vec![id; xlb_tests::lab::M as usize])
+        .unwrap();
+    let key = VipKey::new(vip_addr(), 8080, lb_common::PROTO_TCP);
+    lab.lb
+        .set_vip(
+            &key,
+            &VipInfo {
+                id: 14,
+                table: 28,
+                ..web_info
+            },
+        )
+        .unwrap();
+    let web_flow = Packet::tcp(client4(), 48000, vip_addr(), 80, SYN);
+    let flow = Packet::tcp(client4(), 48000, vip_addr(), 8080, SYN);
+    let (action, _) = lab.run(&web_flow.build());
+    assert_eq!(action, XDP_TX);
+    assert_sent_to(&lab, &flow, id);
+    let data = Packet::tcp(client4(), 48000, vip_addr(), 8080, ACK);
+    assert_sent_to(&lab, &data, id);
+    let stats = lab.lb.vip_stats(14).unwrap();
+    assert_eq!(
+        (stats.packets, stats.flow_hits),
+        (2, 1),
+        "counted for its VIP"
+    );
+
+    // Removed the way the controller removes a VIP: the entry, then its backend ids.
+    lab.lb.remove_vip(&key).unwrap();
+    lab.set_backend_state(id, BACKEND_UNUSED, 7);
+    let (action, out) = lab.run(&data.build());
+    assert_eq!(
+        (action, out),
+        (2, data.build()),
+        "passed once the VIP is gone"
+    );
+    let web_data = Packet::tcp(client4(), 48000, vip_addr(), 80, ACK);
+    let (action, _) = lab.run(&web_data.build());
+    assert_eq!(action, XDP_TX, "web4's flow goes on");
+}
