@@ -394,6 +394,20 @@ impl Balancer {
         })
     }
 
+    /// Whether the VIP filter lets packets to `addr` on to the lookups (as the kernel reads
+    /// it).
+    pub fn may_be_vip(&self, addr: &Addr) -> Result<bool> {
+        let bit = vip_filter_bit(addr);
+        let a: Array<_, u64> = typed("VIP_FILTER", self.map("VIP_FILTER"))?;
+        let word = a
+            .get(&(bit >> 6), 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "VIP_FILTER",
+                source,
+            })?;
+        Ok((word >> (bit & 63)) & 1 != 0)
+    }
+
     /// The VIP filter's words.
     pub fn vip_filter(&self) -> Result<Vec<u64>> {
         let a: Array<_, u64> = typed("VIP_FILTER", self.map("VIP_FILTER"))?;

@@ -412,7 +412,14 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
 
     // Removed the way the controller removes a VIP: the entry, then its backend ids.
     lab.lb.remove_vip(&key).unwrap();
+    let between = lab
+        .lb
+        .predict(&data.build())
+        .unwrap()
+        .expect("still followed");
+    assert_eq!((between.backend(), between.vip.id), (id, 14));
     lab.set_backend_state(id, BACKEND_UNUSED, 7);
+    assert_eq!(lab.lb.predict(&data.build()).unwrap(), None);
     let (action, out) = lab.run(&data.build());
     assert_eq!(
         (action, out),
@@ -422,4 +429,56 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
     let web_data = Packet::tcp(client4(), 48000, vip_addr(), 80, ACK);
     let (action, _) = lab.run(&web_data.build());
     assert_eq!(action, XDP_TX, "web4's flow goes on");
+}
+
+/// Switching a VIP to source affinity keeps its established connections where they are
+/// (their 5-tuple entries are found first); new connections follow the client's affinity
+/// entry. Userspace's prediction agrees with the kernel at every step.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn switching_a_vip_to_source_affinity_keeps_established_connections() {
+    use lb_common::VIP_F_HASH_SOURCE;
+
+    let mut lab = Lab::new();
+    let (_, web) = lab.vip("web4");
+    let info = lab.lb.vip(&web).unwrap().unwrap();
+    // Established connections from one client, spread over the backends.
+    let ports: Vec<u16> = (49000..49016).collect();
+    let mut first = Vec::new();
+    for &port in &ports {
+        let syn = Packet::tcp(client4(), port, vip_addr(), 80, SYN);
+        let id = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+        assert_sent_to(&lab, &syn, id);
+        first.push(id);
+    }
+    assert!(
+        first.iter().any(|b| *b != first[0]),
+        "16 connections should use more than one backend: {first:?}"
+    );
+    lab.lb
+        .set_vip(
+            &web,
+            &lb_common::VipInfo {
+                flags: info.flags | VIP_F_HASH_SOURCE,
+                ..info
+            },
+        )
+        .unwrap();
+    for (&port, &id) in ports.iter().zip(&first) {
+        let data = Packet::tcp(client4(), port, vip_addr(), 80, ACK);
+        let p = lab.lb.predict(&data.build()).unwrap().unwrap();
+        assert_eq!(p.backend(), id, "prediction for port {port}");
+        assert_sent_to(&lab, &data, id);
+    }
+    // New connections of this client all go to its affinity backend.
+    let new = |port| Packet::tcp(client4(), port, vip_addr(), 80, SYN);
+    let affinity = lab.lb.predict(&new(50000).build()).unwrap().unwrap();
+    assert!(affinity.remembered.is_none());
+    assert_sent_to(&lab, &new(50000), affinity.backend());
+    for port in 50001..50005 {
+        let p = lab.lb.predict(&new(port).build()).unwrap().unwrap();
+        assert_eq!(p.backend(), affinity.backend(), "port {port}");
+        assert!(p.remembered.is_some(), "the client's affinity entry");
+        assert_sent_to(&lab, &new(port), affinity.backend());
+    }
 }
