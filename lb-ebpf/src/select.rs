@@ -121,7 +121,7 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
         backend: id,
         generation: b.generation,
     };
-    s.new_flow = u8::from(how & REMEMBER != 0 && FLOWS.insert(s.flow, value, 0).is_ok());
+    s.new_flow = u8::from(how & REMEMBER != 0 && FLOWS.insert(&s.flow, value, 0).is_ok());
     true
 }
 
@@ -130,7 +130,7 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
 #[inline(always)]
 pub fn remembered(s: &mut Scratch) -> bool {
     // SAFETY: FlowValue is plain integers, copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(s.flow) } {
+    if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
         let v = *v;
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)
