@@ -104,13 +104,12 @@ pub fn encapsulate_and_send(
     let cache = NEXT_HOPS.get_ptr_mut(id);
     // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
     match cache.map(|c| unsafe { &mut *c }) {
-        Some(c) if c.fresh(now, backend.generation, ingress) => {
+        // Only packets known to fit are answered from the cache; a bigger one asks the FIB,
+        // which decides whether it is too big (so a kernel or an MTU the cache reads
+        // wrongly can cost a lookup, never a false "too big").
+        Some(c) if c.fresh(now, backend.generation, ingress) && job.outer_total <= c.mtu => {
             hop.write(NextHop {
-                rc: if job.outer_total > c.mtu {
-                    BPF_FIB_LKUP_RET_FRAG_NEEDED
-                } else {
-                    BPF_FIB_LKUP_RET_SUCCESS
-                },
+                rc: BPF_FIB_LKUP_RET_SUCCESS,
                 ifindex: c.ifindex,
                 mtu: c.mtu,
                 smac: c.smac,
@@ -123,7 +122,7 @@ pub fn encapsulate_and_send(
             let fresh = unsafe { hop.assume_init_ref() };
             if let Some(c) = c
                 && fresh.rc == BPF_FIB_LKUP_RET_SUCCESS
-                && fresh.mtu != 0
+                && fresh.mtu >= job.outer_total
             {
                 *c = CachedHop {
                     looked_up: now,
@@ -234,7 +233,8 @@ pub struct CachedHop {
     /// The ingress interface the lookup was made for.
     ingress: u32,
     ifindex: u32,
-    /// The route's MTU (the FIB returns it on success too).
+    /// The route's MTU (the FIB returns it on success too, since 5.12; before, it echoes
+    /// the packet's length, which still bounds what the entry answers for).
     mtu: u16,
     smac: [u8; 6],
     dmac: [u8; 6],

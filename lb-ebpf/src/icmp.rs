@@ -69,35 +69,45 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
     let Icmp::Error { flow } = classify(&XdpPacket::new(&ctx), h) else {
         return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
     };
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        family: flow.family,
-    };
-    let vip = match select::vip(&key) {
-        Some(v) => v,
-        None => {
-            key.port = 0;
-            match select::vip(&key) {
-                Some(v) => v,
-                None => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
-            }
-        }
-    };
     let Some(s) = select::scratch() else {
         return (xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
     };
-    let affinity = vip.flags & VIP_F_HASH_SOURCE != 0;
-    s.flow = FlowKey {
-        sport: if affinity { 0 } else { flow.sport },
-        dport: if affinity { key.port } else { flow.dport },
-        ..flow
-    };
+    // As for the flow's own packets: its 5-tuple entry first, then the VIP (and for a
+    // source-affinity VIP, the client's entry or the Maglev choice). Nothing is remembered;
+    // and an error about an error is never sent: a steered error that is too big is
+    // dropped.
+    s.flow = flow;
     s.midflow = 0;
-    // Nothing remembered; and an error about an error is never sent: a steered ICMP error
-    // that is too big is dropped.
-    let v = forward::forward_flow(&ctx, h, &vip, s, select::LOOK_UP);
+    let v = if select::remembered(s) {
+        forward::send(&ctx, h, s.backend.vip, s)
+    } else {
+        let mut key = VipKey {
+            addr: flow.dst,
+            port: flow.dport,
+            proto: flow.proto,
+            family: flow.family,
+        };
+        let vip = match select::vip(&key) {
+            Some(v) => v,
+            None => {
+                key.port = 0;
+                match select::vip(&key) {
+                    Some(v) => v,
+                    None => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+                }
+            }
+        };
+        let mut how = 0;
+        if vip.flags & VIP_F_HASH_SOURCE != 0 {
+            s.flow = FlowKey {
+                sport: 0,
+                dport: key.port,
+                ..flow
+            };
+            how = select::LOOK_UP;
+        }
+        forward::forward_flow(&ctx, h, &vip, s, how)
+    };
     let why = u32::from(v.why);
     if why == reason::FORWARDED {
         (v.action, reason::ICMP_ERROR_STEERED)

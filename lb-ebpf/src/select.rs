@@ -121,7 +121,11 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
         backend: id,
         generation: b.generation,
     };
-    s.new_flow = u8::from(how & REMEMBER != 0 && FLOWS.insert(&s.flow, value, 0).is_ok());
+    // By reference on purpose (clippy: needless borrow): by value, LLVM copies the key
+    // from the scratch slot to the stack before the helper call.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = how & REMEMBER != 0 && FLOWS.insert(&s.flow, value, 0).is_ok();
+    s.new_flow = u8::from(inserted);
     true
 }
 
@@ -130,7 +134,10 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
 #[inline(always)]
 pub fn remembered(s: &mut Scratch) -> bool {
     // SAFETY: FlowValue is plain integers, copied out at once.
-    if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
+    // By reference, as for the insert.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let found = unsafe { FLOWS.get(&s.flow) };
+    if let Some(v) = found {
         let v = *v;
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)

@@ -355,26 +355,36 @@ impl Balancer {
         self.refresh_vip_filter(&addr_key.addr)
     }
 
-    /// Sets the VIP filter word of `addr` from the addresses in `VIP_ADDRS`: its bit is
-    /// set while the address has a VIP (and stays set while another address shares it).
-    /// Called after `VIP_ADDRS` changed, so a new VIP's packets find its bit once it is
-    /// complete and a removed one's bit goes only after it is gone.
+    /// The addresses the VIP filter must let through: those in `VIPS` and in `VIP_ADDRS`
+    /// (either alone would do when both are consistent; together a crash between their
+    /// writes never hides a VIP).
+    fn vip_filter_addresses(&self) -> Result<Vec<Addr>> {
+        let mut all: Vec<Addr> = self.vips()?.iter().map(|(k, _)| k.addr).collect();
+        all.extend(self.vip_addresses()?.iter().map(|(k, _)| k.addr));
+        Ok(all)
+    }
+
+    /// Sets the VIP filter word of `addr`: its bit is set while the address has a VIP (and
+    /// stays set while another address shares it). Called after `VIP_ADDRS` changed, which
+    /// the controller does after adding a VIP's entry and after removing it, so a new VIP's
+    /// packets find its bit once it is complete and a removed one's bit goes only after it
+    /// is gone.
     fn refresh_vip_filter(&mut self, addr: &Addr) -> Result<()> {
         let word = vip_filter_bit(addr) >> 6;
         let value = self
-            .vip_addresses()?
+            .vip_filter_addresses()?
             .iter()
-            .map(|(k, _)| vip_filter_bit(&k.addr))
+            .map(vip_filter_bit)
             .filter(|bit| bit >> 6 == word)
             .fold(0u64, |w, bit| w | 1 << (bit & 63));
         self.set_vip_filter_word(word, value)
     }
 
-    /// Writes the whole VIP filter from `VIP_ADDRS` (at load).
+    /// Writes the whole VIP filter from the maps (at load).
     fn rebuild_vip_filter(&mut self) -> Result<()> {
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for (k, _) in self.vip_addresses()? {
-            let bit = vip_filter_bit(&k.addr);
+        for addr in self.vip_filter_addresses()? {
+            let bit = vip_filter_bit(&addr);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
         }
         let current = self.vip_filter()?;

@@ -294,6 +294,16 @@ impl Engine {
                 self.lb.set_backend(id, &b)?;
             }
         }
+        // VIP_ADDRS (and the address filter that follows it) after a crash between a VIP's
+        // entry and its address count: recounted from the VIPs, stale addresses dropped.
+        let mut addresses: std::collections::BTreeSet<IpAddr> =
+            self.vips.keys().map(|v| v.address).collect();
+        for (key, _) in self.lb.vip_addresses()? {
+            addresses.insert(key.ip());
+        }
+        for addr in addresses {
+            self.update_vip_address(addr)?;
+        }
         Ok(adopted)
     }
 
@@ -507,10 +517,12 @@ impl Engine {
     fn remove_vip(&mut self, id: &VipId) -> Result<()> {
         let vip = self.vips.remove(id).expect("caller checked");
         self.lb.remove_vip(&id.key())?;
-        self.update_vip_address(id.address)?;
+        // Released at once: remembered flows are found by their backend, before any VIP
+        // lookup, so a released id is what stops them.
         for b in vip.backends.values() {
             self.release_backend(b)?;
         }
+        self.update_vip_address(id.address)?;
         self.vip_ids.remove(&vip.id);
         self.event(&vip.config, None, "VIP removed".to_owned());
         Ok(())
