@@ -432,8 +432,9 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
 }
 
 /// Switching a VIP to source affinity keeps its established connections where they are
-/// (their 5-tuple entries are found first); new connections follow the client's affinity
-/// entry. Userspace's prediction agrees with the kernel at every step.
+/// (their 5-tuple entries are found first), ICMP errors about them included; new
+/// connections follow the client's affinity entry. Userspace's prediction agrees with the
+/// kernel at every step.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn switching_a_vip_to_source_affinity_keeps_established_connections() {
@@ -469,6 +470,20 @@ fn switching_a_vip_to_source_affinity_keeps_established_connections() {
         let p = lab.lb.predict(&data.build()).unwrap().unwrap();
         assert_eq!(p.backend(), id, "prediction for port {port}");
         assert_sent_to(&lab, &data, id);
+    }
+    // ICMP errors about those connections (a router's "fragmentation needed" quoting the
+    // backend's reply) still reach the backend that has each of them.
+    for (&port, &id) in ports.iter().zip(&first) {
+        let quoted = Packet::tcp(vip_addr(), 80, client4(), port, ACK).ip_bytes();
+        let mut rest = vec![0, 0, 0x05, 0x78];
+        rest.extend_from_slice(&quoted[..28]);
+        let err = Packet::icmp("192.0.2.254".parse().unwrap(), vip_addr(), 3, 4, &rest);
+        let (action, out) = lab.run(&err.build());
+        assert_eq!(action, XDP_TX, "ICMP error for port {port}");
+        let std::net::IpAddr::V4(backend) = lab.backend_addr(id) else {
+            panic!("web4 has IPv4 backends")
+        };
+        assert_eq!(out[30..34], backend.octets(), "ICMP error for port {port}");
     }
     // New connections of this client all go to its affinity backend.
     let new = |port| Packet::tcp(client4(), port, vip_addr(), 80, SYN);
