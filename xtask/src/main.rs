@@ -211,12 +211,10 @@ fn build() -> Result<()> {
 /// Runs the whole suite. The namespace and BPF tests are `#[ignore]`d for plain
 /// `cargo test`; here they run, so this must be root.
 fn test(extra: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the suite creates network namespaces and loads XDP programs, so it needs root: \
-             run `sudo -E env PATH=$PATH cargo xtask test`"
-        );
-    }
+    require_root(
+        "the suite creates network namespaces and loads XDP programs",
+        "test",
+    )?;
     setup()?;
     let started = std::time::Instant::now();
     // The end-to-end tests run the real `xlb` binary (target/debug/xlb).
@@ -233,47 +231,51 @@ fn test(extra: &[String]) -> Result<()> {
 
 /// Builds xlb and the lab, then runs the lab (`tests/src/bin/xlb-lab.rs`).
 fn demo(extra: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the lab creates network namespaces and attaches XDP programs, so it needs root: \
-             run `sudo -E env PATH=$PATH cargo xtask demo`"
-        );
-    }
+    require_root(
+        "the lab creates network namespaces and attaches XDP programs",
+        "demo",
+    )?;
     setup()?;
     println!("xtask demo: building xlb and the lab (the first build takes a few minutes)");
-    run(Command::new("cargo").args([
-        "build",
+    build_bins(false)?;
+    run(Command::new(root().join("target/debug/xlb-lab")).args(extra))
+}
+
+/// Fails with how to run `cargo xtask <command>` as root, unless this is root.
+fn require_root(why: &str, command: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{why}, so it needs root: run `sudo -E env PATH=$PATH cargo xtask {command}`");
+    }
+    Ok(())
+}
+
+/// Builds the `xlb` binary and the test binaries (the lab, the benchmarks).
+fn build_bins(release: bool) -> Result<()> {
+    let mut c = Command::new("cargo");
+    c.arg("build");
+    if release {
+        c.arg("--release");
+    }
+    run(c.args([
         "--quiet",
         "--package",
         "xlb",
         "--package",
         "xlb-tests",
         "--bins",
-    ]))?;
-    run(Command::new(root().join("target/debug/xlb-lab")).args(extra))
+    ]))
 }
 
 /// Builds everything in release mode and runs the benchmarks (`tests/src/bin/xlb-bench.rs`,
 /// then the Maglev criterion bench unless `--no-criterion`).
 fn bench(args: &[String]) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "the benchmarks load XDP programs and build namespaces, so they need root: \
-             run `sudo -E env PATH=$PATH cargo xtask bench`"
-        );
-    }
+    require_root(
+        "the benchmarks load XDP programs and build namespaces",
+        "bench",
+    )?;
     setup()?;
     println!("xtask bench: building in release mode");
-    run(Command::new("cargo").args([
-        "build",
-        "--release",
-        "--quiet",
-        "--package",
-        "xlb",
-        "--package",
-        "xlb-tests",
-        "--bins",
-    ]))?;
+    build_bins(true)?;
     let own: Vec<&String> = args.iter().filter(|a| *a != "--no-criterion").collect();
     run(Command::new(root().join("target/release/xlb-bench")).args(own))?;
     if !args.iter().any(|a| a == "--no-criterion" || a == "--json") {

@@ -340,52 +340,22 @@ fn data_plane(b: &mut Bench) {
 
     // Net cost: the bench entry point restores the frame each run; subtract the restore.
     let repeat = if b.quick { 100_000 } else { 1_000_000 };
-    lab.lb.set_bench_template(&ack4).unwrap();
     let _ = lab.lb.extra_program("xlb_balancer_bench").unwrap();
     let _ = lab.lb.extra_program("xlb_bench_restore").unwrap();
-    let _inside = lab.ns.enter();
-    let full = repeated(
-        lab.lb.program_named("xlb_balancer_bench"),
-        &ack4,
-        ifx,
-        repeat,
-    );
-    let restore = repeated(
-        lab.lb.program_named("xlb_bench_restore"),
-        &ack4,
-        ifx,
-        repeat,
-    );
-    b.add(
-        "net",
-        "IPv4 TCP established, net of per-call overhead",
-        full - restore,
-        "ns",
-        "Katran 79",
-    );
-    drop(_inside);
-    lab.lb.set_bench_template(&other).unwrap();
-    let _inside = lab.ns.enter();
-    let full = repeated(
-        lab.lb.program_named("xlb_balancer_bench"),
-        &other,
-        ifx,
-        repeat,
-    );
-    let restore = repeated(
-        lab.lb.program_named("xlb_bench_restore"),
-        &other,
-        ifx,
-        repeat,
-    );
-    b.add(
-        "net",
-        "non-VIP, net of per-call overhead",
-        full - restore,
-        "ns",
-        "Katran 30",
-    );
-    drop(_inside);
+    for (frame, name, note) in [
+        (
+            &ack4,
+            "IPv4 TCP established, net of per-call overhead",
+            "Katran 79",
+        ),
+        (&other, "non-VIP, net of per-call overhead", "Katran 30"),
+    ] {
+        lab.lb.set_bench_template(frame).unwrap();
+        let _inside = lab.ns.enter();
+        let run = |program| repeated(lab.lb.program_named(program), frame, ifx, repeat);
+        let net = run("xlb_balancer_bench") - run("xlb_bench_restore");
+        b.add("net", name, net, "ns", note);
+    }
 
     eprintln!("\n== forwarding rate (live frames on a veth, one CPU)");
     // The far end of fx0 drops what arrives, as cheaply as possible.
@@ -408,32 +378,22 @@ fn data_plane(b: &mut Bench) {
         "Mpps",
         "about 12.5 here",
     );
-    let restore = live_rate(
-        lab.lb.program_named("xlb_bench_restore"),
-        &ack4,
-        ifx,
-        frames,
-    ) / 1e6;
-    b.add(
-        "rate",
-        "restore-only XDP_TX (the bench entry's own overhead)",
-        restore,
-        "Mpps",
-        "",
-    );
-    let rate = live_rate(
-        lab.lb.program_named("xlb_balancer_bench"),
-        &ack4,
-        ifx,
-        frames,
-    ) / 1e6;
-    b.add(
-        "rate",
-        "balancer, IPv4 TCP established, XDP_TX",
-        rate,
-        "Mpps",
-        "target >= 8.5; Katran 6.5",
-    );
+    let mut rate = 0.0;
+    for (program, name, note) in [
+        (
+            "xlb_bench_restore",
+            "restore-only XDP_TX (the bench entry's own overhead)",
+            "",
+        ),
+        (
+            "xlb_balancer_bench",
+            "balancer, IPv4 TCP established, XDP_TX",
+            "target >= 8.5; Katran 6.5",
+        ),
+    ] {
+        rate = live_rate(lab.lb.program_named(program), &ack4, ifx, frames) / 1e6;
+        b.add("rate", name, rate, "Mpps", note);
+    }
     b.add("rate", "balancer / floor", rate / floor, "ratio", "");
 }
 
