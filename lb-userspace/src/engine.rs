@@ -669,14 +669,12 @@ impl Engine {
         Ok(out)
     }
 
-    /// Records a health verdict; moves the backend in or out of the table if needed.
-    pub fn set_health(
+    /// The VIP's configuration and one of its backends, for a change to that backend.
+    fn backend_mut(
         &mut self,
         vid: &VipId,
         addr: IpAddr,
-        health: Health,
-        reason: &str,
-    ) -> Result<()> {
+    ) -> Result<(&VipConfig, &mut BackendState)> {
         let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
         let b = vip
             .backends
@@ -685,6 +683,18 @@ impl Engine {
                 vip: *vid,
                 backend: addr,
             })?;
+        Ok((&vip.config, b))
+    }
+
+    /// Records a health verdict; moves the backend in or out of the table if needed.
+    pub fn set_health(
+        &mut self,
+        vid: &VipId,
+        addr: IpAddr,
+        health: Health,
+        reason: &str,
+    ) -> Result<()> {
+        let (config, b) = self.backend_mut(vid, addr)?;
         if b.health == health {
             return Ok(());
         }
@@ -692,7 +702,7 @@ impl Engine {
         b.health = health;
         b.health_reason = reason.to_owned();
         b.health_since = SystemTime::now();
-        let vc = vip.config.clone();
+        let vc = config.clone();
         self.event(
             &vc,
             Some(addr),
@@ -704,19 +714,12 @@ impl Engine {
     /// Drains (`true`) or undrains a backend: no new flows while drained, existing flows
     /// stay. The mark survives daemon restarts.
     pub fn set_drained(&mut self, vid: &VipId, addr: IpAddr, drained: bool) -> Result<bool> {
-        let vip = self.vips.get_mut(vid).ok_or(EngineError::NoSuchVip(*vid))?;
-        let b = vip
-            .backends
-            .get_mut(&addr)
-            .ok_or(EngineError::NoSuchBackend {
-                vip: *vid,
-                backend: addr,
-            })?;
+        let (config, b) = self.backend_mut(vid, addr)?;
         if b.drained == drained {
             return Ok(false);
         }
         b.drained = drained;
-        let vc = vip.config.clone();
+        let vc = config.clone();
         let what = if drained {
             "drained: no new flows, existing flows stay"
         } else {

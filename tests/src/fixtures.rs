@@ -421,28 +421,22 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
             backend: Some(pred.backend()),
         }
     };
-    let quoted4 = Packet::tcp(vip4, 80, c4, 40100, ACK).ip_bytes();
-    let mut rest = vec![0, 0, 0x05, 0x78]; // next-hop MTU 1400
-    rest.extend_from_slice(&quoted4[..28]);
+    let reply4 = Packet::tcp(vip4, 80, c4, 40100, ACK);
     out.push(steer(
         "ICMP fragmentation-needed about a VIP flow: sent to the flow's backend",
-        Packet::icmp(ip("192.0.2.254"), vip4, 3, 4, &rest),
+        Packet::too_big(ip("192.0.2.254"), vip4, 1400, &reply4),
         Packet::tcp(c4, 40100, vip4, 80, ACK),
     ));
-    let quoted6 = Packet::tcp(ip("2001:db8:203::10"), 443, c6, 40200, ACK).ip_bytes();
-    let mut rest = vec![0, 0, 0x05, 0x00]; // MTU 1280
-    rest.extend_from_slice(&quoted6[..48]);
+    let reply6 = Packet::tcp(ip("2001:db8:203::10"), 443, c6, 40200, ACK);
     out.push(steer(
         "ICMPv6 packet-too-big about a VIP flow: sent to the flow's backend",
-        Packet::icmp(ip("2001:db8:c::fe"), vip6, 2, 0, &rest),
+        Packet::too_big(ip("2001:db8:c::fe"), vip6, 1280, &reply6),
         Packet::tcp(c6, 40200, vip6, 443, ACK),
     ));
-    let quoted = Packet::tcp(vip4, 8443, c4, 40100, ACK).ip_bytes();
-    let mut rest = vec![0, 0, 0x05, 0x78];
-    rest.extend_from_slice(&quoted[..28]);
+    let not_vip = Packet::tcp(vip4, 8443, c4, 40100, ACK);
     out.push(Fixture {
         name: "ICMP error about a flow to a port that is no VIP: passed",
-        input: Packet::icmp(ip("192.0.2.254"), vip4, 3, 4, &rest).build(),
+        input: Packet::too_big(ip("192.0.2.254"), vip4, 1400, &not_vip).build(),
         action: XDP_PASS,
         output: Output::Unchanged,
         reason: reason::PASS_NOT_VIP,
@@ -450,68 +444,50 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
     });
 
     // Too big once encapsulated (fx0's MTU is 1500): the client is told the usable MTU.
-    let big4 = Packet::tcp(c4, 40300, vip4, 80, ACK).payload(&[0x5a; 1450]);
-    let mut rest = vec![0, 0];
-    rest.extend_from_slice(&1480u16.to_be_bytes());
-    rest.extend_from_slice(&big4.ip_bytes()[..28]);
-    out.push(Fixture {
-        name: "IPv4 VIP packet with DF too big once encapsulated: fragmentation needed, MTU 1480",
-        input: big4.build(),
-        action: XDP_TX,
-        output: reply(
-            Packet::icmp(vip4, c4, 3, 4, &rest)
-                .tos(0xc0)
-                .ipv4_id(0)
-                .ipv4_frag(0),
-        ),
-        reason: reason::TOO_BIG_SIGNALLED,
-        backend: None,
-    });
-    let big46 = Packet::tcp(c4, 40301, ip("203.0.113.20"), 80, ACK).payload(&[0x5a; 1440]);
-    let mut rest = vec![0, 0];
-    rest.extend_from_slice(&1460u16.to_be_bytes());
-    rest.extend_from_slice(&big46.ip_bytes()[..28]);
-    out.push(Fixture {
-        name: "IPv4 VIP packet too big for IPv6 encapsulation: MTU 1460 announced",
-        input: big46.build(),
-        action: XDP_TX,
-        output: reply(
-            Packet::icmp(ip("203.0.113.20"), c4, 3, 4, &rest)
-                .tos(0xc0)
-                .ipv4_id(0)
-                .ipv4_frag(0),
-        ),
-        reason: reason::TOO_BIG_SIGNALLED,
-        backend: None,
-    });
-    let big6 = Packet::tcp(c6, 40302, vip6, 443, ACK).payload(&[0x5a; 1430]);
-    let mut rest = 1460u32.to_be_bytes().to_vec();
-    rest.extend_from_slice(&big6.ip_bytes()[..48]);
-    out.push(Fixture {
-        name: "IPv6 VIP packet too big once encapsulated: packet too big, MTU 1460",
-        input: big6.build(),
-        action: XDP_TX,
-        output: reply(Packet::icmp(vip6, c6, 2, 0, &rest).flow_label(0)),
-        reason: reason::TOO_BIG_SIGNALLED,
-        backend: None,
-    });
-    let jumbo = Packet::tcp(c4, 40303, vip4, 80, ACK).payload(&[0x77; 2900]);
-    let mut rest = vec![0, 0];
-    rest.extend_from_slice(&1480u16.to_be_bytes());
-    rest.extend_from_slice(&jumbo.ip_bytes()[..28]);
-    out.push(Fixture {
-        name: "oversized (2954-byte) frame to a VIP: fragmentation needed, MTU 1480",
-        input: jumbo.build(),
-        action: XDP_TX,
-        output: reply(
-            Packet::icmp(vip4, c4, 3, 4, &rest)
-                .tos(0xc0)
-                .ipv4_id(0)
-                .ipv4_frag(0),
-        ),
-        reason: reason::TOO_BIG_SIGNALLED,
-        backend: None,
-    });
+    // The balancer's own answer: DSCP CS6, no id, DF clear for IPv4; no flow label for IPv6.
+    let signalled = |name: &'static str, big: Packet, vip: IpAddr, client: IpAddr, mtu: u16| {
+        let answer = Packet::too_big(vip, client, mtu, &big);
+        let answer = match vip {
+            IpAddr::V4(_) => answer.tos(0xc0).ipv4_id(0).ipv4_frag(0),
+            IpAddr::V6(_) => answer.flow_label(0),
+        };
+        Fixture {
+            name,
+            input: big.build(),
+            action: XDP_TX,
+            output: reply(answer),
+            reason: reason::TOO_BIG_SIGNALLED,
+            backend: None,
+        }
+    };
+    out.push(signalled(
+        "IPv4 VIP packet with DF too big once encapsulated: fragmentation needed, MTU 1480",
+        Packet::tcp(c4, 40300, vip4, 80, ACK).payload(&[0x5a; 1450]),
+        vip4,
+        c4,
+        1480,
+    ));
+    out.push(signalled(
+        "IPv4 VIP packet too big for IPv6 encapsulation: MTU 1460 announced",
+        Packet::tcp(c4, 40301, ip("203.0.113.20"), 80, ACK).payload(&[0x5a; 1440]),
+        ip("203.0.113.20"),
+        c4,
+        1460,
+    ));
+    out.push(signalled(
+        "IPv6 VIP packet too big once encapsulated: packet too big, MTU 1460",
+        Packet::tcp(c6, 40302, vip6, 443, ACK).payload(&[0x5a; 1430]),
+        vip6,
+        c6,
+        1460,
+    ));
+    out.push(signalled(
+        "oversized (2954-byte) frame to a VIP: fragmentation needed, MTU 1480",
+        Packet::tcp(c4, 40303, vip4, 80, ACK).payload(&[0x77; 2900]),
+        vip4,
+        c4,
+        1480,
+    ));
     out.push(Fixture {
         name: "IP-in-IP to a VIP address: not a VIP protocol, passed",
         input: Packet::ip_proto(c4, vip4, 4)

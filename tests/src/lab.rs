@@ -366,6 +366,18 @@ impl Lab {
             .unwrap();
     }
 
+    /// Switches a VIP to a table of its backends without `gone` (they stay active: as after
+    /// a weight change or a failed check).
+    pub fn switch_table_without(&mut self, vip: &str, gone: &[u32]) {
+        let (i, _) = self.vip(vip);
+        let rest: Vec<u32> = self.backend_ids[i as usize]
+            .iter()
+            .copied()
+            .filter(|b| !gone.contains(b))
+            .collect();
+        self.switch_table(vip, &rest);
+    }
+
     /// Sets the state (and generation) of a backend id.
     pub fn set_backend_state(&mut self, id: u32, state: u8, generation: u32) {
         let mut b = self.lb.backend(id).unwrap();

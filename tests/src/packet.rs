@@ -256,6 +256,19 @@ impl Packet {
         )
     }
 
+    /// "Too big" about `about`, from `src` to `dst` announcing `mtu`: ICMP fragmentation
+    /// needed quoting 28 bytes for IPv4, ICMPv6 packet too big quoting 48 for IPv6.
+    pub fn too_big(src: IpAddr, dst: IpAddr, mtu: u16, about: &Packet) -> Self {
+        let quoted = about.ip_bytes();
+        let (kind, code, head, n) = match src {
+            IpAddr::V4(_) => (3, 4, [0, 0, (mtu >> 8) as u8, mtu as u8], 28),
+            IpAddr::V6(_) => (2, 0, u32::from(mtu).to_be_bytes(), 48),
+        };
+        let mut rest = head.to_vec();
+        rest.extend_from_slice(&quoted[..n]);
+        Self::icmp(src, dst, kind, code, &rest)
+    }
+
     /// An IP packet of protocol `proto` carrying only the payload.
     pub fn ip_proto(src: IpAddr, dst: IpAddr, proto: u8) -> Self {
         Self::new(Self::ip(src, dst), L4::Raw { proto })

@@ -128,23 +128,36 @@ impl Scenario {
 
     /// Waits until `n` backends of the first VIP are healthy.
     pub fn wait_healthy(&self, n: usize, within: std::time::Duration) {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            let s = self.daemon.status();
-            let healthy = s.vips[0]
+        self.wait_for(within, &format!("{n} healthy backends"), |s| {
+            s.vips[0]
                 .backends
                 .iter()
                 .filter(|b| b.health == xlb::engine::Health::Healthy)
-                .count();
-            if healthy == n {
-                return;
+                .count()
+                == n
+        });
+    }
+
+    /// Polls the daemon's status until `done` holds, for at most `within` (then fails with
+    /// `what` and the status); returns how long it took.
+    pub fn wait_for(
+        &self,
+        within: std::time::Duration,
+        what: &str,
+        done: impl Fn(&xlb::api::Snapshot) -> bool,
+    ) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        loop {
+            let st = self.daemon.status();
+            if done(&st) {
+                return start.elapsed();
             }
             assert!(
-                std::time::Instant::now() < deadline,
-                "only {healthy} of {n} backends healthy:\n{}",
-                xlb::stats::status_text(&s)
+                start.elapsed() < within,
+                "{what} did not happen within {within:?}:\n{}",
+                xlb::stats::status_text(&st)
             );
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

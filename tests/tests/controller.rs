@@ -332,23 +332,16 @@ fn adding_a_backend_under_load_keeps_established_connections() {
             .cli(&["backend", "add", "203.0.113.10:80/tcp", "198.51.100.13"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("backend 198.51.100.13 added"), "{out}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = s.daemon.status();
-        if st.vips[0]
-            .backends
-            .iter()
-            .any(|b| b.address.to_string() == "198.51.100.13" && b.takes_new_flows)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "backend 3 never took new flows: {}",
-            xlb::stats::status_text(&st)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    s.wait_for(
+        Duration::from_secs(10),
+        "backend 3 taking new flows",
+        |st| {
+            st.vips[0]
+                .backends
+                .iter()
+                .any(|b| b.address.to_string() == "198.51.100.13" && b.takes_new_flows)
+        },
+    );
     // Every established connection still reaches its backend: the echo comes back.
     for (i, (c, _)) in conns.iter_mut().enumerate() {
         let msg = format!("message {i}\n");

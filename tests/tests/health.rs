@@ -17,27 +17,6 @@ fn vip80() -> SocketAddr {
 }
 
 /// Waits until `f(status)` holds; returns how long it took.
-fn wait_for(
-    s: &Scenario,
-    within: Duration,
-    what: &str,
-    f: impl Fn(&xlb::api::Snapshot) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let st = s.daemon.status();
-        if f(&st) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "{what} did not happen within {within:?}:\n{}",
-            xlb::stats::status_text(&st)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn backend<'a>(st: &'a xlb::api::Snapshot, addr: &str) -> &'a xlb::api::BackendStatus {
     st.vips[0]
         .backends
@@ -69,8 +48,7 @@ fn a_dead_backend_leaves_within_the_bound_and_returns_when_healthy() {
     // Stop backend 2's server: its port now refuses connections.
     s.servers.remove(1);
     let stopped = Instant::now();
-    let took = wait_for(
-        &s,
+    let took = s.wait_for(
         Duration::from_secs(5),
         "backend 2 leaving the table",
         |st| !backend(st, dead).takes_new_flows,
@@ -110,7 +88,7 @@ fn a_dead_backend_leaves_within_the_bound_and_returns_when_healthy() {
             "backend-2",
         ),
     );
-    let back = wait_for(&s, Duration::from_secs(5), "backend 2 returning", |st| {
+    let back = s.wait_for(Duration::from_secs(5), "backend 2 returning", |st| {
         backend(st, dead).takes_new_flows
     });
     assert!(
@@ -187,7 +165,7 @@ fn when_every_backend_fails_its_check_traffic_fails_open() {
     });
     // Every health server goes away: every backend turns unhealthy, and the VIP fails open.
     scenario.extra.clear();
-    wait_for(&scenario, Duration::from_secs(5), "fail-open", |st| {
+    scenario.wait_for(Duration::from_secs(5), "fail-open", |st| {
         st.vips[0].fail_open
     });
     let st = scenario.daemon.status();
@@ -262,7 +240,7 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
         std::thread::sleep(Duration::from_millis(300));
     }
     // After it: the backend is gone.
-    wait_for(&s, Duration::from_secs(6), "removal", |st| {
+    s.wait_for(Duration::from_secs(6), "removal", |st| {
         st.vips[0].backends.len() == 1
     });
     let took = removed.elapsed();
@@ -293,7 +271,7 @@ fn a_health_flap_moves_only_the_failed_backends_flows() {
     let before = table(&s);
     let down = id_of(&s.daemon.status(), "198.51.100.12");
     s.servers.remove(1);
-    wait_for(&s, Duration::from_secs(5), "backend 2 down", |st| {
+    s.wait_for(Duration::from_secs(5), "backend 2 down", |st| {
         !backend(st, "198.51.100.12").takes_new_flows
     });
     let during = table(&s);
@@ -317,7 +295,7 @@ fn a_health_flap_moves_only_the_failed_backends_flows() {
             "backend-2",
         ),
     );
-    wait_for(&s, Duration::from_secs(5), "backend 2 back", |st| {
+    s.wait_for(Duration::from_secs(5), "backend 2 back", |st| {
         backend(st, "198.51.100.12").takes_new_flows
     });
     assert!(table(&s) == before, "the table returned exactly");

@@ -42,6 +42,18 @@ fn families_config() -> String {
         )
 }
 
+/// Three backends serving every VIP of `families_config` (the extra VIP addresses on their
+/// loopbacks), with `servers` started on them.
+fn families_scenario(
+    servers: impl FnOnce(&xlb_tests::topology::Topology) -> Vec<xlb_tests::servers::Server>,
+) -> Scenario {
+    Scenario::with_servers(3, &families_config(), 3, |topo| {
+        topo.add_vip_on_backends("203.0.113.11".parse().unwrap());
+        topo.add_vip_on_backends("203.0.113.12".parse().unwrap());
+        servers(topo)
+    })
+}
+
 fn first_line(b: &[u8]) -> String {
     String::from_utf8_lossy(b)
         .lines()
@@ -53,9 +65,7 @@ fn first_line(b: &[u8]) -> String {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn every_family_and_protocol_reaches_every_backend() {
-    let s = Scenario::with_servers(3, &families_config(), 3, |topo| {
-        topo.add_vip_on_backends("203.0.113.11".parse().unwrap());
-        topo.add_vip_on_backends("203.0.113.12".parse().unwrap());
+    let s = families_scenario(|topo| {
         let mut v = Vec::new();
         for (i, ns) in topo.backends.iter().enumerate() {
             let name = format!("backend-{}", i + 1);
@@ -103,11 +113,7 @@ fn every_family_and_protocol_reaches_every_backend() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn source_affinity_keeps_each_client_on_one_backend() {
-    let s = Scenario::with_servers(3, &families_config(), 3, |topo| {
-        topo.add_vip_on_backends("203.0.113.11".parse().unwrap());
-        topo.add_vip_on_backends("203.0.113.12".parse().unwrap());
-        Vec::new()
-    });
+    let s = families_scenario(|_| Vec::new());
     // 24 clients (extra addresses on the client host), 8 connections each.
     let vip: SocketAddr = "203.0.113.12:80".parse().unwrap();
     let mut by_client: HashMap<IpAddr, HashSet<String>> = HashMap::new();

@@ -232,7 +232,7 @@ mod tests {
 
     use super::super::{
         Builder, Entry, Ranked, Variant, apportion, fill, rank,
-        tests::{arb_entries, assert_exact_shares, v4},
+        tests::{arb_entries, assert_exact_shares, weighted},
     };
 
     /// A plain model of the lockstep fill, one look at a time: look `k` of a backend comes
@@ -318,13 +318,7 @@ mod tests {
     #[test]
     fn lockstep_matches_its_model_at_full_size() {
         let m = 7_919;
-        let entries: Vec<Entry> = (0..60)
-            .map(|i| Entry {
-                key: v4(i),
-                weight: 1 + i % 3,
-                id: i + 1,
-            })
-            .collect();
+        let entries = weighted(60);
         let b = Builder::new(m, 9).variant(Variant::Lockstep);
         let model = lockstep_model(&entries, m, 9);
         for narrow in [false, true] {

@@ -25,6 +25,17 @@ pub(super) fn equal(n: u32) -> Vec<Entry> {
         .collect()
 }
 
+/// `n` backends of weights 1, 2, 3, 1, 2, 3, ... with ids 1..=n.
+pub(super) fn weighted(n: u32) -> Vec<Entry> {
+    (0..n)
+        .map(|i| Entry {
+            key: v4(i),
+            weight: 1 + i % 3,
+            id: i + 1,
+        })
+        .collect()
+}
+
 /// Slots held by `id`.
 pub(super) fn count(table: &[u32], id: u32) -> usize {
     table.iter().filter(|&&v| v == id).count()
@@ -359,13 +370,7 @@ fn weight_zero_and_empty_lists() {
 #[test]
 fn many_backends_in_a_large_table() {
     let m = 1_048_573;
-    let entries: Vec<Entry> = (0..4_096)
-        .map(|i| Entry {
-            key: v4(i),
-            weight: 1 + i % 3,
-            id: i + 1,
-        })
-        .collect();
+    let entries = weighted(4_096);
     let table = build(&entries, m, 0).expect("valid");
     assert_eq!(table.len(), m as usize);
     assert_exact_shares(&table, &entries);

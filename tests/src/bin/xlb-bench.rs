@@ -88,8 +88,9 @@ fn ctx_bytes(len: usize, ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
-/// Kernel-measured nanoseconds of one run of `prog` on `frame` (repeat = 1).
-fn one_run(prog: &Xdp, frame: &[u8], ifindex: u32) -> f64 {
+/// Kernel-measured nanoseconds per run of one `BPF_PROG_TEST_RUN` call of `prog` on
+/// `frame`, run `repeat` times inside the call.
+fn timed_run(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
     let ctx = ctx_bytes(frame.len(), ifindex);
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
@@ -97,10 +98,16 @@ fn one_run(prog: &Xdp, frame: &[u8], ifindex: u32) -> f64 {
             data_in: Some(frame),
             data_out: Some(&mut out),
             ctx_in: Some(&ctx),
+            repeat,
             ..TestRunOptions::default()
         })
         .expect("test run");
     r.duration.as_nanos() as f64
+}
+
+/// Kernel-measured nanoseconds of one run of `prog` on `frame`.
+fn one_run(prog: &Xdp, frame: &[u8], ifindex: u32) -> f64 {
+    timed_run(prog, frame, ifindex, 1)
 }
 
 /// The floor of the per-call method: a trivial program and a frame for it.
@@ -148,22 +155,11 @@ fn per_call(
 /// Average in-kernel nanoseconds per run with a large repeat (the frame is reused, so the
 /// program must restore it: the bench entry point does).
 fn repeated(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
-    let ctx = ctx_bytes(frame.len(), ifindex);
-    let mut runs = Vec::new();
-    for _ in 0..5 {
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("repeated test run");
-        runs.push(r.duration.as_nanos() as f64);
-    }
-    median(runs)
+    median(
+        (0..5)
+            .map(|_| timed_run(prog, frame, ifindex, repeat))
+            .collect(),
+    )
 }
 
 /// Frames per second forwarded with live frames: the kernel runs the program on `frames`
