@@ -56,9 +56,11 @@ pub const VIP_F_HASH_SOURCE: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index of this VIP in `VIP_STATS`; also owns Maglev tables `2 * id` and `2 * id + 1`.
-    pub id: u32,
-    /// The Maglev table in use (`2 * id` or `2 * id + 1`): entries
+    /// The VIP's index (its slot in `VIP_STATS`); it also owns Maglev tables `2 * index`
+    /// and `2 * index + 1`. Not to be confused with the VIP's identity (address, port,
+    /// protocol), which is its key.
+    pub index: u32,
+    /// The Maglev table in use (`2 * index` or `2 * index + 1`): entries
     /// `[table * M, (table + 1) * M)` of the `MAGLEV` array. Switching tables is one write
     /// of this value, after the spare table has been filled.
     pub table: u32,
@@ -106,7 +108,7 @@ pub struct Backend {
     /// Bumped every time the id is given to a new backend, so flows remembered for the
     /// previous owner of the id are not sent to the new one.
     pub generation: u32,
-    /// `VipInfo::id` of the VIP this backend serves.
+    /// `VipInfo::index` of the VIP this backend serves.
     pub vip: u32,
     /// Maglev weight.
     pub weight: u32,
@@ -174,7 +176,7 @@ pub struct DataplaneConfig {
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 24);
 
-/// Per-CPU counters of one VIP (`VIP_STATS`, indexed by `VipInfo::id`).
+/// Per-CPU counters of one VIP (`VIP_STATS`, indexed by `VipInfo::index`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipStats {

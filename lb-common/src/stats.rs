@@ -9,99 +9,131 @@ pub const ACTION_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"
 /// Number of action counters (indexes `0..ACTIONS`).
 pub const ACTIONS: u32 = 5;
 
-/// Reason counters of the balancer, at `GLOBAL_STATS[ACTIONS + reason]`.
-pub mod reason {
-    /// Forwarded to a backend (`tx` or `redirect`).
-    pub const FORWARDED: u32 = 0;
-    /// Passed: not an IP packet (ARP, LLDP, two VLAN tags, ...).
-    pub const PASS_NOT_IP: u32 = 1;
-    /// Passed: IP header truncated or inconsistent, left to the kernel to judge.
-    pub const PASS_BAD_IP: u32 = 2;
-    /// Passed: not addressed to a VIP (address, port or protocol).
-    pub const PASS_NOT_VIP: u32 = 3;
-    /// Passed: encapsulated for a backend whose next hop has no resolved MAC address yet;
-    /// the kernel forwards it and resolves the neighbour.
-    pub const PASS_NO_NEIGH: u32 = 4;
-    /// Dropped: a fragment addressed to a VIP address (ports unknown, flow unknowable).
-    pub const DROP_FRAGMENT: u32 = 5;
-    /// Dropped: VIP packet with a truncated or invalid TCP/UDP header.
-    pub const DROP_MALFORMED: u32 = 6;
-    /// Dropped: the VIP has no backend to take a new flow.
-    pub const DROP_NO_BACKEND: u32 = 7;
-    /// Dropped: no route to the backend (unreachable, blackhole, prohibited).
-    pub const DROP_NO_ROUTE: u32 = 8;
-    /// Dropped: too big for the egress MTU once encapsulated.
-    pub const DROP_TOO_BIG: u32 = 9;
-    /// Dropped: no headroom to encapsulate (`bpf_xdp_adjust_head` failed).
-    pub const DROP_ENCAP_FAILED: u32 = 10;
-    /// Dropped: forwarding is disabled on the interface, so the FIB lookup refuses.
-    pub const DROP_FWD_DISABLED: u32 = 11;
-    /// Dropped: no outer source address configured for the backend's family.
-    pub const DROP_NO_SOURCE: u32 = 12;
-    /// Dropped: the backend's family cannot carry this packet (IPv6 in IPv4).
-    pub const DROP_FAMILY: u32 = 13;
-    /// Answered: an ICMP/ICMPv6 echo request to a VIP address, replied to by the balancer.
-    pub const ICMP_ECHO_ANSWERED: u32 = 14;
-    /// Forwarded: an ICMP error about a VIP flow, sent to the backend that owns the flow.
-    pub const ICMP_ERROR_STEERED: u32 = 15;
-    /// Answered: a VIP packet too big once encapsulated, answered with "fragmentation
-    /// needed" / "packet too big" so the client lowers its path MTU.
-    pub const TOO_BIG_SIGNALLED: u32 = 16;
-    /// Number of reasons.
-    pub const COUNT: u32 = 17;
-
-    /// What a reason means for the packet.
-    pub const KIND_FORWARD: u8 = 0;
-    pub const KIND_PASS: u8 = 1;
-    pub const KIND_DROP: u8 = 2;
+/// What a reason means for the packet.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Sent on to a backend.
+    Forward,
+    /// Left to the kernel, unchanged.
+    Pass,
+    /// Dropped.
+    Drop,
     /// The balancer answered the packet itself.
-    pub const KIND_REPLY: u8 = 3;
-
-    /// The kind of each reason, by index.
-    pub const KINDS: [u8; COUNT as usize] = [
-        KIND_FORWARD,
-        KIND_PASS,
-        KIND_PASS,
-        KIND_PASS,
-        KIND_PASS,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_DROP,
-        KIND_REPLY,
-        KIND_FORWARD,
-        KIND_REPLY,
-    ];
-
-    /// Names as shown by `xlb stats` and in `xlb_packets_total{reason=...}`.
-    pub const NAMES: [&str; COUNT as usize] = [
-        "forwarded",
-        "not_ip",
-        "bad_ip_header",
-        "not_vip",
-        "no_neighbour",
-        "fragment",
-        "malformed",
-        "no_backend",
-        "no_route",
-        "too_big",
-        "encap_failed",
-        "forwarding_disabled",
-        "no_source_address",
-        "family_mismatch",
-        "icmp_echo_answered",
-        "icmp_error_to_backend",
-        "too_big_signalled",
-    ];
+    Reply,
 }
 
+impl Kind {
+    /// `forward`, `pass`, `drop` or `reply`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::Forward => "forward",
+            Kind::Pass => "pass",
+            Kind::Drop => "drop",
+            Kind::Reply => "reply",
+        }
+    }
+}
+
+/// Defines [`Reason`] from one table: variant, counter name, kind, and its documentation.
+/// The index of a reason is its position in the table (`GLOBAL_STATS[ACTIONS + index]`).
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident;)*) => {
+        /// Why a packet got its action: one counter each, at `GLOBAL_STATS[ACTIONS + reason]`.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Reason {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: [Reason; Reason::COUNT as usize] = [$(Reason::$variant,)*];
+            /// Number of reasons.
+            pub const COUNT: u32 = [$(Reason::$variant,)*].len() as u32;
+
+            /// The name shown by `xlb stats` and in `xlb_*_total{reason=...}`.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+
+            /// What the reason means for the packet.
+            pub const fn kind(self) -> Kind {
+                match self {
+                    $(Reason::$variant => Kind::$kind,)*
+                }
+            }
+
+            /// The counter index of the reason.
+            #[inline(always)]
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+
+            /// The reason with counter index `i`.
+            pub const fn from_index(i: u32) -> Option<Reason> {
+                if i < Reason::COUNT {
+                    Some(Reason::ALL[i as usize])
+                } else {
+                    None
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Forwarded to a backend (`tx` or `redirect`).
+    Forwarded = "forwarded", Forward;
+    /// Passed: not an IP packet (ARP, LLDP, two VLAN tags, ...).
+    PassNotIp = "not_ip", Pass;
+    /// Passed: IP header truncated or inconsistent, left to the kernel to judge.
+    PassBadIp = "bad_ip_header", Pass;
+    /// Passed: not addressed to a VIP (address, port or protocol).
+    PassNotVip = "not_vip", Pass;
+    /// Passed: encapsulated for a backend whose next hop has no resolved MAC address yet;
+    /// the kernel forwards it and resolves the neighbour.
+    PassNoNeigh = "no_neighbour", Pass;
+    /// Dropped: a fragment addressed to a VIP address (ports unknown, flow unknowable).
+    DropFragment = "fragment", Drop;
+    /// Dropped: VIP packet with a truncated or invalid TCP/UDP header.
+    DropMalformed = "malformed", Drop;
+    /// Dropped: the VIP has no backend to take a new flow.
+    DropNoBackend = "no_backend", Drop;
+    /// Dropped: no route to the backend (unreachable, blackhole, prohibited).
+    DropNoRoute = "no_route", Drop;
+    /// Dropped: too big for the egress MTU once encapsulated.
+    DropTooBig = "too_big", Drop;
+    /// Dropped: no headroom to encapsulate (`bpf_xdp_adjust_head` failed).
+    DropEncapFailed = "encap_failed", Drop;
+    /// Dropped: forwarding is disabled on the interface, so the FIB lookup refuses.
+    DropFwdDisabled = "forwarding_disabled", Drop;
+    /// Dropped: no outer source address configured for the backend's family.
+    DropNoSource = "no_source_address", Drop;
+    /// Dropped: the backend's family cannot carry this packet (IPv6 in IPv4).
+    DropFamily = "family_mismatch", Drop;
+    /// Answered: an ICMP/ICMPv6 echo request to a VIP address, replied to by the balancer.
+    IcmpEchoAnswered = "icmp_echo_answered", Reply;
+    /// Forwarded: an ICMP error about a VIP flow, sent to the backend that owns the flow.
+    IcmpErrorSteered = "icmp_error_to_backend", Forward;
+    /// Answered: a VIP packet too big once encapsulated, answered with "fragmentation
+    /// needed" / "packet too big" so the client lowers its path MTU.
+    TooBigSignalled = "too_big_signalled", Reply;
+}
+
+// The table's order is the counter layout: each reason's index is its place in `ALL`.
+const _: () = {
+    let mut i = 0;
+    while i < Reason::COUNT as usize {
+        assert!(Reason::ALL[i] as usize == i);
+        i += 1;
+    }
+};
+
 /// Length of the `GLOBAL_STATS` array.
-pub const GLOBAL_COUNTERS: u32 = ACTIONS + reason::COUNT;
+pub const GLOBAL_COUNTERS: u32 = ACTIONS + Reason::COUNT;
 
 /// Counters of the decapsulator (`DECAP_STATS`).
 pub mod decap {

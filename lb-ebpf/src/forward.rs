@@ -18,7 +18,7 @@ use lb_common::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         PacketBytes, VLAN_HLEN,
     },
-    stats::reason,
+    stats::Reason,
 };
 use lb_ebpf::packet::adjust_head;
 
@@ -73,12 +73,12 @@ pub fn encapsulate_and_send(
     hash: u32,
 ) -> Verdict {
     let Some(cfg) = CONFIG.get(0) else {
-        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoSource as u32);
     };
     let v6_outer = match (backend.family, h.family) {
         (FAMILY_V4, FAMILY_V4) => false,
         (FAMILY_V6, _) => true,
-        _ => return Verdict::new(xdp_action::XDP_DROP, reason::DROP_FAMILY),
+        _ => return Verdict::new(xdp_action::XDP_DROP, Reason::DropFamily as u32),
     };
     let have_source = if v6_outer {
         CFG_F_SOURCE_V6
@@ -86,7 +86,7 @@ pub fn encapsulate_and_send(
         CFG_F_SOURCE_V4
     };
     if cfg.flags & have_source == 0 {
-        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_SOURCE);
+        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoSource as u32);
     }
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
     let ingress = ctx.ingress_ifindex() as u32;
@@ -147,31 +147,31 @@ pub fn encapsulate_and_send(
             // this call chain the answer's stack frame would not fit.
             return Verdict {
                 mtu: announced_mtu(hop.mtu, outer_len, h.family),
-                ..Verdict::new(xdp_action::XDP_DROP, reason::DROP_TOO_BIG)
+                ..Verdict::new(xdp_action::XDP_DROP, Reason::DropTooBig as u32)
             };
         }
         BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            return Verdict::new(xdp_action::XDP_DROP, reason::DROP_FWD_DISABLED);
+            return Verdict::new(xdp_action::XDP_DROP, Reason::DropFwdDisabled as u32);
         }
-        _ => return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_ROUTE),
+        _ => return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoRoute as u32),
     };
     if !rewrite(ctx.ctx, &job, hop) {
-        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_ENCAP_FAILED);
+        return Verdict::new(xdp_action::XDP_DROP, Reason::DropEncapFailed as u32);
     }
     if !neighbour_known {
         // The kernel routes the encapsulated packet itself and resolves the neighbour.
-        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NO_NEIGH);
+        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNoNeigh as u32);
     }
     if hop.ifindex == ingress || h.vlan {
         // A tagged packet goes back out its trunk with its tag (see the README).
-        return Verdict::new(xdp_action::XDP_TX, reason::FORWARDED);
+        return Verdict::new(xdp_action::XDP_TX, Reason::Forwarded as u32);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
-        Verdict::new(action, reason::FORWARDED)
+        Verdict::new(action, Reason::Forwarded as u32)
     } else {
-        Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_ROUTE)
+        Verdict::new(xdp_action::XDP_DROP, Reason::DropNoRoute as u32)
     }
 }
 
@@ -186,9 +186,9 @@ pub fn forward_flow(
     how: u32,
 ) -> Verdict {
     if !select::choose_backend(vip, how, s) {
-        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
     }
-    send(ctx, h, vip.id, s)
+    send(ctx, h, vip.index, s)
 }
 
 /// Sends the packet to the backend chosen into `s` and counts it for VIP `vip_id`.
@@ -196,7 +196,7 @@ pub fn forward_flow(
 pub fn send(ctx: &XdpContext, h: &Headers, vip_id: u32, s: &mut Scratch) -> Verdict {
     let v = encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
     let why = u32::from(v.why);
-    if why == reason::FORWARDED || why == reason::PASS_NO_NEIGH {
+    if why == Reason::Forwarded as u32 || why == Reason::PassNoNeigh as u32 {
         select::count(vip_id, s, h.ip_len);
     }
     v

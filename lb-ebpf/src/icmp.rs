@@ -21,7 +21,7 @@ use lb_common::{
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPV4_HLEN, IPV6_HLEN, PacketBytes, VLAN_HLEN,
     },
-    stats::reason,
+    stats::Reason,
 };
 use lb_ebpf::packet::{XdpPacket, adjust_head};
 
@@ -67,10 +67,10 @@ pub fn kind(ctx: *mut xdp_md, h: &Headers) -> u32 {
 pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
     let ctx = XdpContext::new(ctx);
     let Icmp::Error { flow } = classify(&XdpPacket::new(&ctx), h) else {
-        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
     };
     let Some(s) = select::scratch() else {
-        return (xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+        return (xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
     };
     // As for the flow's own packets: its 5-tuple entry first, then the VIP (and for a
     // source-affinity VIP, the client's entry or the Maglev choice). Nothing is remembered;
@@ -93,7 +93,7 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
                 key.port = 0;
                 match select::vip(&key) {
                     Some(v) => v,
-                    None => return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+                    None => return (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
                 }
             }
         };
@@ -109,8 +109,8 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
         forward::forward_flow(&ctx, h, &vip, s, how)
     };
     let why = u32::from(v.why);
-    if why == reason::FORWARDED {
-        (v.action, reason::ICMP_ERROR_STEERED)
+    if why == Reason::Forwarded as u32 {
+        (v.action, Reason::IcmpErrorSteered as u32)
     } else {
         (v.action, why)
     }
@@ -135,15 +135,15 @@ pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
     let pkt = XdpPacket::new(&ctx);
     let (l3, l4) = (usize::from(h.l3_offset), usize::from(h.l4_offset));
     let Some(icmp) = pkt.bytes::<4>(l4) else {
-        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
     };
     let ok = if h.family == FAMILY_V4 {
         // Only plain 20-byte headers: a reply with options would have to rework them.
         if l4 != l3 + IPV4_HLEN {
-            return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+            return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
         }
         let Some(len) = pkt.bytes::<2>(l3 + 2) else {
-            return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+            return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
         };
         let payload = u16::from_be_bytes(len).saturating_sub(IPV4_HLEN as u16);
         let vip = [h.dst[0], h.dst[1], h.dst[2], h.dst[3]];
@@ -171,9 +171,9 @@ pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
             && pkt.write(l4, &echo_reply_header(icmp, ICMPV6_ECHO_REPLY))
     };
     if ok {
-        (xdp_action::XDP_TX, reason::ICMP_ECHO_ANSWERED)
+        (xdp_action::XDP_TX, Reason::IcmpEchoAnswered as u32)
     } else {
-        (xdp_action::XDP_DROP, reason::DROP_MALFORMED)
+        (xdp_action::XDP_DROP, Reason::DropMalformed as u32)
     }
 }
 
@@ -191,7 +191,7 @@ pub fn too_big(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
     }
 }
 
-const TOO_BIG_DROP: (u32, u32) = (xdp_action::XDP_DROP, reason::DROP_TOO_BIG);
+const TOO_BIG_DROP: (u32, u32) = (xdp_action::XDP_DROP, Reason::DropTooBig as u32);
 
 /// Grows the frame's head by `grow` bytes and cuts it `keep` bytes after the new headers
 /// (`frame` is its length before), then writes the L2 header back to the sender (MACs
@@ -251,7 +251,7 @@ fn too_big_v4(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
         return TOO_BIG_DROP;
     };
     if pkt.write(l3, &ip) && pkt.write(l3 + IPV4_HLEN, &icmp) {
-        (xdp_action::XDP_TX, reason::TOO_BIG_SIGNALLED)
+        (xdp_action::XDP_TX, Reason::TooBigSignalled as u32)
     } else {
         TOO_BIG_DROP
     }
@@ -279,7 +279,7 @@ fn too_big_v6(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
         && pkt.write(l3 + 24, &h.src)
         && pkt.write(l3 + IPV6_HLEN, &icmp);
     if ok {
-        (xdp_action::XDP_TX, reason::TOO_BIG_SIGNALLED)
+        (xdp_action::XDP_TX, Reason::TooBigSignalled as u32)
     } else {
         TOO_BIG_DROP
     }

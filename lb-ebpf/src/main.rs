@@ -27,7 +27,7 @@ use lb_common::{
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, TCP_SYN, parse},
-    stats::{ACTIONS, GLOBAL_COUNTERS, reason},
+    stats::{ACTIONS, GLOBAL_COUNTERS, Reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
 
@@ -172,7 +172,7 @@ pub fn xlb_bench_restore(ctx: XdpContext) -> u32 {
 pub struct Verdict {
     pub action: u32,
     pub why: u16,
-    /// With `reason::DROP_TOO_BIG`: the MTU to announce to the client (0: none).
+    /// With `Reason::DropTooBig as u32`: the MTU to announce to the client (0: none).
     pub mtu: u16,
 }
 const _: () = assert!(size_of::<Verdict>() == 8);
@@ -200,13 +200,13 @@ fn balance(ctx: &XdpContext) -> (u32, u32) {
     let h = match parse_packet(ctx.ctx, &mut headers) {
         // SAFETY: parse_packet initialised the headers when it says the packet is IP.
         PARSED_IP => unsafe { headers.assume_init_ref() },
-        PARSED_NOT_IP => return (xdp_action::XDP_PASS, reason::PASS_NOT_IP),
-        _ => return (xdp_action::XDP_PASS, reason::PASS_BAD_IP),
+        PARSED_NOT_IP => return (xdp_action::XDP_PASS, Reason::PassNotIp as u32),
+        _ => return (xdp_action::XDP_PASS, Reason::PassBadIp as u32),
     };
     match h.l4 {
         L4::Ports => {
             let v = vip_packet(ctx.ctx, h);
-            if u32::from(v.why) == reason::DROP_TOO_BIG && v.mtu != 0 {
+            if u32::from(v.why) == Reason::DropTooBig as u32 && v.mtu != 0 {
                 return icmp::too_big(ctx.ctx, h, v.mtu);
             }
             (v.action, u32::from(v.why))
@@ -215,16 +215,16 @@ fn balance(ctx: &XdpContext) -> (u32, u32) {
             match icmp::kind(ctx.ctx, h) {
                 icmp::ECHO => icmp::echo_reply(ctx.ctx, h),
                 icmp::ERROR => icmp::steer_error(ctx.ctx, h),
-                _ => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+                _ => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
             }
         }
-        L4::Other => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        L4::Other => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
         L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
-            refuse_if_vip_address(&h.dst, h.family, reason::DROP_FRAGMENT)
+            refuse_if_vip_address(&h.dst, h.family, Reason::DropFragment as u32)
         }
-        L4::Fragment => (xdp_action::XDP_PASS, reason::PASS_NOT_VIP),
+        L4::Fragment => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
         // A bad TCP/UDP header, or an IPv6 header chain too long to find one.
-        L4::Malformed => refuse_if_vip_address(&h.dst, h.family, reason::DROP_MALFORMED),
+        L4::Malformed => refuse_if_vip_address(&h.dst, h.family, Reason::DropMalformed as u32),
     }
 }
 
@@ -239,10 +239,10 @@ fn balance(ctx: &XdpContext) -> (u32, u32) {
 fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
     let ctx = XdpContext::new(ctx);
     if !select::may_be_vip(&h.dst) {
-        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNotVip as u32);
     }
     let Some(s) = select::scratch() else {
-        return Verdict::new(xdp_action::XDP_DROP, reason::DROP_NO_BACKEND);
+        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
     };
     s.flow = flow_key(h, h.dport, 0);
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
@@ -250,7 +250,7 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
         return forward::send(&ctx, h, s.backend.vip, s);
     }
     let Some((vip_key, vip)) = select::find_vip(h) else {
-        return Verdict::new(xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNotVip as u32);
     };
     let mut how = 0;
     if vip.flags & VIP_F_HASH_SOURCE != 0 {
@@ -290,7 +290,7 @@ const PARSED_IP: u32 = 2;
 #[inline(always)]
 fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u32) {
     if !select::may_be_vip(dst) {
-        return (xdp_action::XDP_PASS, reason::PASS_NOT_VIP);
+        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
     }
     let key = VipKey {
         addr: *dst,
@@ -302,7 +302,7 @@ fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u
     if unsafe { VIP_ADDRS.get(key) }.is_some() {
         (xdp_action::XDP_DROP, why)
     } else {
-        (xdp_action::XDP_PASS, reason::PASS_NOT_VIP)
+        (xdp_action::XDP_PASS, Reason::PassNotVip as u32)
     }
 }
 

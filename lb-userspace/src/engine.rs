@@ -232,7 +232,7 @@ impl Engine {
                 backends: Vec::new(),
             };
             let mut backends = BTreeMap::new();
-            for (id, b) in by_vip.remove(&info.id).unwrap_or_default() {
+            for (id, b) in by_vip.remove(&info.index).unwrap_or_default() {
                 let Some(addr) = b.ip() else { continue };
                 let bc = BackendConfig {
                     address: addr,
@@ -264,10 +264,10 @@ impl Engine {
                     },
                 );
             }
-            self.vip_ids.insert(info.id);
+            self.vip_ids.insert(info.index);
             let mut vip = VipState {
                 config,
-                id: info.id,
+                id: info.index,
                 table: info.table,
                 backends,
                 fail_open: false,
@@ -502,7 +502,7 @@ impl Engine {
         self.lb.set_vip(
             &key,
             &VipInfo {
-                id,
+                index: id,
                 table,
                 flags: vip_flags(vc),
                 reserved: 0,
@@ -847,7 +847,7 @@ impl Engine {
                 self.lb.set_vip(
                     &key,
                     &VipInfo {
-                        id: vip_id,
+                        index: vip_id,
                         table: spare,
                         flags,
                         reserved: 0,

@@ -69,7 +69,7 @@ impl Balancer {
             return Ok(Some(Prediction {
                 vip_key,
                 vip: VipInfo {
-                    id: self.backend(v.backend)?.vip,
+                    index: self.backend(v.backend)?.vip,
                     ..VipInfo::default()
                 },
                 flow: five,

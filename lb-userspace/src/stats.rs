@@ -6,23 +6,13 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::stats::{ACTION_NAMES, ACTIONS, reason};
+use lb_common::stats::{ACTION_NAMES, ACTIONS, Reason};
 
 use crate::{
     api::{BackendStatus, Counters, NamedCount, Snapshot, VipStatus},
     dataplane::DataplaneError,
     engine::{Engine, ago},
 };
-
-/// The name of a reason kind (`lb_common::stats::reason::KIND_*`).
-pub fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        reason::KIND_FORWARD => "forward",
-        reason::KIND_PASS => "pass",
-        reason::KIND_DROP => "drop",
-        _ => "reply",
-    }
-}
 
 /// Sum of the reasons of one kind.
 pub fn total(s: &Snapshot, kind: &str) -> u64 {
@@ -99,11 +89,12 @@ pub fn snapshot(
             kind: String::new(),
         })
         .collect();
-    let reasons = (0..reason::COUNT as usize)
-        .map(|i| NamedCount {
-            name: reason::NAMES[i].to_owned(),
-            value: global[ACTIONS as usize + i],
-            kind: kind_name(reason::KINDS[i]).to_owned(),
+    let reasons = Reason::ALL
+        .iter()
+        .map(|r| NamedCount {
+            name: r.name().to_owned(),
+            value: global[(ACTIONS + r.index()) as usize],
+            kind: r.kind().name().to_owned(),
         })
         .collect();
     Ok(Snapshot {

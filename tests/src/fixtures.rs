@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use lb_common::stats::{ACTIONS, reason};
+use lb_common::stats::{ACTIONS, Reason};
 
 use crate::{
     lab::Lab,
@@ -31,8 +31,8 @@ pub struct Fixture {
     pub input: Vec<u8>,
     pub action: u32,
     pub output: Output,
-    /// `lb_common::stats::reason` counter that must move by one.
-    pub reason: u32,
+    /// The `lb_common::stats::Reason` counter that must move by one.
+    pub reason: Reason,
     /// For forwarded packets, the backend id userspace predicted.
     pub backend: Option<u32>,
 }
@@ -60,7 +60,7 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
             input: p.build(),
             action,
             output: Output::Frame(frame),
-            reason: reason::FORWARDED,
+            reason: Reason::Forwarded,
             backend: Some(id),
         });
     };
@@ -182,12 +182,12 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         input: p.build(),
         action: XDP_PASS,
         output: Output::Frame(frame),
-        reason: reason::PASS_NO_NEIGH,
+        reason: Reason::PassNoNeigh,
         backend: Some(pred.backend()),
     });
 
     // Not VIP traffic: passed byte for byte.
-    let mut pass = |name: &'static str, p: Packet, why: u32| {
+    let mut pass = |name: &'static str, p: Packet, why: Reason| {
         out.push(Fixture {
             name,
             input: p.build(),
@@ -203,89 +203,89 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
             "192.0.2.1".parse().unwrap(),
             "203.0.113.10".parse().unwrap(),
         ),
-        reason::PASS_NOT_IP,
+        Reason::PassNotIp,
     );
     pass(
         "LLDP frame",
         Packet::ethertype(0x88cc, &[0x02, 0x07, 0x04, 0, 0, 0, 0, 0, 1])
             .macs([0x01, 0x80, 0xc2, 0, 0, 0x0e], crate::packet::ROUTER_MAC),
-        reason::PASS_NOT_IP,
+        Reason::PassNotIp,
     );
     pass(
         "tcp4 to another address",
         Packet::tcp(c4, 40000, ip("203.0.113.11"), 80, SYN),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "tcp4 to the VIP address on another port",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 443, SYN),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "udp4 to the VIP address and port of a TCP VIP",
         Packet::udp(c4, 40000, ip("203.0.113.10"), 80),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "ICMP echo request to another address",
         Packet::icmp(c4, ip("203.0.113.11"), 8, 0, &[0, 1, 0, 1]),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "ICMP echo reply to a VIP address",
         Packet::icmp(c4, ip("203.0.113.10"), 0, 0, &[0, 1, 0, 1]),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "GRE (another protocol) to a VIP address",
         Packet::ip_proto(c4, ip("203.0.113.10"), 47).payload(&[0; 8]),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "tcp6 to another address",
         Packet::tcp(c6, 40000, ip("2001:db8:203::11"), 443, SYN),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "tcp4 from the LB host's own subnet to a non-VIP",
         Packet::tcp(ip("198.51.100.21"), 22, ip("198.51.100.1"), 40000, ACK),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
     pass(
         "two VLAN tags (QinQ) in front of a VIP packet: not parsed",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN)
             .vlan_tpid(ETH_P_8021AD, 10)
             .vlan_tpid(ETH_P_8021Q, 20),
-        reason::PASS_NOT_IP,
+        Reason::PassNotIp,
     );
     pass(
         "IPv4 header cut short",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).truncate(14 + 16),
-        reason::PASS_BAD_IP,
+        Reason::PassBadIp,
     );
     pass(
         "IPv4 IHL below 5",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ipv4_ihl(4),
-        reason::PASS_BAD_IP,
+        Reason::PassBadIp,
     );
     pass(
         "IPv4 total length beyond the frame",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ipv4_total_len(200),
-        reason::PASS_BAD_IP,
+        Reason::PassBadIp,
     );
     pass(
         "IPv6 payload length beyond the frame",
         Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN).ipv6_payload_len(400),
-        reason::PASS_BAD_IP,
+        Reason::PassBadIp,
     );
     pass(
         "fragment to a non-VIP address",
         Packet::udp(c4, 1, ip("203.0.113.11"), 53).ipv4_frag(0x2000),
-        reason::PASS_NOT_VIP,
+        Reason::PassNotVip,
     );
 
     // VIP traffic that cannot be forwarded: dropped with a reason.
-    let mut drop = |name: &'static str, p: Packet, why: u32| {
+    let mut drop = |name: &'static str, p: Packet, why: Reason| {
         out.push(Fixture {
             name,
             input: p.build(),
@@ -300,14 +300,14 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         Packet::udp(c4, 5000, ip("203.0.113.10"), 53)
             .payload(&[1; 64])
             .ipv4_frag(0x2000),
-        reason::DROP_FRAGMENT,
+        Reason::DropFragment,
     );
     drop(
         "later IPv4 fragment (offset) to a VIP address",
         Packet::ip_proto(c4, ip("203.0.113.10"), 17)
             .payload(&[1; 64])
             .ipv4_frag(0x0010),
-        reason::DROP_FRAGMENT,
+        Reason::DropFragment,
     );
     drop(
         "IPv6 fragment to a VIP",
@@ -316,43 +316,43 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
             more: true,
             id: 9,
         }),
-        reason::DROP_FRAGMENT,
+        Reason::DropFragment,
     );
     drop(
         "TCP header cut short inside a consistent IP packet",
         Packet::ip_proto(c4, ip("203.0.113.10"), TCP)
             .payload(&[0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0]),
-        reason::DROP_MALFORMED,
+        Reason::DropMalformed,
     );
     drop(
         "TCP data offset below 5",
         Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).tcp_data_offset(4),
-        reason::DROP_MALFORMED,
+        Reason::DropMalformed,
     );
     drop(
         "UDP length 0",
         Packet::udp(c4, 5000, ip("203.0.113.10"), 53).udp_len(0),
-        reason::DROP_MALFORMED,
+        Reason::DropMalformed,
     );
     drop(
         "IPv6 extension chain longer than the parser walks",
         long_ext_chain(c6),
-        reason::DROP_MALFORMED,
+        Reason::DropMalformed,
     );
     drop(
         "VIP with no backend",
         Packet::tcp(c4, 40000, ip("203.0.113.50"), 80, SYN),
-        reason::DROP_NO_BACKEND,
+        Reason::DropNoBackend,
     );
     drop(
         "backend behind an unreachable route",
         Packet::tcp(c4, 40000, ip("203.0.113.60"), 80, SYN),
-        reason::DROP_NO_ROUTE,
+        Reason::DropNoRoute,
     );
     drop(
         "IPv6 VIP with an IPv4 backend (cannot be encapsulated)",
         Packet::tcp(c6, 40000, ip("2001:db8:203::30"), 80, SYN),
-        reason::DROP_FAMILY,
+        Reason::DropFamily,
     );
     let _ = (ICMP, RST);
     out.extend(icmp_fixtures(lab));
@@ -385,7 +385,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
                 .ipv4_id(0)
                 .ipv4_frag(0),
         ),
-        reason: reason::ICMP_ECHO_ANSWERED,
+        reason: Reason::IcmpEchoAnswered,
         backend: None,
     });
     out.push(Fixture {
@@ -393,7 +393,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
         input: Packet::icmp(c6, vip6, 128, 0, &echo4).build(),
         action: XDP_TX,
         output: reply(Packet::icmp(vip6, c6, 129, 0, &echo4)),
-        reason: reason::ICMP_ECHO_ANSWERED,
+        reason: Reason::IcmpEchoAnswered,
         backend: None,
     });
 
@@ -417,7 +417,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
             input: err.build(),
             action: XDP_TX,
             output: Output::Frame(frame),
-            reason: reason::ICMP_ERROR_STEERED,
+            reason: Reason::IcmpErrorSteered,
             backend: Some(pred.backend()),
         }
     };
@@ -439,7 +439,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
         input: Packet::too_big(ip("192.0.2.254"), vip4, 1400, &not_vip).build(),
         action: XDP_PASS,
         output: Output::Unchanged,
-        reason: reason::PASS_NOT_VIP,
+        reason: Reason::PassNotVip,
         backend: None,
     });
 
@@ -456,7 +456,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
             input: big.build(),
             action: XDP_TX,
             output: reply(answer),
-            reason: reason::TOO_BIG_SIGNALLED,
+            reason: Reason::TooBigSignalled,
             backend: None,
         }
     };
@@ -495,7 +495,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
             .build(),
         action: XDP_PASS,
         output: Output::Unchanged,
-        reason: reason::PASS_NOT_VIP,
+        reason: Reason::PassNotVip,
         backend: None,
     });
     out.push(Fixture {
@@ -506,7 +506,7 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
             .build(),
         action: XDP_DROP,
         output: Output::Unchanged,
-        reason: reason::DROP_TOO_BIG,
+        reason: Reason::DropTooBig,
         backend: None,
     });
     out
@@ -550,7 +550,7 @@ pub fn check(lab: &Lab, f: &Fixture) -> Result<(), String> {
     let expected = {
         let mut e = vec![
             (f.action as usize, 1u64),
-            ((ACTIONS + f.reason) as usize, 1u64),
+            ((ACTIONS + f.reason.index()) as usize, 1u64),
         ];
         e.sort();
         e
@@ -580,6 +580,6 @@ pub fn counter_name(i: u32) -> String {
     if i < ACTIONS {
         format!("action:{}", lb_common::stats::ACTION_NAMES[i as usize])
     } else {
-        format!("reason:{}", reason::NAMES[(i - ACTIONS) as usize])
+        format!("reason:{}", Reason::ALL[(i - ACTIONS) as usize].name())
     }
 }

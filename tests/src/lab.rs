@@ -295,7 +295,7 @@ impl Lab {
             lb.set_vip(
                 &key,
                 &VipInfo {
-                    id: vid as u32,
+                    index: vid as u32,
                     table,
                     flags: v.flags,
                     reserved: 0,

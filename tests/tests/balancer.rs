@@ -222,7 +222,7 @@ fn ipv6_outer_flow_label_is_the_flow_hash_on_every_packet() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
-    use lb_common::stats::{ACTIONS, reason};
+    use lb_common::stats::{ACTIONS, Reason};
     use std::time::{Duration, Instant};
 
     let lab = Lab::new();
@@ -274,10 +274,13 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
     });
     eprintln!("new MAC used after {took:?}");
 
-    let no_route = lab.counter(ACTIONS + reason::DROP_NO_ROUTE);
+    let no_route = lab.counter(ACTIONS + Reason::DropNoRoute as u32);
     lab.ns.ip(&["route", "add", "blackhole", "198.18.0.5/32"]);
     within("withdrawn route", &p.build(), &|action, _| action == 1);
-    assert_eq!(lab.counter(ACTIONS + reason::DROP_NO_ROUTE), no_route + 1);
+    assert_eq!(
+        lab.counter(ACTIONS + Reason::DropNoRoute as u32),
+        no_route + 1
+    );
 
     lab.ns.ip(&["route", "del", "blackhole", "198.18.0.5/32"]);
     // Locked: forwarding uses a route's MTU only then (or with ip_forward_use_pmtu).
@@ -291,10 +294,10 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
         "lock",
         "1000",
     ]);
-    let signalled = lab.counter(ACTIONS + reason::TOO_BIG_SIGNALLED);
+    let signalled = lab.counter(ACTIONS + Reason::TooBigSignalled as u32);
     within("lowered MTU", &big.build(), &|action, _| action == XDP_TX);
     assert_eq!(
-        lab.counter(ACTIONS + reason::TOO_BIG_SIGNALLED),
+        lab.counter(ACTIONS + Reason::TooBigSignalled as u32),
         signalled + 1
     );
     // Packets that fit still go, to the new MAC.
@@ -332,7 +335,9 @@ fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
     // The "web4" VIP's table and backends, under a new address.
     let (_, web) = lab.vip("web4");
     let info = lab.lb.vip(&web).unwrap().unwrap();
-    lab.lb.set_vip(&key, &VipInfo { id: 15, ..info }).unwrap();
+    lab.lb
+        .set_vip(&key, &VipInfo { index: 15, ..info })
+        .unwrap();
     lab.lb.set_vip_address(&addr_key, 1).unwrap();
     assert_eq!(is_set(&lab), 1);
     let (action, _) = lab.run(&p.build());
@@ -376,7 +381,7 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
         .set_vip(
             &key,
             &VipInfo {
-                id: 14,
+                index: 14,
                 table: 28,
                 ..web_info
             },
@@ -403,7 +408,7 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
         .predict(&data.build())
         .unwrap()
         .expect("still followed");
-    assert_eq!((between.backend(), between.vip.id), (id, 14));
+    assert_eq!((between.backend(), between.vip.index), (id, 14));
     lab.set_backend_state(id, BACKEND_UNUSED, 7);
     assert_eq!(lab.lb.predict(&data.build()).unwrap(), None);
     let (action, out) = lab.run(&data.build());

@@ -139,7 +139,7 @@ fn any_bytes_get_a_defined_action_and_non_vip_traffic_is_untouched() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn every_truncation_of_a_vip_packet_is_refused_cleanly() {
-    use lb_common::stats::{ACTIONS, reason};
+    use lb_common::stats::{ACTIONS, Reason};
     use xlb_tests::packet::{ACK, SYN};
     let lab = Lab::new();
     let c4: IpAddr = "192.0.2.1".parse().unwrap();
@@ -157,9 +157,9 @@ fn every_truncation_of_a_vip_packet_is_refused_cleanly() {
         Packet::udp(c4, 5000, vip4, 53).vlan(7).payload(b"query"),
     ];
     let allowed = [
-        reason::PASS_NOT_IP,
-        reason::PASS_BAD_IP,
-        reason::DROP_MALFORMED,
+        Reason::PassNotIp as u32,
+        Reason::PassBadIp as u32,
+        Reason::DropMalformed as u32,
     ];
     for p in packets {
         let full = p.build();
@@ -175,13 +175,13 @@ fn every_truncation_of_a_vip_packet_is_refused_cleanly() {
                 "cut at {n}: action {action}"
             );
             assert_eq!(out, frame, "cut at {n}: the frame was changed");
-            let why = (0..reason::COUNT)
+            let why = (0..Reason::COUNT)
                 .find(|r| after[(ACTIONS + r) as usize] != before[(ACTIONS + r) as usize])
                 .unwrap();
             assert!(
                 allowed.contains(&why),
                 "cut at {n}: counted as {}",
-                reason::NAMES[why as usize]
+                Reason::ALL[why as usize].name()
             );
         }
     }
