@@ -15,9 +15,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use lb_common::stats::{Kind, Reason};
+
 use crate::{
-    config::{HashMode, VipId},
-    engine::{Event, Health},
+    config::{HashMode, VipId, XdpMode},
+    engine::{BackendState, Event, Health},
 };
 
 /// A request from the command line to the daemon.
@@ -121,8 +123,8 @@ pub struct BackendStatus {
     pub health_reason: String,
     /// Seconds since the health last changed.
     pub health_since_secs: u64,
-    /// `active`, `drained`, `deregistering` (removed, serving out its delay), or `down`.
-    pub state: String,
+    /// Active, drained, deregistering (removed, serving out its delay), or down.
+    pub state: BackendState,
     /// In the Maglev table: takes new flows.
     pub takes_new_flows: bool,
     /// Seconds left of the deregistration delay.
@@ -148,14 +150,75 @@ pub struct VipStatus {
     pub backends: Vec<BackendStatus>,
 }
 
-/// A named global counter.
+/// A named global counter (packets by XDP action).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NamedCount {
     pub name: String,
     pub value: u64,
-    /// For reasons: `forward`, `pass`, `drop` or `reply` (what happened to the packet).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub kind: String,
+}
+
+/// Packets counted under one reason. In JSON: `{"name", "value", "kind"}`, the kind being
+/// `forward`, `pass`, `drop` or `reply` (what happened to the packet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReasonCount {
+    pub reason: Reason,
+    pub value: u64,
+}
+
+impl ReasonCount {
+    pub fn kind(&self) -> Kind {
+        self.reason.kind()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReasonCountJson {
+    name: String,
+    value: u64,
+    #[serde(default)]
+    kind: String,
+}
+
+impl Serialize for ReasonCount {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ReasonCountJson {
+            name: self.reason.name().to_owned(),
+            value: self.value,
+            kind: self.reason.kind().name().to_owned(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReasonCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let j = ReasonCountJson::deserialize(d)?;
+        let reason = Reason::ALL
+            .into_iter()
+            .find(|r| r.name() == j.name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {:?}", j.name)))?;
+        Ok(Self {
+            reason,
+            value: j.value,
+        })
+    }
+}
+
+/// How the balancer is attached, in JSON: `native`, `generic`, or (when an earlier run
+/// attached it and the mode is unknown) `as attached by an earlier run`.
+mod attached {
+    use super::*;
+    const UNKNOWN: &str = "as attached by an earlier run";
+
+    pub fn serialize<S: serde::Serializer>(m: &Option<XdpMode>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(m.map_or(UNKNOWN, |m| m.as_str()))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<XdpMode>, D::Error> {
+        Ok(String::deserialize(d)?.parse().ok())
+    }
 }
 
 /// Everything the daemon knows, read at one moment.
@@ -164,13 +227,14 @@ pub struct Snapshot {
     /// Milliseconds since the Unix epoch when it was taken (for rates).
     pub taken_at_ms: u64,
     pub interface: String,
-    /// `native` or `generic`.
-    pub xdp_mode: String,
+    /// `Native` or `Generic`; `None` when an earlier run attached it (mode unknown).
+    #[serde(with = "attached")]
+    pub xdp_mode: Option<XdpMode>,
     pub vips: Vec<VipStatus>,
     /// Packets by XDP action.
     pub actions: Vec<NamedCount>,
     /// Packets by reason (forwarded, and every pass/drop reason).
-    pub reasons: Vec<NamedCount>,
+    pub reasons: Vec<ReasonCount>,
     /// Recent transitions, oldest first.
     pub events: Vec<Event>,
 }

@@ -25,7 +25,7 @@ use crate::{
 
 /// A change of health, sent to the daemon.
 #[derive(Debug, Clone)]
-pub struct Verdict {
+pub struct HealthChange {
     pub vip: VipId,
     pub backend: IpAddr,
     pub health: Health,
@@ -34,7 +34,7 @@ pub struct Verdict {
 
 /// What to probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub struct Probe {
     pub vip: VipId,
     pub backend: IpAddr,
     pub check: HealthCheck,
@@ -45,11 +45,11 @@ pub struct Target {
 /// The running probe tasks.
 pub struct Supervisor {
     tasks: HashMap<(VipId, IpAddr), (HealthCheck, JoinHandle<()>)>,
-    verdicts: mpsc::Sender<Verdict>,
+    verdicts: mpsc::Sender<HealthChange>,
 }
 
 impl Supervisor {
-    pub fn new(verdicts: mpsc::Sender<Verdict>) -> Self {
+    pub fn new(verdicts: mpsc::Sender<HealthChange>) -> Self {
         Self {
             tasks: HashMap::new(),
             verdicts,
@@ -58,7 +58,7 @@ impl Supervisor {
 
     /// Starts tasks for new targets, stops those of targets that are gone, restarts those
     /// whose settings changed. Targets with `ProbeKind::None` get no task.
-    pub fn reconcile(&mut self, targets: Vec<Target>) {
+    pub fn reconcile(&mut self, targets: Vec<Probe>) {
         let mut wanted = HashMap::new();
         for t in targets {
             if t.check.kind != ProbeKind::None {
@@ -101,7 +101,7 @@ impl Drop for Supervisor {
 
 /// A random delay in `[0, max]` (std's randomly keyed hasher as the source: no RNG
 /// dependency needed).
-fn jitter(max: Duration, t: &Target) -> Duration {
+fn jitter(max: Duration, t: &Probe) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
@@ -110,7 +110,7 @@ fn jitter(max: Duration, t: &Target) -> Duration {
     max * (r % 10_000) as u32 / 10_000
 }
 
-async fn probe_loop(t: Target, verdicts: mpsc::Sender<Verdict>) {
+async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
     let c = &t.check;
     sleep(jitter(c.jitter, &t)).await;
     let mut state = t.current;
@@ -141,7 +141,7 @@ async fn probe_loop(t: Target, verdicts: mpsc::Sender<Verdict>) {
         };
         if let Some((health, reason)) = change {
             state = health;
-            let v = Verdict {
+            let v = HealthChange {
                 vip: t.vip,
                 backend: t.backend,
                 health,
@@ -310,7 +310,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let vip: VipId = "203.0.113.10:80/tcp".parse().unwrap();
         let mut sup = Supervisor::new(tx);
-        let t = Target {
+        let t = Probe {
             vip,
             backend: "127.0.0.1".parse().unwrap(),
             check: check(ProbeKind::Http, port),
@@ -328,7 +328,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let moved = Target {
+        let moved = Probe {
             check: check(ProbeKind::Tcp, closed),
             current: Health::Healthy,
             ..t

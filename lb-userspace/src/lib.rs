@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod predict;
 pub mod programs;
 pub mod stats;
+pub mod words;

@@ -177,23 +177,24 @@ pub fn build_anchored(
     Builder::new(m, seed).build_anchored(entries, serving)
 }
 
+crate::words::words! {
 /// How backends claim slots. Both give every backend its exact weighted share and depend
 /// only on the set of backends and the seed; they differ in how many slots move between
-/// the backends that stay when one leaves the list.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Variant {
+/// the backends that stay when one leaves the list. (Configurations default to lockstep:
+/// `config::DEFAULT_MAGLEV_VARIANT`.)
+pub enum Variant expecting "\"lockstep\" or \"classic\"" {
     /// Maglev as published: on its turn a backend claims the next free slot in its order.
     /// Removing one of 100 backends moves about 1.56% of the slots, 0.56% between backends
     /// that stay; one of 1,000 about 0.68%, 0.58% between those that stay (m = 65,537).
-    #[default]
-    Classic,
+    Classic = "classic",
     /// On its turn a backend looks at its next choice only, and claims it if free (see
     /// the `lockstep` module): slots go to (backend, position) pairs in order of
     /// position, so a backend's good slots do not depend on how others fared earlier.
     /// Removing one of 100 backends moves about 1.31% of the slots (0.31% collateral), one
     /// of 1,000 about 0.43% (0.33% collateral): about 45% fewer collateral moves than
     /// [`Variant::Classic`], with the same balance. Its tables differ from classic ones.
-    Lockstep,
+    Lockstep = "lockstep",
+}
 }
 
 /// Table size, seed, variant and checks, for building several tables alike; [`build`]

@@ -9,7 +9,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlb::{
     api::{self, ClientError, Request, Response},
-    config::{self, Config, HashMode, VipId, XdpModeSetting},
+    config::{self, Config, HashMode, VipId, XdpMode},
     daemon, decap, stats,
 };
 
@@ -60,7 +60,7 @@ enum Command {
         iface: Option<String>,
         /// XDP attachment mode (overrides dataplane.xdp_mode).
         #[arg(long, value_enum)]
-        xdp_mode: Option<Mode>,
+        xdp_mode: Option<XdpMode>,
     },
     /// Validate a configuration file without applying it.
     #[command(after_help = "Example:\n  xlb check -c /etc/xlb/xlb.toml")]
@@ -109,21 +109,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Auto,
-    Native,
-    Generic,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Hash {
-    #[value(name = "5-tuple")]
-    FiveTuple,
-    #[value(name = "source-address")]
-    SourceAddress,
-}
-
 #[derive(Subcommand)]
 enum VipCommand {
     /// Add a VIP (ADDRESS:PORT/PROTOCOL; port 0 takes every port).
@@ -132,8 +117,8 @@ enum VipCommand {
         vip: VipId,
         #[arg(long)]
         name: Option<String>,
-        #[arg(long, value_enum, default_value_t = Hash::FiveTuple)]
-        hash: Hash,
+        #[arg(long, value_enum, default_value_t = HashMode::FiveTuple)]
+        hash: HashMode,
     },
     /// Remove a VIP (its connections end).
     Del { vip: VipId },
@@ -179,8 +164,8 @@ struct DecapArgs {
     #[arg(long)]
     detach: bool,
     /// XDP attachment mode.
-    #[arg(long, value_enum, default_value_t = Mode::Auto)]
-    xdp_mode: Mode,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    xdp_mode: XdpMode,
     /// Pin directory.
     #[arg(long, default_value = "/sys/fs/bpf/xlb-decap")]
     pin_dir: PathBuf,
@@ -212,21 +197,6 @@ fn main() -> ExitCode {
             eprintln!("xlb: {msg}");
             ExitCode::from(code)
         }
-    }
-}
-
-fn hash_mode(h: Hash) -> HashMode {
-    match h {
-        Hash::FiveTuple => HashMode::FiveTuple,
-        Hash::SourceAddress => HashMode::SourceAddress,
-    }
-}
-
-fn mode(m: Mode) -> XdpModeSetting {
-    match m {
-        Mode::Auto => XdpModeSetting::Auto,
-        Mode::Native => XdpModeSetting::Native,
-        Mode::Generic => XdpModeSetting::Generic,
     }
 }
 
@@ -264,7 +234,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             let opts = daemon::RunOptions {
                 config,
                 iface,
-                xdp_mode: xdp_mode.map(mode),
+                xdp_mode,
             };
             daemon::run(opts).map_err(|e| Failure(1, format!("{e:#}").replace('\n', " ")))
         }
@@ -298,11 +268,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Vip(VipCommand::Add { vip, name, hash }) => {
-            print_changes(request(Request::VipAdd {
-                vip,
-                name,
-                hash: hash_mode(hash),
-            })?);
+            print_changes(request(Request::VipAdd { vip, name, hash })?);
             Ok(())
         }
         Command::Vip(VipCommand::Del { vip }) => {
@@ -474,7 +440,7 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
     let ifidx = daemon::ifindex(&args.iface)
         .ok_or_else(|| Failure(1, format!("--iface: no interface named {:?}", args.iface)))?;
     let addrs = if args.address.is_empty() {
-        interface_addresses(&args.iface)
+        daemon::host::addresses(Some(&args.iface))
     } else {
         args.address.clone()
     };
@@ -502,13 +468,12 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
         d.add_local(*a).map_err(|e| Failure(1, e.to_string()))?;
     }
     let xmode = match args.xdp_mode {
-        Mode::Native => aya::programs::XdpMode::Driver,
-        Mode::Generic => aya::programs::XdpMode::Skb,
-        Mode::Auto => aya::programs::XdpMode::Driver,
+        XdpMode::Generic => aya::programs::XdpMode::Skb,
+        XdpMode::Native | XdpMode::Auto => aya::programs::XdpMode::Driver,
     };
     let link = match d.attach(ifidx, xmode) {
         Ok(l) => l,
-        Err(_) if matches!(args.xdp_mode, Mode::Auto) => {
+        Err(_) if args.xdp_mode == XdpMode::Auto => {
             eprintln!(
                 "xlb: native XDP failed on {}; using generic XDP",
                 args.iface
@@ -532,37 +497,4 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
         println!("decapsulating on {} for {}", args.iface, list.join(", "));
     }
     Ok(())
-}
-
-/// Every address of an interface (from getifaddrs).
-fn interface_addresses(iface: &str) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below; we only read entries it filled.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut p = list;
-        while !p.is_null() {
-            let e = &*p;
-            let name = std::ffi::CStr::from_ptr(e.ifa_name).to_string_lossy();
-            if name == iface && !e.ifa_addr.is_null() {
-                match i32::from((*e.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
-                    }
-                    libc::AF_INET6 => {
-                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sa.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
-            }
-            p = e.ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
 }

@@ -11,7 +11,12 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{api::Snapshot, engine::Health};
+use lb_common::stats::Kind;
+
+use crate::{
+    api::Snapshot,
+    engine::{BackendState, Health},
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -78,9 +83,9 @@ pub fn render(s: &Snapshot) -> String {
             be_new_flows_ok
                 .get_or_create(&bl)
                 .set(i64::from(b.takes_new_flows));
-            for state in ["active", "drained", "deregistering", "down"] {
+            for &state in BackendState::ALL {
                 let mut sl = bl.clone();
-                sl.push(("state".to_owned(), state.to_owned()));
+                sl.push(("state".to_owned(), state.to_string()));
                 be_state.get_or_create(&sl).set(i64::from(b.state == state));
             }
         }
@@ -169,12 +174,12 @@ pub fn render(s: &Snapshot) -> String {
     let forwarded: Family<Labels, Counter> = family();
     let replies: Family<Labels, Counter> = family();
     for c in &s.reasons {
-        let l = vec![("reason".to_owned(), c.name.clone())];
-        let f = match c.kind.as_str() {
-            "forward" => &forwarded,
-            "pass" => &passes,
-            "reply" => &replies,
-            _ => &drops,
+        let l = vec![("reason".to_owned(), c.reason.name().to_owned())];
+        let f = match c.kind() {
+            Kind::Forward => &forwarded,
+            Kind::Pass => &passes,
+            Kind::Reply => &replies,
+            Kind::Drop => &drops,
         };
         f.get_or_create(&l).inc_by(c.value);
     }

@@ -6,19 +6,20 @@ use std::{
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::stats::{ACTION_NAMES, ACTIONS, Reason};
+use lb_common::stats::{ACTION_NAMES, ACTIONS, Kind, Reason};
 
 use crate::{
-    api::{BackendStatus, Counters, NamedCount, Snapshot, VipStatus},
+    api::{BackendStatus, Counters, NamedCount, ReasonCount, Snapshot, VipStatus},
+    config::XdpMode,
     dataplane::DataplaneError,
     engine::{Engine, ago},
 };
 
 /// Sum of the reasons of one kind.
-pub fn total(s: &Snapshot, kind: &str) -> u64 {
+pub fn total(s: &Snapshot, kind: Kind) -> u64 {
     s.reasons
         .iter()
-        .filter(|r| r.kind == kind)
+        .filter(|r| r.kind() == kind)
         .map(|r| r.value)
         .sum()
 }
@@ -27,25 +28,16 @@ pub fn total(s: &Snapshot, kind: &str) -> u64 {
 pub fn snapshot(
     engine: &Engine,
     interface: &str,
-    xdp_mode: &str,
+    xdp_mode: Option<XdpMode>,
 ) -> Result<Snapshot, DataplaneError> {
-    let lb = engine.balancer();
+    let lb = engine.maps();
     let now = Instant::now();
     let mut vips = Vec::new();
     for (id, v) in engine.vips() {
-        let s = lb.vip_stats(v.id)?;
+        let s = lb.vip_stats(v.index)?;
         let mut backends = Vec::new();
         for (addr, b) in &v.backends {
             let c = lb.backend_stats(b.id)?;
-            let state = if b.removing.is_some() {
-                "deregistering"
-            } else if b.drained {
-                "drained"
-            } else if b.dataplane_state == lb_common::BACKEND_DOWN {
-                "down"
-            } else {
-                "active"
-            };
             backends.push(BackendStatus {
                 address: *addr,
                 id: b.id,
@@ -53,7 +45,7 @@ pub fn snapshot(
                 health: b.health,
                 health_reason: b.health_reason.clone(),
                 health_since_secs: ago(b.health_since).as_secs(),
-                state: state.to_owned(),
+                state: b.state(),
                 takes_new_flows: b.in_table,
                 deregistration_left_secs: b
                     .removing
@@ -86,15 +78,13 @@ pub fn snapshot(
         .map(|i| NamedCount {
             name: ACTION_NAMES[i].to_owned(),
             value: global[i],
-            kind: String::new(),
         })
         .collect();
     let reasons = Reason::ALL
         .iter()
-        .map(|r| NamedCount {
-            name: r.name().to_owned(),
-            value: global[(ACTIONS + r.index()) as usize],
-            kind: r.kind().name().to_owned(),
+        .map(|&reason| ReasonCount {
+            reason,
+            value: global[(ACTIONS + reason.index()) as usize],
         })
         .collect();
     Ok(Snapshot {
@@ -103,7 +93,7 @@ pub fn snapshot(
             .unwrap_or_default()
             .as_millis() as u64,
         interface: interface.to_owned(),
-        xdp_mode: xdp_mode.to_owned(),
+        xdp_mode,
         vips,
         actions,
         reasons,
@@ -164,7 +154,7 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
         );
         for b in &v.backends {
             let pb = pv.and_then(|p| p.backends.iter().find(|x| x.address == b.address));
-            let state = format!("{}/{}", b.state, health_word(b.health));
+            let state = format!("{}/{}", b.state, b.health);
             let _ = writeln!(
                 out,
                 "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
@@ -183,21 +173,21 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
     let drops: Vec<String> = now
         .reasons
         .iter()
-        .filter(|r| r.kind == "drop" && r.value > 0)
-        .map(|r| format!("{}={}", r.name, r.value))
+        .filter(|r| r.kind() == Kind::Drop && r.value > 0)
+        .map(|r| format!("{}={}", r.reason.name(), r.value))
         .collect();
-    let replies = total(now, "reply");
+    let replies = total(now, Kind::Reply);
     let _ = writeln!(
         out,
         "\nforwarded {}  passed to the kernel {}  {}dropped {}{}",
-        total(now, "forward"),
-        total(now, "pass"),
+        total(now, Kind::Forward),
+        total(now, Kind::Pass),
         if replies > 0 {
             format!("answered by xlb {replies}  ")
         } else {
             String::new()
         },
-        total(now, "drop"),
+        total(now, Kind::Drop),
         if drops.is_empty() {
             String::new()
         } else {
@@ -207,14 +197,6 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
     out
 }
 
-fn health_word(h: crate::engine::Health) -> &'static str {
-    match h {
-        crate::engine::Health::Unknown => "unknown",
-        crate::engine::Health::Healthy => "healthy",
-        crate::engine::Health::Unhealthy => "unhealthy",
-    }
-}
-
 /// The `xlb status` report: VIPs, backends with health and reasons, recent events.
 pub fn status_text(s: &Snapshot) -> String {
     let mut out = String::new();
@@ -222,7 +204,8 @@ pub fn status_text(s: &Snapshot) -> String {
         out,
         "interface {} (XDP {}), {} VIPs",
         s.interface,
-        s.xdp_mode,
+        s.xdp_mode
+            .map_or("as attached by an earlier run", |m| m.as_str()),
         s.vips.len()
     );
     for v in &s.vips {
@@ -254,11 +237,11 @@ pub fn status_text(s: &Snapshot) -> String {
                 b.address.to_string(),
                 b.weight,
                 b.state,
-                health_word(b.health),
+                b.health,
                 if b.takes_new_flows { "yes" } else { "no" },
                 b.counters.packets,
                 b.counters.new_flows,
-                health_word(b.health),
+                b.health,
                 b.health_since_secs,
                 b.health_reason,
             );
@@ -276,7 +259,12 @@ pub fn status_text(s: &Snapshot) -> String {
                 Some(b) => format!("{} {b}", e.vip),
                 None => e.vip.clone(),
             };
-            let _ = writeln!(out, "  {age:>5}s ago  {who}: {}", e.message);
+            let by = if e.origin.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", e.origin)
+            };
+            let _ = writeln!(out, "  {age:>5}s ago  {who}: {}{by}", e.message);
         }
     }
     out

@@ -261,7 +261,7 @@ fn metrics_parse_and_match_stats_and_survive_restarts() {
     let forwarded = stats
         .reasons
         .iter()
-        .find(|r| r.name == "forwarded")
+        .find(|r| r.reason.name() == "forwarded")
         .unwrap()
         .value;
     assert_eq!(

@@ -141,7 +141,7 @@ fn a_drained_backend_keeps_its_stream_and_gets_no_new_connections() {
     }
     assert!(back == data, "the stream's bytes came back intact");
     let st = s.daemon.status();
-    assert_eq!(backend(&st, "198.51.100.11").state, "drained");
+    assert_eq!(backend(&st, "198.51.100.11").state.as_str(), "drained");
     // Undrain: it takes new flows again.
     let (code, _, _) =
         s.daemon
@@ -229,7 +229,10 @@ fn a_removed_backend_serves_out_its_deregistration_delay() {
         .cli(&["backend", "del", "203.0.113.10:80/tcp", "198.51.100.12"]);
     assert_eq!(code, 0, "{err}");
     let st = s.daemon.status();
-    assert_eq!(backend(&st, "198.51.100.12").state, "deregistering");
+    assert_eq!(
+        backend(&st, "198.51.100.12").state.as_str(),
+        "deregistering"
+    );
     // During the delay: the connection works, new ones go to backend 1.
     for i in 0..5 {
         c.write_all(b"ping\n").unwrap();

@@ -158,7 +158,7 @@ fn a_daemon_killed_during_applies_restarts_into_one_consistent_version() {
                     v.vip.to_string(),
                     v.backends
                         .iter()
-                        .filter(|b| b.state != "deregistering")
+                        .filter(|b| b.state.as_str() != "deregistering")
                         .map(|b| (b.address.to_string(), b.weight))
                         .collect(),
                 )
@@ -281,7 +281,7 @@ fn malformed_and_invalid_requests_change_nothing() {
                 let backends: Vec<_> = v
                     .backends
                     .iter()
-                    .map(|b| (b.address, b.id, b.weight, b.state.clone()))
+                    .map(|b| (b.address, b.id, b.weight, b.state))
                     .collect();
                 (v.vip, backends)
             })

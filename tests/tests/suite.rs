@@ -175,8 +175,13 @@ fn traffic_that_is_not_for_a_vip_is_untouched() {
     }
     drop(lb_service);
     let after = s.daemon.status();
-    let count =
-        |st: &xlb::api::Snapshot, n: &str| st.reasons.iter().find(|r| r.name == n).unwrap().value;
+    let count = |st: &xlb::api::Snapshot, n: &str| {
+        st.reasons
+            .iter()
+            .find(|r| r.reason.name() == n)
+            .unwrap()
+            .value
+    };
     assert_eq!(
         count(&after, "forwarded"),
         count(&before, "forwarded"),
@@ -190,7 +195,7 @@ fn traffic_that_is_not_for_a_vip_is_untouched() {
         count(&after, "not_ip") > count(&before, "not_ip"),
         "ARP passed as not_ip"
     );
-    let dropped = |st: &xlb::api::Snapshot| xlb::stats::total(st, "drop");
+    let dropped = |st: &xlb::api::Snapshot| xlb::stats::total(st, lb_common::stats::Kind::Drop);
     assert_eq!(dropped(&after), dropped(&before), "nothing dropped");
 }
 
@@ -290,7 +295,13 @@ fn path_mtu_discovery_works_through_the_balancer() {
         upload(&s, vip.parse().unwrap(), 8 << 20);
     }
     let st = s.daemon.status();
-    let count = |n: &str| st.reasons.iter().find(|r| r.name == n).unwrap().value;
+    let count = |n: &str| {
+        st.reasons
+            .iter()
+            .find(|r| r.reason.name() == n)
+            .unwrap()
+            .value
+    };
     assert!(
         count("too_big_signalled") >= 2,
         "the clients were told (v4 and v6): {}",
@@ -318,7 +329,7 @@ fn ping_to_a_vip_is_answered_by_the_balancer() {
     let answered = st
         .reasons
         .iter()
-        .find(|r| r.name == "icmp_echo_answered")
+        .find(|r| r.reason.name() == "icmp_echo_answered")
         .unwrap()
         .value;
     assert_eq!(answered, 3);

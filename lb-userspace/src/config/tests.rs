@@ -318,3 +318,51 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_file_schema_round_trips_through_the_same_validation() {
+    for text in [
+        GOOD.to_owned(),
+        GOOD.replace(
+            "port = 443\n",
+            "port = 0\nhealth_check = { protocol = \"none\" }\n",
+        ),
+    ] {
+        let c = parse(&text).unwrap();
+        let saved = c.to_toml();
+        let back = Config::parse(&saved, "saved").unwrap_or_else(|e| panic!("{e}\n{saved}"));
+        assert_eq!(back, c, "{saved}");
+    }
+    // A backend with its own health check keeps it; one without inherits the VIP's.
+    let text = GOOD.replace(
+        "{ address = \"198.51.100.22\" }",
+        "{ address = \"198.51.100.22\", health_check = { port = 8080 } }",
+    );
+    let c = parse(&text).unwrap();
+    let f = c.to_file();
+    assert!(f.vips[0].backends[0].health_check.is_none());
+    assert_eq!(
+        f.vips[0].backends[1].health_check.as_ref().unwrap().port,
+        Some(8080)
+    );
+    assert_eq!(Config::from_file(&f).unwrap(), c);
+}
+
+#[test]
+fn run_time_errors_name_vips_and_backends_by_address() {
+    let e = error_with("weight = 100", "weight = 2000000");
+    assert_eq!(
+        e,
+        "vip[0].backends[0].weight: 2000000 is out of range 0-1000000"
+    );
+    let e = parse(&GOOD.replacen("weight = 100", "weight = 2000000", 1)).unwrap_err();
+    assert_eq!(
+        e.for_operator(),
+        "VIP 203.0.113.10:80/tcp backend 198.51.100.21 weight: 2000000 is out of range 0-1000000"
+    );
+    let e = parse(&GOOD.replacen("name = \"web\"", "name = \"a\\nb\"", 1)).unwrap_err();
+    assert_eq!(
+        e.for_operator(),
+        "VIP 203.0.113.10:80/tcp name: \"a\\nb\" must be 1 to 64 printable characters without quotes or backslashes"
+    );
+}

@@ -1,0 +1,492 @@
+//! Validation, one function per section, then the rules that relate sections
+//! ([`Config::check`]). Every error names its place as data ([`Location`]).
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use super::{
+    BackendConfig, Config, ConfigError, DEFAULT_DEREGISTRATION_DELAY, DEFAULT_METRICS,
+    DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_WEIGHT, DaemonSettings, DataplaneSettings,
+    HealthCheck, Location, MAX_WEIGHT, VipConfig, VipId,
+    file::{self, File, HealthFile, Listen},
+    health_defaults,
+    types::{DEFAULT_MAGLEV_VARIANT, HashMode, ProbeKind, Protocol, XdpMode},
+};
+use crate::{
+    dataplane::Limits,
+    maglev::{self, is_prime, next_prime},
+    words::quote,
+};
+
+/// Where in the configuration a check is: turns a field name into a [`Location`].
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Top level: the field is a dotted path (`dataplane.max_vips`, `health_check.port`).
+    Top,
+    Vip(usize, Option<VipId>),
+    Backend(usize, Option<VipId>, usize, Option<IpAddr>),
+}
+
+impl Scope {
+    fn err(self, field: &str, message: impl Into<String>) -> ConfigError {
+        let field = field.to_owned();
+        let at = match self {
+            Scope::Top => Location::Setting(field),
+            Scope::Vip(index, vip) => Location::Vip { index, vip, field },
+            Scope::Backend(vip_index, vip, index, address) => Location::Backend {
+                vip_index,
+                vip,
+                index,
+                address,
+                field,
+            },
+        };
+        ConfigError {
+            at,
+            message: message.into(),
+        }
+    }
+
+    /// An integer field within `[min, max]`, `default` when absent.
+    fn int_in(
+        self,
+        field: &str,
+        v: Option<i64>,
+        default: i64,
+        (min, max): (i64, i64),
+    ) -> Result<u32, ConfigError> {
+        let v = v.unwrap_or(default);
+        if v < min || v > max {
+            return Err(self.err(field, format!("{v} is out of range {min}-{max}")));
+        }
+        Ok(v as u32)
+    }
+}
+
+pub(super) fn config(f: &File) -> Result<Config, ConfigError> {
+    let dataplane = dataplane(&f.dataplane)?;
+    let daemon = daemon(&f.daemon)?;
+    let global = f.health_check.clone().unwrap_or_default();
+    if let Some(h) = &f.health_check {
+        // With a placeholder port, so its own errors name `health_check.*`.
+        health(Scope::Top, "health_check", h, 80)?;
+    }
+    let vips = f
+        .vips
+        .iter()
+        .enumerate()
+        .map(|(i, v)| vip(i, v, &global))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = Config {
+        dataplane,
+        daemon,
+        vips,
+    };
+    config.check()?;
+    Ok(config)
+}
+
+fn dataplane(d: &file::DataplaneFile) -> Result<DataplaneSettings, ConfigError> {
+    let top = Scope::Top;
+    if let Some(i) = &d.interface
+        && (i.is_empty() || i.len() > 15 || i.contains(['/', ' ']) || i.contains(char::is_control))
+    {
+        return Err(top.err(
+            "dataplane.interface",
+            format!("{} is not a valid interface name", quote(i)),
+        ));
+    }
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_vips: top.int_in(
+            "dataplane.max_vips",
+            d.max_vips,
+            i64::from(defaults.max_vips),
+            (1, 4096),
+        )?,
+        max_backends: top.int_in(
+            "dataplane.max_backends",
+            d.max_backends,
+            i64::from(defaults.max_backends),
+            (2, 1 << 20),
+        )?,
+        flow_table_entries: top.int_in(
+            "dataplane.flow_table_entries",
+            d.flow_table_entries,
+            i64::from(defaults.flow_table_entries),
+            (1, 1 << 28),
+        )?,
+        maglev_size: top.int_in(
+            "dataplane.maglev_table_size",
+            d.maglev_table_size,
+            i64::from(defaults.maglev_size),
+            (3, 16_777_259),
+        )?,
+    };
+    let m = limits.maglev_size;
+    if m > maglev::MAX_TABLE_SIZE {
+        return Err(top.err(
+            "dataplane.maglev_table_size",
+            format!(
+                "{m} is above the largest supported size {}",
+                maglev::MAX_TABLE_SIZE
+            ),
+        ));
+    }
+    if !is_prime(m) {
+        return Err(top.err(
+            "dataplane.maglev_table_size",
+            format!("{m} is not prime; use {}", next_prime(m)),
+        ));
+    }
+    if limits.maglev_ids().is_none() {
+        return Err(top.err(
+            "dataplane.max_vips",
+            format!(
+                "{} VIPs x 2 tables x {m} entries exceeds 2^32 entries; lower max_vips or maglev_table_size",
+                limits.max_vips
+            ),
+        ));
+    }
+    Ok(DataplaneSettings {
+        interface: d.interface.clone(),
+        xdp_mode: d.xdp_mode.unwrap_or(XdpMode::Auto),
+        maglev_variant: d.maglev_variant.unwrap_or(DEFAULT_MAGLEV_VARIANT),
+        source_v4: d.source_v4,
+        source_v6: d.source_v6,
+        limits,
+    })
+}
+
+fn daemon(d: &file::DaemonFile) -> Result<DaemonSettings, ConfigError> {
+    let socket = d
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    let pin_dir = d
+        .pin_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+    for (field, path) in [("daemon.socket", &socket), ("daemon.pin_dir", &pin_dir)] {
+        if !path.is_absolute() {
+            return Err(Scope::Top.err(field, format!("{path:?} must be an absolute path")));
+        }
+    }
+    let metrics_address = match d.metrics_address {
+        None => Some(DEFAULT_METRICS.parse().expect("valid default")),
+        Some(Listen::Off) => None,
+        Some(Listen::At(a)) => Some(a),
+    };
+    Ok(DaemonSettings {
+        socket,
+        pin_dir,
+        metrics_address,
+    })
+}
+
+/// Whether a VIP or backend name may be shown in status output and metrics labels as it is.
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && !n.chars().any(|c| c.is_control() || c == '"' || c == '\\')
+}
+
+fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, ConfigError> {
+    let at = Scope::Vip(i, None);
+    let address = v
+        .address
+        .ok_or_else(|| at.err("address", "missing (the VIP's IP address)"))?;
+    if address.is_unspecified()
+        || address.is_multicast()
+        || address.is_loopback()
+        || is_broadcast(address)
+    {
+        return Err(at.err(
+            "address",
+            format!("{address} cannot be a VIP (unspecified, loopback, broadcast or multicast)"),
+        ));
+    }
+    let port = at.int_in("port", v.port, 0, (0, 65_535))? as u16;
+    if v.port.is_none() {
+        return Err(at.err("port", "missing (a port number, or 0 for every port)"));
+    }
+    let id = VipId {
+        address,
+        port,
+        protocol: v.protocol.unwrap_or(Protocol::Tcp),
+    };
+    let at = Scope::Vip(i, Some(id));
+    let name = match &v.name {
+        Some(n) if !valid_name(n) => {
+            return Err(at.err(
+                "name",
+                format!(
+                    "{} must be 1 to 64 printable characters without quotes or backslashes",
+                    quote(n)
+                ),
+            ));
+        }
+        Some(n) => n.clone(),
+        None => id.to_string(),
+    };
+    let vip_health = v.health_check.clone().unwrap_or_default().over(global);
+    if port == 0 && vip_health.port.is_none() && vip_health.protocol != Some(ProbeKind::None) {
+        return Err(at.err(
+            "health_check.port",
+            "required for a VIP with port 0 (every port): which port should be probed?",
+        ));
+    }
+    // An any-port VIP's checks need a port of their own (required above unless they are
+    // off); 80 stands in where they are off.
+    let check_port = if port == 0 { 80 } else { port };
+    let backends = v
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(j, b)| {
+            let missing = Scope::Backend(i, Some(id), j, None);
+            let address = b.address.ok_or_else(|| missing.err("address", "missing"))?;
+            let bat = Scope::Backend(i, Some(id), j, Some(address));
+            let weight = bat.int_in(
+                "weight",
+                b.weight,
+                i64::from(DEFAULT_WEIGHT),
+                (0, i64::from(MAX_WEIGHT)),
+            )?;
+            let h = b.health_check.clone().unwrap_or_default().over(&vip_health);
+            // An error in settings the backend inherits is the VIP's.
+            let hat = if b.health_check.is_some() { bat } else { at };
+            Ok(BackendConfig {
+                address,
+                weight,
+                health: health(hat, "health_check", &h, check_port)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    let vip_check = health(at, "health_check", &vip_health, check_port)?;
+    Ok(VipConfig {
+        name,
+        id,
+        hash: v.hash.unwrap_or(HashMode::FiveTuple),
+        deregistration_delay: v
+            .deregistration_delay
+            .unwrap_or(DEFAULT_DEREGISTRATION_DELAY),
+        health: vip_check,
+        backends,
+    })
+}
+
+fn health(
+    at: Scope,
+    prefix: &str,
+    h: &HealthFile,
+    vip_port: u16,
+) -> Result<HealthCheck, ConfigError> {
+    use health_defaults as d;
+    let f = |k: &str| format!("{prefix}.{k}");
+    let port = match h.port {
+        Some(p) => at.int_in(&f("port"), Some(p), 0, (1, 65_535))? as u16,
+        None => vip_port,
+    };
+    let path = h.path.clone().unwrap_or_else(|| d::PATH.to_owned());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at.err(
+            &f("path"),
+            format!("{} must start with / and have no spaces", quote(&path)),
+        ));
+    }
+    if let Some(host) = &h.host
+        && (host.is_empty()
+            || host.len() > 255
+            || host.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(at.err(
+            &f("host"),
+            format!(
+                "{} is not a host name (1 to 255 characters, no spaces)",
+                quote(host)
+            ),
+        ));
+    }
+    let interval = h.interval.unwrap_or(d::INTERVAL);
+    let timeout = h.timeout.unwrap_or(d::TIMEOUT);
+    if interval < Duration::from_millis(100) {
+        return Err(at.err(
+            &f("interval"),
+            format!("{interval:?} is shorter than the 100ms minimum"),
+        ));
+    }
+    if timeout.is_zero() || timeout > interval {
+        return Err(at.err(
+            &f("timeout"),
+            format!("{timeout:?} must be above zero and at most the interval ({interval:?})"),
+        ));
+    }
+    Ok(HealthCheck {
+        kind: h.protocol.unwrap_or(d::PROTOCOL),
+        port,
+        path,
+        host: h.host.clone(),
+        expect: h.expect.clone().map_or_else(|| d::EXPECT.to_vec(), |r| r.0),
+        interval,
+        timeout,
+        healthy_threshold: at.int_in(
+            &f("healthy_threshold"),
+            h.healthy_threshold,
+            i64::from(d::HEALTHY_THRESHOLD),
+            (1, 100),
+        )?,
+        unhealthy_threshold: at.int_in(
+            &f("unhealthy_threshold"),
+            h.unhealthy_threshold,
+            i64::from(d::UNHEALTHY_THRESHOLD),
+            (1, 100),
+        )?,
+        jitter: h.jitter.or(d::JITTER).unwrap_or(interval),
+    })
+}
+
+fn is_broadcast(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// Why `a` cannot be a backend address, if it cannot.
+fn not_a_backend(a: IpAddr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("the unspecified address")
+    } else if a.is_multicast() {
+        Some("a multicast address")
+    } else if is_broadcast(a) {
+        Some("the broadcast address")
+    } else if a.is_loopback() {
+        Some("a loopback address: the balancer forwards to other hosts")
+    } else {
+        None
+    }
+}
+
+impl Config {
+    /// The rules that relate fields to each other: no duplicate VIP or backend, backend
+    /// addresses that can take forwarded packets (not another VIP), families the data
+    /// plane can encapsulate, outer source addresses for them, a Maglev table large enough,
+    /// and room in the maps. Part of every validation ([`Config::from_file`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let limits = self.dataplane.limits;
+        let mut seen: BTreeMap<VipId, usize> = BTreeMap::new();
+        let vip_addresses: HashSet<IpAddr> = self.vips.iter().map(|v| v.id.address).collect();
+        let mut total_backends = 0usize;
+        for (i, v) in self.vips.iter().enumerate() {
+            let id = v.id;
+            let at = Scope::Vip(i, Some(id));
+            if let Some(first) = seen.insert(id, i) {
+                return Err(at.err("address", format!("duplicate VIP {id} (also vip[{first}])")));
+            }
+            let mut addrs = HashSet::new();
+            for (j, b) in v.backends.iter().enumerate() {
+                let baddr = b.address;
+                let bat = Scope::Backend(i, Some(id), j, Some(baddr));
+                if let Some(why) = not_a_backend(baddr) {
+                    return Err(bat.err("address", format!("{baddr} cannot be a backend: {why}")));
+                }
+                if vip_addresses.contains(&baddr) {
+                    return Err(bat.err(
+                        "address",
+                        format!("{baddr} cannot be a backend: it is a VIP address (its packets would come back here)"),
+                    ));
+                }
+                if id.address.is_ipv6() && baddr.is_ipv4() {
+                    return Err(bat.err(
+                        "address",
+                        format!(
+                            "IPv4 backend {baddr} cannot carry IPv6 VIP {id}: IPv6-in-IPv4 encapsulation is not supported; use an IPv6 backend address"
+                        ),
+                    ));
+                }
+                match baddr {
+                    IpAddr::V4(_) if self.dataplane.source_v4.is_none() => {
+                        return Err(bat.err(
+                            "address",
+                            format!(
+                                "IPv4 backend {baddr} needs dataplane.source_v4 (the outer source address)"
+                            ),
+                        ));
+                    }
+                    IpAddr::V6(_) if self.dataplane.source_v6.is_none() => {
+                        return Err(bat.err(
+                            "address",
+                            format!(
+                                "IPv6 backend {baddr} needs dataplane.source_v6 (the outer source address)"
+                            ),
+                        ));
+                    }
+                    _ => {}
+                }
+                if !addrs.insert(baddr) {
+                    return Err(
+                        bat.err("address", format!("duplicate backend {baddr} in VIP {id}"))
+                    );
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err(bat.err(
+                        "weight",
+                        format!("{} is out of range 0-{MAX_WEIGHT}", b.weight),
+                    ));
+                }
+            }
+            let needed = 100 * v.backends.len().max(1) as u64;
+            if u64::from(limits.maglev_size) < needed {
+                return Err(Scope::Top.err(
+                    "dataplane.maglev_table_size",
+                    format!(
+                        "{} is too small for the {} backends of VIP {id}: Maglev needs at least 100 entries per backend; use {}",
+                        limits.maglev_size,
+                        v.backends.len(),
+                        next_prime(needed as u32)
+                    ),
+                ));
+            }
+            total_backends += v.backends.len();
+        }
+        if self.vips.len() > limits.max_vips as usize {
+            return Err(Scope::Top.err(
+                "dataplane.max_vips",
+                format!(
+                    "{} VIPs are configured but max_vips is {}",
+                    self.vips.len(),
+                    limits.max_vips
+                ),
+            ));
+        }
+        if total_backends >= limits.max_backends as usize {
+            return Err(Scope::Top.err(
+                "dataplane.max_backends",
+                format!(
+                    "{total_backends} backends are configured but max_backends is {} (one id is reserved)",
+                    limits.max_backends
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rules that need the host the daemon runs on: no backend may be one of its own
+    /// addresses (`local`), whose packets the kernel would take for itself.
+    pub fn check_host(&self, local: &[IpAddr]) -> Result<(), ConfigError> {
+        for (i, v) in self.vips.iter().enumerate() {
+            for (j, b) in v.backends.iter().enumerate() {
+                if local.contains(&b.address) {
+                    return Err(Scope::Backend(i, Some(v.id), j, Some(b.address)).err(
+                        "address",
+                        format!(
+                            "{} cannot be a backend: it is an address of this load balancer",
+                            b.address
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

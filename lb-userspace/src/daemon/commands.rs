@@ -1,0 +1,228 @@
+//! What each API request does. A change is made to a copy of the running configuration
+//! in the file schema, validated whole like a file, then applied; a refused request changes
+//! nothing and its error is one line.
+
+use crate::{
+    api::{Request, Response},
+    config::{
+        Config, File, ProbeKind,
+        file::{BackendFile, HealthFile, VipFile},
+    },
+    engine::{Change, EngineError},
+    stats,
+};
+
+use super::{Daemon, host, saved::file_hash};
+
+/// Where a configuration came from, for the log and for how its errors are worded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `xlb apply -f FILE`: errors name fields as in the file.
+    Apply,
+    /// SIGHUP or `Request::Reload`: the daemon's own file.
+    Reload,
+    /// A run-time command: errors name VIPs and backends by address.
+    Command,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Apply => "xlb apply",
+            Origin::Reload => "reload",
+            Origin::Command => "xlb command",
+        }
+    }
+}
+
+impl Daemon {
+    /// Handles one request. Every change is validated whole first; on error nothing changed.
+    pub(super) fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Status => {
+                let engine = self.engine.lock().expect("engine lock");
+                match stats::snapshot(&engine, &self.iface, self.xdp_mode) {
+                    Ok(s) => Response {
+                        status: Some(s),
+                        ..Response::ok(Vec::new())
+                    },
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::Apply { config, origin } => match Config::parse(&config, &origin) {
+                Ok(c) => self.apply(c, self.config_file_hash(), Origin::Apply),
+                Err(e) => Response::error(e),
+            },
+            Request::Reload => match std::fs::read_to_string(&self.config_path) {
+                Ok(text) => match Config::parse(&text, &self.config_path.display().to_string()) {
+                    Ok(c) => self.apply(c, file_hash(&text), Origin::Reload),
+                    Err(e) => Response::error(e),
+                },
+                Err(e) => {
+                    Response::error(format!("cannot read {}: {e}", self.config_path.display()))
+                }
+            },
+            Request::Teardown => match self.teardown() {
+                Ok(()) => Response::ok(vec![
+                    "balancer detached, pins removed, daemon stopping".to_owned(),
+                ]),
+                Err(e) => Response::error(e),
+            },
+            Request::BackendDrain { vip, address } | Request::BackendUndrain { vip, address } => {
+                let drain = matches!(req, Request::BackendDrain { .. });
+                let r = self
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .set_drained(&vip, address, drain);
+                match r {
+                    Ok(changed) => {
+                        self.after_change(None);
+                        let word = if drain { "drained" } else { "undrained" };
+                        let msg = if changed {
+                            format!("VIP {vip}: backend {address} {word}")
+                        } else {
+                            format!("VIP {vip}: backend {address} was already {word}")
+                        };
+                        Response::ok(vec![msg])
+                    }
+                    Err(e) => Response::error(e),
+                }
+            }
+            edit => {
+                let mut file = self.engine.lock().expect("engine lock").config().to_file();
+                if let Err(e) = apply_edit(&mut file, edit) {
+                    return Response::error(e);
+                }
+                match Config::from_file(&file) {
+                    Ok(c) => self.apply(c, None, Origin::Command),
+                    Err(e) => Response::error(e.for_operator()),
+                }
+            }
+        }
+    }
+
+    /// Applies a validated configuration; `hash` is the file hash it derives from (`None`:
+    /// a run-time change, which keeps the current one).
+    fn apply(&self, mut c: Config, hash: impl Into<Option<u64>>, origin: Origin) -> Response {
+        match &c.dataplane.interface {
+            Some(i) if host::ifindex(i).is_none() => {
+                return Response::error(format!(
+                    "dataplane.interface: no interface named {i:?}; nothing was changed"
+                ));
+            }
+            Some(i) if *i != self.iface => {
+                return Response::error(format!(
+                    "dataplane.interface: {i:?} differs from the running interface {:?}; changing it needs a restart; nothing was changed",
+                    self.iface
+                ));
+            }
+            _ => c.dataplane.interface = Some(self.iface.clone()),
+        }
+        let word = |e: &crate::config::ConfigError| match origin {
+            Origin::Command => e.for_operator(),
+            _ => e.to_string(),
+        };
+        if let Err(e) = c.check_host(&host::addresses(None)) {
+            return Response::error(word(&e));
+        }
+        let r = {
+            let mut engine = self.engine.lock().expect("engine lock");
+            c.daemon = engine.config().daemon.clone();
+            engine.apply_from(&c, origin.as_str())
+        };
+        match r {
+            Ok(changes) => {
+                self.after_change(hash.into());
+                Response::ok(if changes.is_empty() {
+                    vec!["no changes".to_owned()]
+                } else {
+                    changes.iter().map(Change::to_string).collect()
+                })
+            }
+            Err(EngineError::Config(e)) => Response::error(word(&e)),
+            Err(e) => Response::error(e),
+        }
+    }
+}
+
+/// Makes a run-time change to the running configuration (in the file schema).
+fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
+    // The running configuration in the file schema names every VIP's address, port and
+    // protocol explicitly (`Config::to_file`).
+    let find = |f: &File, vip: crate::config::VipId| -> Result<usize, String> {
+        f.vips
+            .iter()
+            .position(|v| {
+                v.address == Some(vip.address)
+                    && v.port == Some(i64::from(vip.port))
+                    && v.protocol == Some(vip.protocol)
+            })
+            .ok_or_else(|| format!("no VIP {vip}"))
+    };
+    match req {
+        Request::VipAdd { vip, name, hash } => {
+            if find(f, vip).is_ok() {
+                return Err(format!("VIP {vip} already exists"));
+            }
+            f.vips.push(VipFile {
+                name,
+                address: Some(vip.address),
+                port: Some(i64::from(vip.port)),
+                protocol: Some(vip.protocol),
+                hash: Some(hash),
+                // An any-port VIP has no port to probe until one is configured.
+                health_check: (vip.port == 0).then(|| HealthFile {
+                    protocol: Some(ProbeKind::None),
+                    ..HealthFile::default()
+                }),
+                ..VipFile::default()
+            });
+        }
+        Request::VipDel { vip } => {
+            let i = find(f, vip)?;
+            f.vips.remove(i);
+        }
+        Request::BackendAdd {
+            vip,
+            address,
+            weight,
+        } => {
+            let i = find(f, vip)?;
+            let v = &mut f.vips[i];
+            if v.backends.iter().any(|b| b.address == Some(address)) {
+                return Err(format!("VIP {vip} already has backend {address}"));
+            }
+            v.backends.push(BackendFile {
+                address: Some(address),
+                weight: weight.map(i64::from),
+                health_check: None,
+            });
+        }
+        Request::BackendDel { vip, address } => {
+            let i = find(f, vip)?;
+            let v = &mut f.vips[i];
+            let j = v
+                .backends
+                .iter()
+                .position(|b| b.address == Some(address))
+                .ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
+            v.backends.remove(j);
+        }
+        Request::BackendWeight {
+            vip,
+            address,
+            weight,
+        } => {
+            let i = find(f, vip)?;
+            let b = f.vips[i]
+                .backends
+                .iter_mut()
+                .find(|b| b.address == Some(address))
+                .ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
+            b.weight = Some(i64::from(weight));
+        }
+        _ => unreachable!("handled by the caller"),
+    }
+    Ok(())
+}

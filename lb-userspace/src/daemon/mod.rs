@@ -1,0 +1,326 @@
+//! `xlb run`: the daemon.
+//!
+//! Start-up: bind the API socket and the metrics listener (so a start that cannot serve
+//! fails before it touches the data plane), mount bpffs if needed, open (or create) the maps
+//! pinned under `<pin_dir>/v<layout>/<interface>/`, adopt the state they hold, apply the
+//! configuration (or, after a crash or restart with an unchanged file, the exact state that
+//! ran before), and attach the balancer: a fresh attachment is pinned as a BPF link, and a
+//! restart swaps the new program into that link atomically, so forwarding never stops. Then
+//! serve the API and the metrics, run health checks, finish deregistrations, and reload on
+//! SIGHUP. Stopping the daemon leaves the data plane running; `xlb teardown` removes it.
+//!
+//! The parts: `pins` (bpffs, pins, attach), `host` (interfaces, sysctls), `saved` (the
+//! saved running state), `commands` (what each request does), `api_server` and
+//! `metrics_server`.
+
+mod api_server;
+mod commands;
+pub mod host;
+mod metrics_server;
+pub mod pins;
+pub mod saved;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    signal::unix::{SignalKind, signal},
+    sync::{Notify, mpsc},
+};
+
+pub use host::ifindex;
+pub use pins::{LAYOUT_VERSION, ensure_bpffs, pin_path, teardown_all_layouts, teardown_pins};
+pub use saved::state_file;
+
+use crate::{
+    api::Request,
+    config::{Config, XdpMode},
+    dataplane::Balancer,
+    engine::{Engine, EngineError},
+    health::{HealthChange, Probe, Supervisor},
+};
+use saved::{Saved, file_hash};
+
+/// Command-line settings of `xlb run` that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    pub iface: Option<String>,
+    pub xdp_mode: Option<XdpMode>,
+}
+
+/// What the daemon's tasks share.
+struct Daemon {
+    engine: Mutex<Engine>,
+    health: Mutex<Supervisor>,
+    config_path: PathBuf,
+    iface: String,
+    pins: PathBuf,
+    /// How the balancer is attached (`None`: by an earlier run, mode unknown).
+    xdp_mode: Option<XdpMode>,
+    shutdown: Notify,
+    teardown: std::sync::atomic::AtomicBool,
+    /// Hash of the configuration file the running state derives from.
+    file_hash: Mutex<u64>,
+    state_path: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&opts.config)
+        .with_context(|| format!("cannot read the configuration {}", opts.config.display()))?;
+    let mut config = Config::parse(&text, &opts.config.display().to_string())?;
+    if let Some(i) = &opts.iface {
+        config.dataplane.interface = Some(i.clone());
+    }
+    if let Some(m) = opts.xdp_mode {
+        config.dataplane.xdp_mode = m;
+    }
+    let iface =
+        config.dataplane.interface.clone().context(
+            "no interface: set dataplane.interface in the configuration or pass --iface",
+        )?;
+    let ifidx = ifindex(&iface)
+        .with_context(|| format!("dataplane.interface: no interface named {iface:?}"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let socket = config.daemon.socket.clone();
+    let r = rt.block_on(serve(opts, config, text, iface, ifidx));
+    if r.is_err() {
+        // A start that failed leaves no socket behind for clients to hang on.
+        let _ = std::fs::remove_file(&socket);
+    }
+    r
+}
+
+/// The API socket: root only (a 0700 directory, a 0600 socket). Refuses to take over the
+/// socket of a daemon that still answers on it.
+async fn bind_api(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        anyhow::bail!(
+            "another xlb daemon answers on {}; stop it first (or use another daemon.socket)",
+            socket.display()
+        );
+    }
+    let _ = std::fs::remove_file(socket);
+    let api = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok(api)
+}
+
+async fn serve(
+    opts: RunOptions,
+    config: Config,
+    text: String,
+    iface: String,
+    ifidx: u32,
+) -> anyhow::Result<()> {
+    let d = &config.daemon;
+    // Listeners first: a daemon that cannot serve must not touch the data plane.
+    let api = bind_api(&d.socket).await?;
+    let metrics = match d.metrics_address {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("daemon.metrics_address: cannot listen on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    ensure_bpffs(&d.pin_dir)?;
+    pins::check_layouts(&d.pin_dir, &iface)?;
+    let pins = pin_path(&d.pin_dir, &iface);
+    std::fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
+    let warm = pins.join("link").exists();
+    let lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
+    let mut engine = Engine::new(lb, config.dataplane.clone());
+    let adopted = engine.adopt()?;
+
+    // After a crash or restart with an unchanged file, run exactly what ran before.
+    let state_path = state_file(&d.socket);
+    let saved = Saved::load(&state_path).filter(|_| warm);
+    let saved_mode = saved.as_ref().and_then(|s| s.xdp_mode);
+    let (desired, resumed) = match saved {
+        Some(s) if s.file_hash == file_hash(&text) => {
+            let mut c = s.config;
+            c.daemon = config.daemon.clone();
+            c.dataplane.interface = Some(iface.clone());
+            (c, true)
+        }
+        _ => (config.clone(), false),
+    };
+    engine.apply_from(&desired, if resumed { "saved state" } else { "start-up" })?;
+    if warm {
+        tracing::info!(
+            adopted,
+            resumed_runtime_state = resumed,
+            "re-opened the pinned state: flows, tables and counters continue"
+        );
+    }
+
+    host::enable_forwarding(&iface);
+    let xdp_mode = pins::attach(
+        engine.maps_mut(),
+        &pins,
+        ifidx,
+        &iface,
+        config.dataplane.xdp_mode,
+    )?
+    .or(saved_mode);
+
+    let (tx, mut verdicts) = mpsc::channel::<HealthChange>(1024);
+    let daemon = Arc::new(Daemon {
+        engine: Mutex::new(engine),
+        health: Mutex::new(Supervisor::new(tx)),
+        config_path: opts.config.clone(),
+        iface: iface.clone(),
+        pins: pins.clone(),
+        xdp_mode,
+        shutdown: Notify::new(),
+        teardown: std::sync::atomic::AtomicBool::new(false),
+        file_hash: Mutex::new(0),
+        state_path,
+    });
+    daemon.after_change(Some(file_hash(&text)));
+
+    tracing::info!(socket = %d.socket.display(), "API listening");
+    tokio::spawn(api_server::serve(daemon.clone(), api));
+    if let Some(listener) = metrics {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        tokio::spawn(metrics_server::serve(daemon.clone(), listener));
+    }
+    {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            while let Some(v) = verdicts.recv().await {
+                let r = daemon
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .set_health(&v.vip, v.backend, v.health, &v.reason);
+                match r {
+                    Ok(()) => daemon.after_change(None),
+                    Err(EngineError::NoSuchVip(_) | EngineError::NoSuchBackend { .. }) => {}
+                    Err(e) => tracing::error!("applying a health verdict failed: {e}"),
+                }
+            }
+        });
+    }
+    {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let done = daemon
+                    .engine
+                    .lock()
+                    .expect("engine lock")
+                    .tick(Instant::now());
+                match done {
+                    Ok(v) if !v.is_empty() => daemon.after_change(None),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("finishing deregistrations failed: {e}"),
+                }
+            }
+        });
+    }
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mode = xdp_mode.map_or("as attached by an earlier run", |m| m.as_str());
+    tracing::info!(interface = %iface, mode, "xlb is balancing");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading {}", daemon.config_path.display());
+                let r = daemon.handle(Request::Reload);
+                if let Some(e) = r.error { tracing::error!("reload refused, nothing changed: {e}"); }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = daemon.shutdown.notified() => break,
+        }
+    }
+    if daemon.teardown.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!("torn down: balancer detached, pins removed");
+    } else {
+        tracing::info!(
+            "stopping; the data plane keeps forwarding (pinned in {})",
+            pins.display()
+        );
+    }
+    let _ = std::fs::remove_file(&d.socket);
+    Ok(())
+}
+
+impl Daemon {
+    /// Saves the running state and restarts health checks for what changed; `hash` is the
+    /// configuration file's, when the change came from the file.
+    fn after_change(&self, hash: Option<u64>) {
+        let (config, probes) = {
+            let engine = self.engine.lock().expect("engine lock");
+            let probes: Vec<Probe> = engine
+                .vips()
+                .iter()
+                .flat_map(|(vid, v)| {
+                    v.backends.values().map(|b| Probe {
+                        vip: *vid,
+                        backend: b.config.address,
+                        check: b.config.health.clone(),
+                        current: b.health,
+                    })
+                })
+                .collect();
+            (engine.config().clone(), probes)
+        };
+        self.health.lock().expect("health lock").reconcile(probes);
+        let file_hash = {
+            let mut h = self.file_hash.lock().expect("hash lock");
+            if let Some(new) = hash {
+                *h = new;
+            }
+            *h
+        };
+        let saved = Saved {
+            file_hash,
+            xdp_mode: self.xdp_mode,
+            config,
+        };
+        if let Err(e) = saved.save(&self.state_path) {
+            tracing::warn!(
+                "cannot save the running state to {}: {e}",
+                self.state_path.display()
+            );
+        }
+    }
+
+    /// The hash of the configuration file as it is now.
+    fn config_file_hash(&self) -> u64 {
+        std::fs::read_to_string(&self.config_path)
+            .map(|t| file_hash(&t))
+            .unwrap_or(0)
+    }
+
+    fn teardown(&self) -> anyhow::Result<()> {
+        self.teardown
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        teardown_pins(&self.pins)?;
+        let _ = std::fs::remove_file(&self.state_path);
+        Ok(())
+    }
+}
