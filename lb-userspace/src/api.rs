@@ -237,6 +237,17 @@ pub struct Snapshot {
     pub reasons: Vec<ReasonCount>,
     /// Recent transitions, oldest first.
     pub events: Vec<Event>,
+    /// The interface driver's counters of XDP frames it could not transmit (`XDP_TX` and
+    /// redirects dropped at its ring; the balancer's own counters cannot see these).
+    #[serde(default)]
+    pub xdp_transmit_errors: Vec<NamedCount>,
+    /// Every health check of every VIP fails at once: probably this host's fault.
+    #[serde(default)]
+    pub all_checks_failing: bool,
+    /// Health checks this host could not make (out of file descriptors, memory or local
+    /// ports), since the daemon started; they count neither for nor against backends.
+    #[serde(default)]
+    pub health_check_local_errors: u64,
 }
 
 /// Errors of talking to the daemon.

@@ -226,6 +226,9 @@ impl<M: Maps> Engine<M> {
             (Some(v), None) => tracing::info!(vip = %v, name, origin, "{message}"),
             _ => tracing::info!(origin, "{message}"),
         }
+        if matches!(c, Change::AllChecksFailing { on: true }) {
+            tracing::warn!("{message}");
+        }
         if matches!(c, Change::FailOpen { on: true, .. }) {
             tracing::warn!(vip = %vip.map(|v| v.to_string()).unwrap_or_default(), "every backend is unhealthy: failing open, sending to all of them");
         }

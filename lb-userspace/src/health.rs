@@ -10,8 +10,9 @@ use std::{
     time::Duration,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::mpsc,
     task::JoinHandle,
@@ -20,6 +21,7 @@ use tokio::{
 
 use crate::{
     config::{HealthCheck, ProbeKind, VipId},
+    daemon::Throttled,
     engine::Health,
 };
 
@@ -110,6 +112,11 @@ fn jitter(max: Duration, t: &Probe) -> Duration {
     max * (r % 10_000) as u32 / 10_000
 }
 
+/// Probes this host could not make at all (see [`ProbeError::Local`]), since start.
+pub static LOCAL_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+static LOCAL_ERROR_LOG: Throttled = Throttled::new(Duration::from_secs(10));
+
 async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
     let c = &t.check;
     sleep(jitter(c.jitter, &t)).await;
@@ -123,9 +130,19 @@ async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
                 successes += 1;
                 failures = 0;
             }
-            Err(_) => {
+            Err(ProbeError::Backend(_)) => {
                 failures += 1;
                 successes = 0;
+            }
+            // Says nothing about the backend: neither a success nor a failure.
+            Err(ProbeError::Local(why)) => {
+                LOCAL_ERRORS.fetch_add(1, Ordering::Relaxed);
+                LOCAL_ERROR_LOG.log(|held| {
+                    tracing::warn!(
+                        "a health check could not be made ({why}): this host is short of resources; \
+                         it does not count against the backend ({held} more since the last report)"
+                    )
+                });
             }
         }
         let change = match &result {
@@ -133,10 +150,14 @@ async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
                 Health::Healthy,
                 format!("{successes} consecutive successful checks"),
             )),
-            Err(why) if state != Health::Unhealthy && failures >= c.unhealthy_threshold => Some((
-                Health::Unhealthy,
-                format!("{failures} consecutive failed checks, last: {why}"),
-            )),
+            Err(ProbeError::Backend(why))
+                if state != Health::Unhealthy && failures >= c.unhealthy_threshold =>
+            {
+                Some((
+                    Health::Unhealthy,
+                    format!("{failures} consecutive failed checks, last: {why}"),
+                ))
+            }
             _ => None,
         };
         if let Some((health, reason)) = change {
@@ -160,76 +181,124 @@ async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
     }
 }
 
-/// One probe; `Err` says why it failed.
-pub async fn probe(backend: IpAddr, c: &HealthCheck) -> Result<(), String> {
+/// Why a probe did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The backend failed the check: refused, reset, timed out, answered badly.
+    #[error("{0}")]
+    Backend(String),
+    /// This host could not make the probe (out of file descriptors, memory or local
+    /// ports): it says nothing about the backend, so it is not counted.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// One probe.
+pub async fn probe(backend: IpAddr, c: &HealthCheck) -> Result<(), ProbeError> {
     let addr = SocketAddr::new(backend, c.port);
     let attempt = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| describe(&e))?;
+        let s = TcpStream::connect(addr)
+            .await
+            .map_err(|e| connect_error(&e))?;
         if c.kind == ProbeKind::Http {
-            http_get(&mut s, backend, c).await?;
+            http_get(s, backend, c).await?;
         }
         Ok(())
     };
     match timeout(c.timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timeout after {:?}", c.timeout)),
+        Err(_) => Err(ProbeError::Backend(format!(
+            "timeout after {:?}",
+            c.timeout
+        ))),
     }
 }
 
-fn describe(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
-        std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
-        _ => e.to_string(),
+/// A failed connect: the backend's doing, or this host's.
+fn connect_error(e: &std::io::Error) -> ProbeError {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
+            ProbeError::Local(e.to_string())
+        }
+        _ => ProbeError::Backend(match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+            _ => e.to_string(),
+        }),
     }
 }
 
-async fn http_get(s: &mut TcpStream, backend: IpAddr, c: &HealthCheck) -> Result<(), String> {
+/// How much of a response body a check reads before it hangs up: the status is what
+/// counts, and a large page must not cost more than this.
+const BODY_READ: usize = 64 << 10;
+
+/// An HTTP/1.1 GET with hyper: no keep-alive, no redirects followed (a 3xx is judged by
+/// `expect` like any status), the body read up to [`BODY_READ`] and dropped.
+async fn http_get(s: TcpStream, backend: IpAddr, c: &HealthCheck) -> Result<(), ProbeError> {
+    use http_body_util::{BodyExt as _, Empty};
+    use hyper::{Request, body::Bytes, header};
+
+    let bad = |e: hyper::Error| ProbeError::Backend(format!("HTTP: {e}"));
     let host = match (&c.host, backend) {
         (Some(h), _) => h.clone(),
         (None, IpAddr::V4(a)) => format!("{a}:{}", c.port),
         (None, IpAddr::V6(a)) => format!("[{a}]:{}", c.port),
     };
-    let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-health-check/{}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-        c.path,
-        env!("CARGO_PKG_VERSION")
-    );
-    s.write_all(req.as_bytes())
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
         .await
-        .map_err(|e| describe(&e))?;
-    // The status line is all we need: "HTTP/1.1 200 OK".
-    let mut buf = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        let r = s.read(&mut buf[n..]).await.map_err(|e| describe(&e))?;
-        if r == 0 {
-            return Err("connection closed before an HTTP status".to_owned());
+        .map_err(bad)?;
+    let req = Request::get(c.path.as_str())
+        .header(header::HOST, host)
+        .header(
+            header::USER_AGENT,
+            concat!("xlb-health-check/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(header::ACCEPT, "*/*")
+        .header(header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ProbeError::Backend(format!("HTTP request: {e}")))?;
+    let exchange = async {
+        let resp = sender.send_request(req).await.map_err(bad)?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut read = 0;
+        while read < BODY_READ {
+            match body.frame().await {
+                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                Some(Err(_)) | None => break,
+            }
         }
-        n += r;
-    }
-    let line = String::from_utf8_lossy(&buf[..n]);
-    let status = line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP response: {:?}",
-                line.lines().next().unwrap_or("")
-            )
-        })?;
+        Ok::<u16, ProbeError>(status)
+    };
+    // The connection is driven beside the exchange; when it ends first (the server
+    // closed after answering), the exchange still has its answer.
+    let mut exchange = std::pin::pin!(exchange);
+    let mut conn = std::pin::pin!(conn);
+    let mut driving = true;
+    let status = loop {
+        tokio::select! {
+            biased;
+            r = &mut exchange => break r?,
+            r = &mut conn, if driving => {
+                driving = false;
+                r.map_err(bad)?;
+            }
+        }
+    };
     if c.expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
         Ok(())
     } else {
-        Err(format!("HTTP status {status}"))
+        Err(ProbeError::Backend(format!("HTTP status {status}")))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
 
     fn check(kind: ProbeKind, port: u16) -> HealthCheck {
         HealthCheck {
@@ -276,7 +345,7 @@ mod tests {
         assert_eq!(probe(lo, &check(ProbeKind::Http, ok)).await, Ok(()));
         assert_eq!(
             probe(lo, &check(ProbeKind::Http, bad)).await,
-            Err("HTTP status 503".to_owned())
+            Err(ProbeError::Backend("HTTP status 503".to_owned()))
         );
         // A closed port.
         let closed = {
@@ -285,7 +354,7 @@ mod tests {
         };
         assert_eq!(
             probe(lo, &check(ProbeKind::Tcp, closed)).await,
-            Err("connection refused".to_owned())
+            Err(ProbeError::Backend("connection refused".to_owned()))
         );
     }
 
@@ -301,7 +370,10 @@ mod tests {
             }
         });
         let r = probe("127.0.0.1".parse().unwrap(), &check(ProbeKind::Http, port)).await;
-        assert_eq!(r, Err("timeout after 300ms".to_owned()));
+        assert_eq!(
+            r,
+            Err(ProbeError::Backend("timeout after 300ms".to_owned()))
+        );
     }
 
     #[tokio::test]

@@ -240,6 +240,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { config } => {
             let c = Config::load(&config).map_err(|e| Failure(1, e.to_string()))?;
+            daemon::host::check_paths(&c).map_err(|e| Failure(1, format!("{e:#}")))?;
             if json {
                 println!(
                     "{}",

@@ -20,6 +20,22 @@ use crate::{
 
 type Labels = Vec<(String, String)>;
 
+/// A label with its value escaped as the exposition format requires (backslash, double
+/// quote and newline; prometheus-client writes values as they are), so no value a user
+/// can set breaks a scrape or injects a line.
+fn label(key: &str, value: &str) -> (String, String) {
+    let mut v = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => v.push_str("\\\\"),
+            '"' => v.push_str("\\\""),
+            '\n' => v.push_str("\\n"),
+            c => v.push(c),
+        }
+    }
+    (key.to_owned(), v)
+}
+
 /// A fresh family of metrics with label sets.
 fn family<M>() -> Family<Labels, M>
 where
@@ -59,10 +75,7 @@ pub fn render(s: &Snapshot) -> String {
     let be_state: Family<Labels, Gauge> = family();
 
     for v in &s.vips {
-        let l: Labels = vec![
-            ("vip".to_owned(), v.vip.to_string()),
-            ("vip_name".to_owned(), v.name.clone()),
-        ];
+        let l: Labels = vec![label("vip", &v.vip.to_string()), label("vip_name", &v.name)];
         vip_packets.get_or_create(&l).inc_by(v.counters.packets);
         vip_bytes.get_or_create(&l).inc_by(v.counters.bytes);
         vip_flows.get_or_create(&l).inc_by(v.counters.new_flows);
@@ -72,7 +85,7 @@ pub fn render(s: &Snapshot) -> String {
         vip_midflow.get_or_create(&l).inc_by(v.midflow_misses);
         for b in &v.backends {
             let mut bl = l.clone();
-            bl.push(("backend".to_owned(), b.address.to_string()));
+            bl.push(label("backend", &b.address.to_string()));
             be_packets.get_or_create(&bl).inc_by(b.counters.packets);
             be_bytes.get_or_create(&bl).inc_by(b.counters.bytes);
             be_flows.get_or_create(&bl).inc_by(b.counters.new_flows);
@@ -85,7 +98,7 @@ pub fn render(s: &Snapshot) -> String {
                 .set(i64::from(b.takes_new_flows));
             for &state in BackendState::ALL {
                 let mut sl = bl.clone();
-                sl.push(("state".to_owned(), state.to_string()));
+                sl.push(label("state", state.as_str()));
                 be_state.get_or_create(&sl).set(i64::from(b.state == state));
             }
         }
@@ -158,10 +171,40 @@ pub fn render(s: &Snapshot) -> String {
         be_state,
     );
 
+    let all_failing: Gauge = Gauge::default();
+    all_failing.set(i64::from(s.all_checks_failing));
+    r.register(
+        "xlb_all_health_checks_failing",
+        "1 when every health check of every VIP fails at once: likely this host's fault (link, routes, open files), not the backends'",
+        all_failing,
+    );
+    let local: Counter = Counter::default();
+    local.inc_by(s.health_check_local_errors);
+    r.register(
+        "xlb_health_check_local_errors",
+        "Health checks this host could not make (out of file descriptors, memory or local ports); not counted against backends",
+        local,
+    );
+
+    let tx_errors: Family<Labels, Counter> = family();
+    for c in &s.xdp_transmit_errors {
+        tx_errors
+            .get_or_create(&vec![
+                label("interface", &s.interface),
+                label("counter", &c.name),
+            ])
+            .inc_by(c.value);
+    }
+    r.register(
+        "xlb_interface_xdp_transmit_errors",
+        "XDP frames the interface's driver could not transmit (XDP_TX and redirects dropped at its ring), by driver counter",
+        tx_errors,
+    );
+
     let actions: Family<Labels, Counter> = family();
     for a in &s.actions {
         actions
-            .get_or_create(&vec![("action".to_owned(), a.name.clone())])
+            .get_or_create(&vec![label("action", &a.name)])
             .inc_by(a.value);
     }
     r.register(
@@ -174,7 +217,7 @@ pub fn render(s: &Snapshot) -> String {
     let forwarded: Family<Labels, Counter> = family();
     let replies: Family<Labels, Counter> = family();
     for c in &s.reasons {
-        let l = vec![("reason".to_owned(), c.reason.name().to_owned())];
+        let l = vec![label("reason", c.reason.name())];
         let f = match c.kind() {
             Kind::Forward => &forwarded,
             Kind::Pass => &passes,
@@ -203,4 +246,14 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a String cannot fail");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("vip_name", "a\"b\\c\nd").1, "a\\\"b\\\\c\\nd");
+    }
 }

@@ -98,6 +98,13 @@ pub fn snapshot(
         actions,
         reasons,
         events: engine.events().cloned().collect(),
+        xdp_transmit_errors: crate::nic::xdp_transmit_errors(interface)
+            .into_iter()
+            .map(|(name, value)| NamedCount { name, value })
+            .collect(),
+        all_checks_failing: engine.state().all_checks_failing,
+        health_check_local_errors: crate::health::LOCAL_ERRORS
+            .load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -177,9 +184,10 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
         .map(|r| format!("{}={}", r.reason.name(), r.value))
         .collect();
     let replies = total(now, Kind::Reply);
+    let tx_errors: u64 = now.xdp_transmit_errors.iter().map(|c| c.value).sum();
     let _ = writeln!(
         out,
-        "\nforwarded {}  passed to the kernel {}  {}dropped {}{}",
+        "\nforwarded {}  passed to the kernel {}  {}dropped {}{}{}",
         total(now, Kind::Forward),
         total(now, Kind::Pass),
         if replies > 0 {
@@ -192,6 +200,14 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
             String::new()
         } else {
             format!(" ({})", drops.join(", "))
+        },
+        if tx_errors > 0 {
+            format!(
+                "\nlost by the {} driver after the balancer (XDP transmit errors): {tx_errors}",
+                now.interface
+            )
+        } else {
+            String::new()
         },
     );
     out
@@ -208,6 +224,19 @@ pub fn status_text(s: &Snapshot) -> String {
             .map_or("as attached by an earlier run", |m| m.as_str()),
         s.vips.len()
     );
+    if s.all_checks_failing {
+        let _ = writeln!(
+            out,
+            "WARNING: every health check of every VIP fails: the likely cause is this host (its link, routes or open-file limit), not the backends"
+        );
+    }
+    if s.health_check_local_errors > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} health checks could not be made for want of local resources (not counted against backends)",
+            s.health_check_local_errors
+        );
+    }
     for v in &s.vips {
         let _ = writeln!(
             out,

@@ -41,6 +41,8 @@ pub struct Daemon {
     ns_path: PathBuf,
     child: Option<Child>,
     starts: u32,
+    /// The open-file limit (soft and hard) the next start runs under, if set.
+    pub nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -64,9 +66,44 @@ impl Daemon {
             ns_path: ns.path(),
             child: None,
             starts: 0,
+            nofile: None,
         };
         d.spawn();
         d
+    }
+
+    /// Writes `config` like [`Daemon::start`] and runs `xlb run`, which must fail during
+    /// start-up; returns its exit code and log.
+    pub fn start_failing(ns: &Netns, config: &str) -> (i32, String) {
+        let dir = PathBuf::from("/run/xlb-test").join(ns.name());
+        std::fs::create_dir_all(&dir).expect("test run dir");
+        let socket = dir.join("xlb.sock");
+        let pin_dir = PathBuf::from("/sys/fs/bpf/xlb-test").join(ns.name());
+        let text = config
+            .replace("@SOCKET@", &socket.to_string_lossy())
+            .replace("@PINS@", &pin_dir.to_string_lossy());
+        let config_path = dir.join("xlb.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", ns.path().display()))
+            .arg("--")
+            .arg(xlb_bin())
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run xlb run");
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Starts `xlb run` in `ns` with the configuration file `path` as it is (the socket and
@@ -83,6 +120,7 @@ impl Daemon {
             ns_path: ns.path(),
             child: None,
             starts: 0,
+            nofile: None,
         };
         d.spawn();
         d
@@ -93,11 +131,20 @@ impl Daemon {
         let log = std::fs::File::create(self.dir.join(format!("xlb-{}.log", self.starts)))
             .expect("log file");
         let mut cmd = std::process::Command::new("nsenter");
-        // SAFETY: prctl in the child between fork and exec, async-signal-safe. The daemon
-        // dies with the test thread that started it, even if the test is killed.
+        let nofile = self.nofile;
+        // SAFETY: prctl and setrlimit in the child between fork and exec, both
+        // async-signal-safe. The daemon dies with the test thread that started it, even if
+        // the test is killed.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
                 Ok(())
             });
         }
@@ -203,5 +250,12 @@ impl Drop for Daemon {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+        // A daemon killed at once may not have removed its socket and saved state (one
+        // started from a file keeps them outside `dir`); its directory goes if empty.
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(xlb::daemon::state_file(&self.socket));
+        if let Some(parent) = self.socket.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }

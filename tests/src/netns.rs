@@ -11,6 +11,21 @@ use std::{
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Set once a signal started removing everything (`cleanup_on_signal`): from then on a
+/// command that fails because its namespace is gone is not an error, the process is about
+/// to exit.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Parks this thread for good if the process is being stopped by a signal (the cleanup
+/// thread exits the process); returns otherwise.
+fn quiet_if_stopping() {
+    if STOPPING.load(Ordering::SeqCst) {
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
 /// A unique prefix for the names of this process's namespaces: tests in parallel (threads
 /// and processes) never collide.
 pub fn unique(tag: &str) -> String {
@@ -29,6 +44,7 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd}: {e}"));
     if !out.status.success() {
+        quiet_if_stopping();
         panic!(
             "`{cmd} {}` failed ({}): {}{}",
             args.join(" "),
@@ -100,7 +116,10 @@ impl Netns {
     /// created meanwhile belong to the namespace for good.
     pub fn enter(&self) -> Entered {
         let here = File::open("/proc/thread-self/ns/net").expect("open own netns");
-        let there = File::open(self.path()).unwrap_or_else(|e| panic!("open {}: {e}", self.name));
+        let there = File::open(self.path()).unwrap_or_else(|e| {
+            quiet_if_stopping();
+            panic!("open {}: {e}", self.name)
+        });
         setns(&there);
         Entered { previous: here }
     }
@@ -188,6 +207,7 @@ pub fn cleanup_on_signal() {
         std::thread::spawn(move || {
             let mut sig = 0;
             libc::sigwait(&set, &mut sig);
+            STOPPING.store(true, Ordering::SeqCst);
             eprintln!("\ninterrupted: removing the lab's namespaces, programs and pins");
             cleanup_everything_of_this_process();
             std::process::exit(130);

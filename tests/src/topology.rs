@@ -41,7 +41,7 @@ pub struct Topology {
     pub backends: Vec<Netns>,
     /// The XDP_PASS program on the router's side of the LB link (veth delivers XDP_TX frames
     /// only to a peer that has an XDP program). Dropping it detaches.
-    _router_xdp: Ebpf,
+    router_xdp: Option<Ebpf>,
 }
 
 impl Topology {
@@ -145,8 +145,14 @@ impl Topology {
             router,
             lb,
             backends,
-            _router_xdp: router_xdp,
+            router_xdp: Some(router_xdp),
         }
+    }
+
+    /// Detaches the router's XDP program from the LB link: the balancer's `XDP_TX` frames
+    /// are then dropped by the veth driver (as on a real host whose veth peer has none).
+    pub fn detach_router_xdp(&mut self) {
+        self.router_xdp = None;
     }
 
     /// Puts `vip` on every backend's loopback (so they accept its packets).

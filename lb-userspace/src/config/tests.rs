@@ -306,7 +306,7 @@ proptest::proptest! {
         text.replace_range(at..end, &insert);
         if let Err(e) = Config::parse(&text, "fuzz.toml") {
             let line = e.to_string();
-            proptest::prop_assert!(!line.contains('\n') && !line.is_empty(), "{:?}", line);
+            proptest::prop_assert!(!line.contains('\n') && !e.message.trim().is_empty(), "{:?}", line);
         }
     }
 
@@ -314,7 +314,7 @@ proptest::proptest! {
     #[test]
     fn arbitrary_text_fails_cleanly(text in "\\PC{0,300}") {
         if let Err(e) = Config::parse(&text, "fuzz.toml") {
-            proptest::prop_assert!(!e.to_string().contains('\n'));
+            proptest::prop_assert!(!e.to_string().contains('\n') && !e.message.trim().is_empty());
         }
     }
 }
@@ -365,4 +365,20 @@ fn run_time_errors_name_vips_and_backends_by_address() {
         e.for_operator(),
         "VIP 203.0.113.10:80/tcp name: \"a\\nb\" must be 1 to 64 printable characters without quotes or backslashes"
     );
+}
+
+#[test]
+fn every_error_has_text() {
+    for text in [
+        "[dataplane]\nmax_vips = ".to_owned(),
+        "# a comment with a NUL \0 byte\n".to_owned(),
+        "[dataplane]\nmax_vips = 4\n\0".to_owned(),
+        "[[vip]]\naddress = \"203.0.113.10\"\nport = 80\n[[vip]".to_owned(),
+    ] {
+        let e = parse(&text).expect_err("must fail");
+        let line = e.to_string();
+        let (_, message) = line.split_once(": ").unwrap_or(("", ""));
+        assert!(!message.trim().is_empty(), "{text:?} gave {line:?}");
+        assert!(!line.contains('\n'), "{line:?}");
+    }
 }

@@ -65,3 +65,104 @@ pub fn addresses(iface: Option<&str>) -> Vec<IpAddr> {
     }
     out
 }
+
+/// Raises the soft limit of open files to what the daemon may need: a health check per
+/// backend (two descriptors while one runs), every API and metrics connection, the maps
+/// and programs, and a margin; up to the hard limit, which root may raise too.
+pub fn raise_fd_limit(max_backends: u32) {
+    let needed = 2 * u64::from(max_backends)
+        + super::api_server::MAX_CONNECTIONS as u64
+        + super::metrics_server::MAX_CONNECTIONS as u64
+        + 512;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+        return;
+    }
+    let was = lim.rlim_cur;
+    let wanted = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: lim.rlim_max.max(needed),
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+        tracing::info!("raised the open-file limit from {was} to {needed}");
+        return;
+    }
+    let capped = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) };
+    tracing::warn!(
+        "the open-file limit is {} (hard limit); up to {needed} may be needed with {max_backends} backend ids",
+        lim.rlim_max
+    );
+}
+
+/// Refuses a directory the daemon writes into (or trusts the contents of) unless only root
+/// can change it: a real directory, owned by root, not writable by group or others.
+/// `setting` names the configuration key in the error.
+pub fn check_private_dir(dir: &std::path::Path, setting: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = match std::fs::symlink_metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => anyhow::bail!("{setting}: cannot inspect {}: {e}", dir.display()),
+    };
+    if !m.is_dir() {
+        anyhow::bail!("{setting}: {} is not a directory", dir.display());
+    }
+    if m.uid() != 0 {
+        anyhow::bail!(
+            "{setting}: {} belongs to uid {}, not root, so another user could plant files in it; remove it or choose a directory only root can write",
+            dir.display(),
+            m.uid()
+        );
+    }
+    if m.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{setting}: {} is writable by other users (mode {:o}); use a directory only root can write, such as /run/xlb",
+            dir.display(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// The directories of a configuration that the daemon writes into, checked as
+/// [`check_private_dir`] does (those that do not exist yet are created 0700 by the daemon).
+pub fn check_paths(config: &crate::config::Config) -> anyhow::Result<()> {
+    let d = &config.daemon;
+    if let Some(dir) = d.socket.parent() {
+        check_private_dir(dir, "daemon.socket")?;
+    }
+    check_private_dir(&d.pin_dir, "daemon.pin_dir")?;
+    Ok(())
+}
+
+/// Refuses to go on without the privileges the daemon needs, in one sentence.
+pub fn check_privileges() -> anyhow::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let caps = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN)) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "xlb run needs root (or the capabilities CAP_BPF, CAP_NET_ADMIN and, to mount bpffs, CAP_SYS_ADMIN) to load and attach XDP programs; run it as root"
+    )
+}

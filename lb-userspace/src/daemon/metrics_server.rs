@@ -1,72 +1,106 @@
-//! The Prometheus endpoint: `GET /metrics`, read-only.
+//! The HTTP listener for Prometheus: `GET /metrics`, read-only (other methods get 405).
+//!
+//! Served by hyper with axum's router. Bounded like the API: at most [`MAX_CONNECTIONS`]
+//! connections (the oldest idle one makes room for a new one, see `slots`), no keep-alive,
+//! [`HEADER_TIMEOUT`] to send a request head and [`CONNECTION_TIMEOUT`] for the whole
+//! exchange.
 
 use std::{sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tower::ServiceExt as _;
 
-use super::Daemon;
+use super::{
+    Daemon,
+    slots::{Backoff, Slots, Throttled},
+};
 use crate::stats;
+
+/// Connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a connection may last in all.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+static ACCEPT_FAILED: Throttled = Throttled::new(Duration::from_secs(10));
 
 /// Accepts scrapes for as long as the daemon runs.
 pub(super) async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
+    let router = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(daemon);
+    let slots = Slots::new("metrics", MAX_CONNECTIONS);
+    let mut backoff = Backoff::new();
     loop {
-        if let Ok((s, _)) = listener.accept().await {
-            let daemon = daemon.clone();
-            tokio::spawn(async move { connection(&daemon, s).await });
-        }
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                ACCEPT_FAILED.log(|held| {
+                    tracing::warn!("metrics accept failed: {e} ({held} more since the last report)")
+                });
+                backoff.failed().await;
+                continue;
+            }
+        };
+        let Some(held) = slots.admit() else {
+            continue;
+        };
+        let router = router.clone();
+        tokio::spawn(async move {
+            let slot = held.slot.clone();
+            let service = hyper::service::service_fn(move |req| {
+                // A request head arrived: this connection is busy until it closes.
+                slot.set_busy(true);
+                router.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
+                () = held.slot.closed() => {}
+            }
+        });
     }
 }
 
-async fn connection(daemon: &Daemon, mut s: TcpStream) {
-    let mut buf = vec![0u8; 8192];
-    let mut n = 0;
-    while n < buf.len() {
-        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf[n..])).await {
-            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => return,
-            Ok(Ok(r)) => n += r,
-        }
-        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    let snap = {
+        let engine = daemon.engine.lock().expect("engine lock");
+        stats::snapshot(&engine, &daemon.iface, daemon.xdp_mode)
+    };
+    match snap {
+        Ok(s) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            crate::metrics::render(&s),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the counters failed: {e}\n"),
+        )
+            .into_response(),
     }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let (status, ctype, body) =
-        if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-            let snap = {
-                let engine = daemon.engine.lock().expect("engine lock");
-                stats::snapshot(&engine, &daemon.iface, daemon.xdp_mode)
-            };
-            match snap {
-                Ok(s) => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    crate::metrics::render(&s),
-                ),
-                Err(e) => (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    format!("reading the counters failed: {e}\n"),
-                ),
-            }
-        } else if head.starts_with("GET ") {
-            (
-                "404 Not Found",
-                "text/plain",
-                "only /metrics is served here\n".to_owned(),
-            )
-        } else {
-            (
-                "405 Method Not Allowed",
-                "text/plain",
-                "read-only: GET /metrics\n".to_owned(),
-            )
-        };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = s.write_all(reply.as_bytes()).await;
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "only /metrics is served here\n").into_response()
 }

@@ -19,9 +19,11 @@ pub mod host;
 mod metrics_server;
 pub mod pins;
 pub mod saved;
+mod slots;
+pub use slots::Throttled;
 
 use std::{
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -88,6 +90,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         )?;
     let ifidx = ifindex(&iface)
         .with_context(|| format!("dataplane.interface: no interface named {iface:?}"))?;
+    host::check_privileges()?;
+    host::check_paths(&config)?;
+    host::raise_fd_limit(config.dataplane.limits.max_backends);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,12 +106,28 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     r
 }
 
+/// Creates a directory the daemon owns (0700), or checks that an existing one is safe
+/// (owned by root, writable by nobody else); never changes one it did not make.
+fn private_dir(dir: &Path, setting: &str) -> anyhow::Result<()> {
+    host::check_private_dir(dir, setting)?;
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("{setting}: cannot create {}", parent.display()))?;
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("{setting}: cannot create {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// The API socket: root only (a 0700 directory, a 0600 socket). Refuses to take over the
 /// socket of a daemon that still answers on it.
 async fn bind_api(socket: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        private_dir(dir, "daemon.socket")?;
     }
     if tokio::net::UnixStream::connect(socket).await.is_ok() {
         anyhow::bail!(
@@ -141,9 +162,12 @@ async fn serve(
     };
 
     ensure_bpffs(&d.pin_dir)?;
+    private_dir(&d.pin_dir, "daemon.pin_dir")?;
     pins::check_layouts(&d.pin_dir, &iface)?;
     let pins = pin_path(&d.pin_dir, &iface);
-    std::fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
+    for dir in [pins.parent().expect("a layout directory"), &pins] {
+        private_dir(dir, "daemon.pin_dir")?;
+    }
     let warm = pins.join("link").exists();
     let lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
     let mut engine = Engine::new(lb, config.dataplane.clone());
@@ -320,6 +344,10 @@ impl Daemon {
         self.teardown
             .store(true, std::sync::atomic::Ordering::SeqCst);
         teardown_pins(&self.pins)?;
+        // The layout directory goes with its last interface.
+        if let Some(layout) = self.pins.parent() {
+            let _ = std::fs::remove_dir(layout);
+        }
         let _ = std::fs::remove_file(&self.state_path);
         Ok(())
     }

@@ -154,6 +154,8 @@ pub fn teardown_all_layouts(pin_dir: &Path, iface: &str) -> anyhow::Result<Vec<P
         let p = e.path().join(iface);
         if p.exists() {
             teardown_pins(&p)?;
+            // The layout directory goes with its last interface.
+            let _ = std::fs::remove_dir(e.path());
             removed.push(p);
         }
     }

@@ -281,7 +281,20 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn finish(self) -> Plan {
+    fn finish(mut self) -> Plan {
+        let checked: Vec<Health> = self
+            .state
+            .vips
+            .values()
+            .flat_map(|v| v.backends.values())
+            .filter(|b| b.removing.is_none() && b.config.health.kind != ProbeKind::None)
+            .map(|b| b.health)
+            .collect();
+        let failing = checked.len() >= 2 && checked.iter().all(|h| *h == Health::Unhealthy);
+        if failing != self.state.all_checks_failing {
+            self.state.all_checks_failing = failing;
+            self.changes.push(Change::AllChecksFailing { on: failing });
+        }
         Plan {
             steps: self.steps,
             state: self.state,

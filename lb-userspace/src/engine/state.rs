@@ -122,6 +122,9 @@ pub struct State {
     pub vips: BTreeMap<VipId, VipRecord>,
     /// Generation last used by each backend id (index = id).
     pub generations: Vec<u32>,
+    /// Every health-checked backend of every VIP fails its checks (and there are at least
+    /// two): the likely cause is this host, not the backends.
+    pub all_checks_failing: bool,
 }
 
 impl State {
@@ -132,6 +135,7 @@ impl State {
             map_config: lb_common::DataplaneConfig::default(),
             vips: BTreeMap::new(),
             generations: vec![0; limits.max_backends as usize],
+            all_checks_failing: false,
         }
     }
 
@@ -268,6 +272,10 @@ pub enum Change {
         vip: VipId,
         on: bool,
     },
+    /// Every health check of every VIP fails, or no longer does.
+    AllChecksFailing {
+        on: bool,
+    },
 }
 
 impl Change {
@@ -275,7 +283,7 @@ impl Change {
     pub fn subject(&self) -> (Option<VipId>, Option<IpAddr>) {
         use Change::*;
         match self {
-            Sources => (None, None),
+            Sources | AllChecksFailing { .. } => (None, None),
             VipAdded { vip, .. }
             | VipRemoved { vip }
             | HashChanged { vip, .. }
@@ -324,6 +332,10 @@ impl Change {
                 "FAIL-OPEN: every backend is unhealthy; traffic goes to all of them".to_owned()
             }
             FailOpen { on: false, .. } => "fail-open over: a backend is healthy again".to_owned(),
+            AllChecksFailing { on: true } => "every health check of every VIP fails at once: \
+                the likely cause is this host (its link, its routes, its open-file limit), not the backends"
+                .to_owned(),
+            AllChecksFailing { on: false } => "health checks pass again on some backend".to_owned(),
         }
     }
 }
@@ -384,6 +396,7 @@ impl fmt::Display for Change {
                 "VIP {vip}: {}",
                 if *on { "fail-open" } else { "fail-open over" }
             ),
+            AllChecksFailing { .. } => f.write_str(&self.event_text()),
         }
     }
 }
