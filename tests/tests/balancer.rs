@@ -408,7 +408,7 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
         .predict(&data.build())
         .unwrap()
         .expect("still followed");
-    assert_eq!((between.backend(), between.vip.index), (id, 14));
+    assert_eq!((between.backend(), between.vip_index), (id, 14));
     lab.set_backend_state(id, BACKEND_UNUSED, 7);
     assert_eq!(lab.lb.predict(&data.build()).unwrap(), None);
     let (action, out) = lab.run(&data.build());
@@ -474,15 +474,21 @@ fn switching_a_vip_to_source_affinity_keeps_established_connections() {
         };
         assert_eq!(out[30..34], backend.octets(), "ICMP error for port {port}");
     }
-    // New connections of this client all go to its affinity backend.
+    // New connections of this client all go to its affinity backend: each SYN takes the
+    // Maglev choice of the client's key and writes the client's entry.
     let new = |port| Packet::tcp(client4(), port, vip_addr(), 80, SYN);
     let affinity = lab.lb.predict(&new(50000).build()).unwrap().unwrap();
-    assert!(affinity.remembered.is_none());
+    assert!(affinity.remembered.is_none() && affinity.new_flow);
     assert_sent_to(&lab, &new(50000), affinity.backend());
     for port in 50001..50005 {
         let p = lab.lb.predict(&new(port).build()).unwrap().unwrap();
         assert_eq!(p.backend(), affinity.backend(), "port {port}");
-        assert!(p.remembered.is_some(), "the client's affinity entry");
+        assert_eq!(p.flow, affinity.flow, "the client's key");
+        assert!(!p.new_flow, "the client's entry already holds that choice");
         assert_sent_to(&lab, &new(port), affinity.backend());
+        assert_eq!(
+            lab.lb.flow(&p.flow).unwrap().map(|v| v.backend),
+            Some(affinity.backend())
+        );
     }
 }
