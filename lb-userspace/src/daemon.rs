@@ -221,7 +221,10 @@ async fn serve(
     let pins = pin_path(&d.pin_dir, &iface);
     std::fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
     let warm = pins.join("link").exists();
-    let lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
+    let mut lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
+    // xlb-dataplane: neighbour resolution for the data plane, and the interface MAC it
+    // checks frames against (set now, before the program is attached; re-checked each second).
+    let neighbours = crate::neighbour::prepare(&mut lb, &iface)?;
     let mut engine = Engine::new(lb, config.dataplane.clone());
     let adopted = engine.adopt()?;
 
@@ -348,6 +351,7 @@ async fn serve(
             }
         });
     }
+    tokio::spawn(neighbours.run()); // xlb-dataplane
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

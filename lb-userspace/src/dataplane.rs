@@ -133,6 +133,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("cannot duplicate a map's file descriptor: {0}")]
+    Dup(std::io::Error),
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("mapping the Maglev tables into memory failed: {0}")]
@@ -272,6 +274,25 @@ impl Balancer {
                 source,
             }),
         )
+    }
+
+    /// A second handle to the `CONFIG` map (its descriptor duplicated), for a task that
+    /// keeps the interface MAC up to date (`crate::neighbour::InterfaceMac`).
+    pub fn config_map(&self) -> Result<Array<MapData, DataplaneConfig>> {
+        let data: &MapData = match self.map("CONFIG") {
+            aya::maps::Map::Array(d) => d,
+            _ => unreachable!("CONFIG is an array"),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::Dup)?;
+        let dup = MapData::from_fd(fd).map_err(|source| DataplaneError::Map {
+            map: "CONFIG",
+            source,
+        })?;
+        typed("CONFIG", aya::maps::Map::Array(dup))
     }
 
     /// Sets the MAC address of the balancer's interface (`DataplaneConfig::mac`): VIP
