@@ -16,11 +16,10 @@ use crate::{
 /// for a header without options); a header the packet does not hold is not correct.
 #[inline(always)]
 pub fn ipv4_header_checksum_ok<P: PacketBytes + ?Sized>(pkt: &P, l3: usize, ihl: usize) -> bool {
-    let Some(h) = pkt.bytes::<IPV4_HLEN>(l3) else {
+    let Some(w) = pkt.words::<5>(l3) else {
         return false;
     };
-    let word = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let mut sum = word(0) + word(4) + word(8) + word(12) + word(16);
+    let mut sum = w[0] + w[1] + w[2] + w[3] + w[4];
     // Options: at most 40 bytes, ten words.
     let mut off = IPV4_HLEN;
     for _ in 0..10 {
@@ -40,9 +39,10 @@ pub fn ipv4_header_checksum_ok<P: PacketBytes + ?Sized>(pkt: &P, l3: usize, ihl:
 /// byte order the words were read in does not matter for the comparison with 0xffff.
 #[inline(always)]
 pub fn fold16(mut sum: u64) -> u32 {
+    // Below 2^48: two 32-bit halves add to below 2^33, then four 16-bit quarters of that
+    // to below 2^19, and two more folds end it.
     sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + ((sum >> 16) & 0xffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u32
@@ -82,10 +82,14 @@ pub fn martian_source_v6(src: &Addr, dst: &Addr) -> bool {
 }
 
 /// Whether a frame with destination MAC `dst` is addressed to this host, whose MAC is
-/// `ours`; an all-zero `ours` (unknown) accepts every frame.
+/// `ours`; an all-zero `ours` (unknown) accepts every frame. (Compared as a 32-bit and a
+/// 16-bit word: two loads and two compares each side.)
 #[inline(always)]
 pub fn frame_for_us(dst: &[u8; 6], ours: &[u8; 6]) -> bool {
-    *ours == [0; 6] || dst == ours
+    let hi = |m: &[u8; 6]| u32::from_ne_bytes([m[0], m[1], m[2], m[3]]);
+    let lo = |m: &[u8; 6]| u16::from_ne_bytes([m[4], m[5]]);
+    let (oh, ol) = (hi(ours), lo(ours));
+    (oh == hi(dst) && ol == lo(dst)) || (oh == 0 && ol == 0)
 }
 
 /// Whether a MAC address is a group (multicast or broadcast) address.

@@ -56,6 +56,20 @@ pub trait PacketBytes {
     fn len(&self) -> usize;
     /// The `N` bytes at `offset`, or `None` if the packet is shorter than `offset + N`.
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The `N` 32-bit words (`4 * N` bytes) at `offset`, each read in native byte order and
+    /// zero-extended to 64 bits (for checksum sums), or `None` if the packet is shorter. The
+    /// XDP packet checks the bounds once and loads each word with one instruction.
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        let mut out = [0u64; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = u64::from(u32::from_ne_bytes(self.bytes::<4>(offset + 4 * i)?));
+            i += 1;
+        }
+        Some(out)
+    }
 }
 
 impl PacketBytes for [u8] {

@@ -40,7 +40,8 @@ impl Kind {
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident;)*) => {
         /// Why a packet got its action: one counter each, at `GLOBAL_STATS[ACTIONS + reason]`.
-        #[repr(u32)]
+        /// One byte, so the data plane's `Outcome` (action, reason, MTU) fits a register.
+        #[repr(u8)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Reason {
             $($(#[doc = $doc])* $variant,)*

@@ -107,10 +107,9 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn run(ctx: &XdpContext) -> u32 {
     let o = balance(ctx);
-    let action = u32::from(o.action);
-    bump(&GLOBAL_STATS, action);
+    bump(&GLOBAL_STATS, o.action);
     bump(&GLOBAL_STATS, ACTIONS + o.why.index());
-    action
+    o.action
 }
 
 /// What happens to a packet: the XDP action and the reason counted for it.
@@ -121,7 +120,7 @@ fn run(ctx: &XdpContext) -> u32 {
 #[derive(Clone, Copy)]
 pub struct Outcome {
     /// The XDP action (`xdp_action::*`).
-    pub action: u16,
+    pub action: u32,
     /// With `Reason::DropTooBig`: the MTU to announce to the client (0: none).
     pub mtu: u16,
     pub why: Reason,
@@ -132,7 +131,7 @@ impl Outcome {
     #[inline(always)]
     pub const fn new(action: u32, why: Reason) -> Self {
         Self {
-            action: action as u16,
+            action,
             mtu: 0,
             why,
         }

@@ -206,6 +206,20 @@ impl PacketBytes for XdpPacket {
         self.end() - self.start
     }
 
+    /// One bounds check, then one 4-byte load per word (BPF's 4-byte load zero-extends).
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        let p = self.ptr::<[u32; N]>(offset)? as usize;
+        let mut out = [0u64; N];
+        let mut i = 0;
+        while i < N {
+            // SAFETY: `ptr` checked that the N words lie inside the packet.
+            out[i] = unsafe { word::load32_wide(p + 4 * i) };
+            i += 1;
+        }
+        Some(out)
+    }
+
     /// The `N` bytes at `offset`, read in as few loads as it can.
     #[inline(always)]
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
@@ -274,6 +288,22 @@ pub mod word {
                 };
             }
         };
+    }
+
+    /// A 4-byte load into a 64-bit register, which BPF zero-extends: no truncation for the
+    /// compiler to undo with shifts.
+    ///
+    /// # Safety
+    /// `p` must be a packet address with the whole value inside the packet.
+    #[inline(always)]
+    pub unsafe fn load32_wide(p: usize) -> u64 {
+        let v: u64;
+        // SAFETY: the caller's; the instruction reads nothing else.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + 0)", v = lateout(reg) v, p = in(reg) p,
+                 options(nostack, readonly, preserves_flags))
+        };
+        v
     }
 
     access!(

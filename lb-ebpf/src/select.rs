@@ -244,27 +244,30 @@ pub fn remembered(s: &mut Scratch) -> bool {
 /// again), packets and bytes only when it was `forwarded`.
 #[inline(always)]
 pub fn count(s: &Scratch, ip_len: u16, forwarded: bool) {
-    let sent = u64::from(forwarded);
-    let bytes = u64::from(ip_len) * sent;
+    let bytes = u64::from(ip_len);
     let (new_flow, hit) = (u64::from(s.new_flow), u64::from(s.hit));
     if let Some(v) = VIP_STATS.get_ptr_mut(s.vip) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {
-            (*v).packets += sent;
-            (*v).bytes += bytes;
             (*v).new_flows += new_flow;
-            (*v).flow_hits += hit * sent;
-            (*v).flow_misses += (1 - hit) * sent;
-            (*v).midflow_misses += (1 - hit) * sent * u64::from(s.midflow);
+            if forwarded {
+                (*v).packets += 1;
+                (*v).bytes += bytes;
+                (*v).flow_hits += hit;
+                (*v).flow_misses += 1 - hit;
+                (*v).midflow_misses += (1 - hit) * u64::from(s.midflow);
+            }
         }
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(s.id) {
         // SAFETY: as above.
         unsafe {
-            (*b).packets += sent;
-            (*b).bytes += bytes;
             (*b).new_flows += new_flow;
+            if forwarded {
+                (*b).packets += 1;
+                (*b).bytes += bytes;
+            }
         }
     }
 }

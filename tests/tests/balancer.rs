@@ -274,11 +274,11 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
     });
     eprintln!("new MAC used after {took:?}");
 
-    let no_route = lab.counter(ACTIONS + Reason::DropNoRoute as u32);
+    let no_route = lab.counter(ACTIONS + Reason::DropNoRoute.index());
     lab.ns.ip(&["route", "add", "blackhole", "198.18.0.5/32"]);
     within("withdrawn route", &p.build(), &|action, _| action == 1);
     assert_eq!(
-        lab.counter(ACTIONS + Reason::DropNoRoute as u32),
+        lab.counter(ACTIONS + Reason::DropNoRoute.index()),
         no_route + 1
     );
 
@@ -294,10 +294,10 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
         "lock",
         "1000",
     ]);
-    let signalled = lab.counter(ACTIONS + Reason::TooBigSignalled as u32);
+    let signalled = lab.counter(ACTIONS + Reason::TooBigSignalled.index());
     within("lowered MTU", &big.build(), &|action, _| action == XDP_TX);
     assert_eq!(
-        lab.counter(ACTIONS + Reason::TooBigSignalled as u32),
+        lab.counter(ACTIONS + Reason::TooBigSignalled.index()),
         signalled + 1
     );
     // Packets that fit still go, to the new MAC.
