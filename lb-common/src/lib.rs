@@ -14,12 +14,14 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod admit;
 pub mod csum;
 pub mod encap;
 pub mod hash;
 pub mod icmp;
 pub mod maps;
 pub mod parse;
+pub mod resolve;
 pub mod stats;
 
 pub use maps::*;

@@ -173,8 +173,47 @@ pub struct DataplaneConfig {
     pub flags: u32,
     /// Outer IPv6 source of encapsulated packets (network order).
     pub source_v6: [u8; 16],
+    /// The MAC address of the interface the balancer is attached to, set by the daemon from
+    /// the interface (at start and on its periodic tick). A VIP packet in a frame addressed
+    /// to another MAC (another host's, multicast, broadcast) is dropped, as a router would.
+    /// All zero: not known, the check is off (test runs choose).
+    pub mac: [u8; 6],
+    /// Must be zero.
+    pub reserved: [u8; 2],
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 24);
+const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+
+/// Entry 0 of the `BENCH` array: the frame the benchmark entry point (`xlb_balancer_bench`)
+/// restores before each run, given by its length and its L2 header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BenchTemplate {
+    /// Length of the whole frame.
+    pub len: u32,
+    /// Length of its L2 header: 14, or 18 with a VLAN tag.
+    pub l2_len: u32,
+    /// The L2 header (the first `l2_len` bytes count).
+    pub l2: [u8; 24],
+}
+const _: () = assert!(size_of::<BenchTemplate>() == 32);
+
+/// A record of the `NEIGH_EVENTS` ring buffer: the data plane found no resolved neighbour
+/// (`BPF_FIB_LKUP_RET_NO_NEIGH`) for a next hop, and asks the controller to have the kernel
+/// resolve it. Sent at most about every 100 ms per backend and CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NeighbourEvent {
+    /// `FAMILY_V4` or `FAMILY_V6`: the family of the next hop's address (an IPv4 route may
+    /// have an IPv6 gateway).
+    pub family: u8,
+    /// Must be zero.
+    pub reserved: [u8; 3],
+    /// The interface the next hop is on.
+    pub ifindex: u32,
+    /// The next hop: the route's gateway, or the destination itself on a connected route.
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<NeighbourEvent>() == 24);
 
 /// Per-CPU counters of one VIP (`VIP_STATS`, indexed by `VipInfo::index`).
 #[repr(C)]
@@ -220,6 +259,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for BenchTemplate {}
+    unsafe impl aya::Pod for NeighbourEvent {}
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
 }

@@ -41,8 +41,9 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 /// How many IPv6 extension headers the parser walks before giving up on finding the L4
-/// header. Real traffic carries zero to two; a longer chain to a VIP is dropped as
-/// malformed (and counted), one to any other address is passed untouched.
+/// header: a chain of up to this many is followed. Real traffic carries zero to two; a
+/// longer chain to a VIP is dropped as malformed (and counted), one to any other address is
+/// passed untouched.
 pub const MAX_IPV6_EXT_HEADERS: usize = 6;
 
 /// Read access to a packet's bytes, bounds-checked.
@@ -55,6 +56,20 @@ pub trait PacketBytes {
     fn len(&self) -> usize;
     /// The `N` bytes at `offset`, or `None` if the packet is shorter than `offset + N`.
     fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// The `N` 32-bit words (`4 * N` bytes) at `offset`, each read in native byte order and
+    /// zero-extended to 64 bits (for checksum sums), or `None` if the packet is shorter. The
+    /// XDP packet checks the bounds once and loads each word with one instruction.
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        let mut out = [0u64; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = u64::from(u32::from_ne_bytes(self.bytes::<4>(offset + 4 * i)?));
+            i += 1;
+        }
+        Some(out)
+    }
 }
 
 impl PacketBytes for [u8] {
@@ -124,6 +139,8 @@ pub struct Headers {
     pub dont_fragment: bool,
     /// TCP flags byte; 0 for UDP and unless `l4` is `Ports`.
     pub tcp_flags: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub ttl: u8,
     pub l4: L4,
 }
 
@@ -224,6 +241,7 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(pkt: &P, l3: usize, vlan: bool) -> Parsed
         proto,
         tos: ip[1],
         dont_fragment: frag & 0x4000 != 0,
+        ttl: ip[8],
         src,
         dst,
         l4,
@@ -284,6 +302,11 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, l3: usize, vlan: bool) -> Parsed
             }
         }
     }
+    // After exactly MAX_IPV6_EXT_HEADERS extension headers the loop ends without looking at
+    // the next one: it is the L4 header unless it is one more extension header.
+    if !walked && !matches!(next, 0 | 43 | 44 | 51 | 60) {
+        walked = true;
+    }
     let (l4, ports) = if fragment {
         (L4::Fragment, NO_PORTS)
     } else if walked {
@@ -302,6 +325,7 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(pkt: &P, l3: usize, vlan: bool) -> Parsed
         proto: next,
         tos,
         dont_fragment: true,
+        ttl: fixed[7],
         src,
         dst,
         l4,
@@ -589,22 +613,25 @@ mod tests {
         };
         assert_eq!(h.l4, L4::Ports);
 
-        // A chain longer than the parser walks.
+        // A chain of exactly MAX_IPV6_EXT_HEADERS is followed; one more is too long.
+        assert_eq!(ext_chain(MAX_IPV6_EXT_HEADERS, &t), L4::Ports);
+        assert_eq!(ext_chain(MAX_IPV6_EXT_HEADERS + 1, &t), L4::Malformed);
+    }
+
+    /// What the parser finds after `n` destination-options headers before TCP segment `t`.
+    fn ext_chain(n: usize, t: &[u8; 20]) -> L4 {
         let mut payload = [0u8; 8 * (MAX_IPV6_EXT_HEADERS + 1) + 20];
-        for i in 0..=MAX_IPV6_EXT_HEADERS {
-            payload[i * 8] = if i == MAX_IPV6_EXT_HEADERS {
-                PROTO_TCP
-            } else {
-                60
-            };
+        for i in 0..n {
+            payload[i * 8] = if i + 1 == n { PROTO_TCP } else { 60 };
         }
-        let ip = ipv6(60, &payload);
-        let len = 40 + payload.len();
-        let (f, n) = frame(&[&eth(ETH_P_IPV6), &ip[..len]]);
-        let Parsed::Ip(h) = parse(&f[..n]) else {
+        payload[8 * n..8 * n + 20].copy_from_slice(t);
+        let ip = ipv6(if n == 0 { PROTO_TCP } else { 60 }, &payload[..8 * n + 20]);
+        let len = 40 + 8 * n + 20;
+        let (f, m) = frame(&[&eth(ETH_P_IPV6), &ip[..len]]);
+        let Parsed::Ip(h) = parse(&f[..m]) else {
             panic!()
         };
-        assert_eq!(h.l4, L4::Malformed);
+        h.l4
     }
 
     #[test]

@@ -40,7 +40,8 @@ impl Kind {
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident;)*) => {
         /// Why a packet got its action: one counter each, at `GLOBAL_STATS[ACTIONS + reason]`.
-        #[repr(u32)]
+        /// One byte, so the data plane's `Outcome` (action, reason, MTU) fits a register.
+        #[repr(u8)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Reason {
             $($(#[doc = $doc])* $variant,)*
@@ -93,9 +94,6 @@ reasons! {
     PassBadIp = "bad_ip_header", Pass;
     /// Passed: not addressed to a VIP (address, port or protocol).
     PassNotVip = "not_vip", Pass;
-    /// Passed: encapsulated for a backend whose next hop has no resolved MAC address yet;
-    /// the kernel forwards it and resolves the neighbour.
-    PassNoNeigh = "no_neighbour", Pass;
     /// Dropped: a fragment addressed to a VIP address (ports unknown, flow unknowable).
     DropFragment = "fragment", Drop;
     /// Dropped: VIP packet with a truncated or invalid TCP/UDP header.
@@ -114,6 +112,26 @@ reasons! {
     DropNoSource = "no_source_address", Drop;
     /// Dropped: the backend's family cannot carry this packet (IPv6 in IPv4).
     DropFamily = "family_mismatch", Drop;
+    /// Dropped: the next hop towards the backend has no resolved MAC address yet; the
+    /// controller is told (`NEIGH_EVENTS`) and has the kernel resolve it, so the sender's
+    /// retransmission goes through.
+    DropNoNeigh = "no_neighbour", Drop;
+    /// Dropped: TCP, UDP or another protocol (not ICMP) to an address that has VIPs, on a
+    /// port or protocol that is no VIP, and not an address of this host. Passed on, the
+    /// kernel would route it back to the router, which sends it here again (a loop).
+    DropNotVipPort = "not_vip_port", Drop;
+    /// Dropped: a VIP packet whose IPv4 header checksum is wrong (RFC 1812 5.2.2).
+    DropBadIpChecksum = "bad_ip_checksum", Drop;
+    /// Dropped: a VIP packet with TTL / hop limit 0 or 1, which a router must not forward.
+    DropTtl = "ttl_exceeded", Drop;
+    /// Dropped: a VIP packet from a source no packet may come from (unspecified, loopback,
+    /// multicast, broadcast or reserved, IPv4-mapped IPv6, or the VIP itself).
+    DropMartian = "martian_source", Drop;
+    /// Dropped: a VIP packet in a frame not addressed to this host's MAC (another host's,
+    /// multicast, broadcast).
+    DropNotOurMac = "not_our_mac", Drop;
+    /// Dropped: an ICMP / ICMPv6 echo request to a VIP address whose checksum is wrong.
+    DropBadIcmpChecksum = "bad_icmp_checksum", Drop;
     /// Answered: an ICMP/ICMPv6 echo request to a VIP address, replied to by the balancer.
     IcmpEchoAnswered = "icmp_echo_answered", Reply;
     /// Forwarded: an ICMP error about a VIP flow, sent to the backend that owns the flow.

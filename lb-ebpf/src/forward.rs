@@ -5,13 +5,14 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, xdp_action, xdp_md,
+        BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, xdp_action, xdp_md,
     },
-    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_ns, bpf_redirect},
     programs::XdpContext,
 };
 use lb_common::{
     Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4, FAMILY_V6,
+    NeighbourEvent,
     encap::{outer_ipv4, outer_ipv6_first_words},
     icmp::announced_mtu,
     parse::{
@@ -22,10 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::packet::adjust_head;
 
-use crate::{
-    CONFIG, NEXT_HOPS, Verdict,
-    select::{self, Scratch},
-};
+use crate::{CONFIG, NEIGH_EVENTS, NEXT_HOPS, Outcome};
 
 /// `struct bpf_fib_lookup` with its unions flattened to the members we use, so it can be
 /// built field by field (the bindgen type's unions would need a zeroing memset, which the
@@ -55,7 +53,7 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Encapsulates the packet for `backend` and sends it towards it. Returns the XDP action
-/// and the reason to count.
+/// and the reason; counting is the caller's (`crate::deliver`).
 ///
 /// The FIB lookup happens before the packet is touched, so every refusal leaves the packet
 /// as it was. On success the frame is rebuilt as
@@ -71,14 +69,14 @@ pub fn encapsulate_and_send(
     id: u32,
     backend: &Backend,
     hash: u32,
-) -> Verdict {
+) -> Outcome {
     let Some(cfg) = CONFIG.get(0) else {
-        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoSource as u32);
+        return Outcome::drop(Reason::DropNoSource);
     };
     let v6_outer = match (backend.family, h.family) {
         (FAMILY_V4, FAMILY_V4) => false,
         (FAMILY_V6, _) => true,
-        _ => return Verdict::new(xdp_action::XDP_DROP, Reason::DropFamily as u32),
+        _ => return Outcome::drop(Reason::DropFamily),
     };
     let have_source = if v6_outer {
         CFG_F_SOURCE_V6
@@ -86,7 +84,7 @@ pub fn encapsulate_and_send(
         CFG_F_SOURCE_V4
     };
     if cfg.flags & have_source == 0 {
-        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoSource as u32);
+        return Outcome::drop(Reason::DropNoSource);
     }
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
     let ingress = ctx.ingress_ifindex() as u32;
@@ -114,92 +112,98 @@ pub fn encapsulate_and_send(
                 mtu: c.mtu,
                 smac: c.smac,
                 dmac: c.dmac,
+                family: 0,
+                next: [0; 16],
             });
         }
         c => {
             next_hop(ctx.ctx, &job, &mut hop);
             // SAFETY: next_hop always initialises it.
             let fresh = unsafe { hop.assume_init_ref() };
-            if let Some(c) = c
-                && fresh.rc == BPF_FIB_LKUP_RET_SUCCESS
-                && fresh.mtu >= job.outer_total
-            {
-                *c = CachedHop {
-                    looked_up: now,
-                    generation: backend.generation,
-                    ingress,
-                    ifindex: fresh.ifindex,
-                    mtu: fresh.mtu,
-                    smac: fresh.smac,
-                    dmac: fresh.dmac,
-                    reserved: 0,
-                };
+            if let Some(c) = c {
+                if fresh.rc == BPF_FIB_LKUP_RET_SUCCESS && fresh.mtu >= job.outer_total {
+                    *c = CachedHop {
+                        looked_up: now,
+                        generation: backend.generation,
+                        ingress,
+                        ifindex: fresh.ifindex,
+                        mtu: fresh.mtu,
+                        smac: fresh.smac,
+                        dmac: fresh.dmac,
+                        notified: c.notified,
+                    };
+                } else if fresh.rc == BPF_FIB_LKUP_RET_NO_NEIGH {
+                    ask_for_neighbour(c, fresh);
+                }
             }
         }
     }
     // SAFETY: initialised on both arms above.
     let hop = unsafe { hop.assume_init_ref() };
-    let neighbour_known = match hop.rc {
-        BPF_FIB_LKUP_RET_SUCCESS => true,
-        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+    match hop.rc {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        // Dropped: handed to the kernel, the encapsulated packet (whose source is this
+        // host's own address) would be dropped there as a martian (IPv4), or not forwarded
+        // (IPv6 forwarding is on only for the interface). The controller has been asked to
+        // resolve the neighbour (`ask_for_neighbour`); the sender's retransmission finds it.
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Outcome::drop(Reason::DropNoNeigh),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             // Answered by the program's entry (`icmp::too_big`), not here: at the bottom of
             // this call chain the answer's stack frame would not fit.
-            return Verdict {
+            return Outcome {
                 mtu: announced_mtu(hop.mtu, outer_len, h.family),
-                ..Verdict::new(xdp_action::XDP_DROP, Reason::DropTooBig as u32)
+                ..Outcome::drop(Reason::DropTooBig)
             };
         }
-        BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            return Verdict::new(xdp_action::XDP_DROP, Reason::DropFwdDisabled as u32);
-        }
-        _ => return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoRoute as u32),
-    };
-    if !rewrite(ctx.ctx, &job, hop) {
-        return Verdict::new(xdp_action::XDP_DROP, Reason::DropEncapFailed as u32);
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Outcome::drop(Reason::DropFwdDisabled),
+        _ => return Outcome::drop(Reason::DropNoRoute),
     }
-    if !neighbour_known {
-        // The kernel routes the encapsulated packet itself and resolves the neighbour.
-        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNoNeigh as u32);
+    if !rewrite(ctx.ctx, &job, hop) {
+        return Outcome::drop(Reason::DropEncapFailed);
     }
     if hop.ifindex == ingress || h.vlan {
         // A tagged packet goes back out its trunk with its tag (see the README).
-        return Verdict::new(xdp_action::XDP_TX, Reason::Forwarded as u32);
+        return Outcome::new(xdp_action::XDP_TX, Reason::Forwarded);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
-        Verdict::new(action, Reason::Forwarded as u32)
+        Outcome::new(action, Reason::Forwarded)
     } else {
-        Verdict::new(xdp_action::XDP_DROP, Reason::DropNoRoute as u32)
+        Outcome::drop(Reason::DropNoRoute)
     }
 }
 
-/// Sends a packet of the flow in `s.flow` to the backend `vip` has for it (chosen into
-/// `s`: `how` is `select::LOOK_UP` and `select::REMEMBER` bits) and counts it.
-#[inline(always)]
-pub fn forward_flow(
-    ctx: &XdpContext,
-    h: &Headers,
-    vip: &lb_common::VipInfo,
-    s: &mut Scratch,
-    how: u32,
-) -> Verdict {
-    if !select::choose_backend(vip, how, s) {
-        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
-    }
-    send(ctx, h, vip.index, s)
-}
+/// Least time between two neighbour events for one backend from one CPU, in units of
+/// 2^20 ns (about a millisecond): ~105 ms. A flood of packets towards an unresolved next
+/// hop then costs the controller about ten events a second per CPU, and the data plane a
+/// clock read per packet.
+pub const NEIGHBOUR_EVENT_INTERVAL: u32 = 100;
 
-/// Sends the packet to the backend chosen into `s` and counts it for VIP `vip_id`.
-#[inline(always)]
-pub fn send(ctx: &XdpContext, h: &Headers, vip_id: u32, s: &mut Scratch) -> Verdict {
-    let v = encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
-    let why = u32::from(v.why);
-    if why == Reason::Forwarded as u32 || why == Reason::PassNoNeigh as u32 {
-        select::count(vip_id, s, h.ip_len);
+/// Tells the controller that the next hop in `hop` (a `NO_NEIGH` answer: the kernel has set
+/// its interface and address, the gateway or the destination itself, before answering) has
+/// no resolved MAC address, at most every `NEIGHBOUR_EVENT_INTERVAL` per backend and CPU
+/// (the time of the last event is kept in the backend's cache slot `c`). A full ring buffer
+/// loses the event; the next one comes an interval later.
+#[inline(never)]
+fn ask_for_neighbour(c: &mut CachedHop, hop: &NextHop) {
+    // SAFETY: a plain helper call without arguments.
+    let now = (unsafe { bpf_ktime_get_ns() } >> 20) as u32;
+    if c.notified != 0 && now.wrapping_sub(c.notified) < NEIGHBOUR_EVENT_INTERVAL {
+        return;
     }
-    v
+    c.notified = now | 1;
+    let event = NeighbourEvent {
+        family: if hop.family == AF_INET6 {
+            FAMILY_V6
+        } else {
+            FAMILY_V4
+        },
+        reserved: [0; 3],
+        ifindex: hop.ifindex,
+        addr: hop.next,
+    };
+    let _ = NEIGH_EVENTS.output::<NeighbourEvent>(&event, 0);
 }
 
 /// What the two subprograms need to know about the encapsulation (BPF functions take at
@@ -238,8 +242,11 @@ pub struct CachedHop {
     mtu: u16,
     smac: [u8; 6],
     dmac: [u8; 6],
-    reserved: u16,
+    /// When this CPU last sent a neighbour event for the backend (`ask_for_neighbour`), in
+    /// units of 2^20 ns, with bit 0 set; 0 = never.
+    notified: u32,
 }
+const _: () = assert!(size_of::<CachedHop>() == 40);
 
 impl CachedHop {
     #[inline(always)]
@@ -260,6 +267,11 @@ struct NextHop {
     mtu: u16,
     smac: [u8; 6],
     dmac: [u8; 6],
+    /// From the FIB (not from the cache): the next hop's family (`AF_INET`, or `AF_INET6`
+    /// for an IPv4 route with an IPv6 gateway) and address (the gateway or the destination),
+    /// set for `SUCCESS` and `NO_NEIGH`.
+    family: u8,
+    next: [u8; 16],
 }
 
 /// Asks the kernel's FIB for the next hop towards `backend`, as if the encapsulated packet
@@ -302,17 +314,69 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap, out: &mut MaybeUninit<NextHop>) {
             0,
         )
     };
+    let d = fib.dst;
+    let next = if fib.family == AF_INET6 {
+        unwords(&d)
+    } else {
+        let a = d[0].to_ne_bytes();
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    };
     out.write(NextHop {
         rc: rc as u32,
         ifindex: fib.ifindex,
         mtu: fib.tot_len,
         smac: fib.smac,
         dmac: fib.dmac,
+        family: fib.family,
+        next,
     });
 }
 
-/// Grows the packet at the front and writes the L2 header (MACs of the next hop, or the
-/// original ones when it is not resolved; the VLAN tag kept) and the outer IP header.
+/// Whether the packet `h` is for this host: the FIB, asked about it as received on the
+/// ingress interface, says it is not forwarded (`NOT_FWDED`: a local address) or that
+/// forwarding is off (`FWD_DISABLED`: the kernel will not send it back out either).
+#[inline(never)]
+pub fn is_local(ctx: *mut xdp_md, h: &Headers) -> bool {
+    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
+    let v6 = h.family == FAMILY_V6;
+    let (src, dst) = if v6 {
+        (words(&h.src), words(&h.dst))
+    } else {
+        let (s, d) = (&h.src, &h.dst);
+        (
+            [u32::from_ne_bytes([s[0], s[1], s[2], s[3]]), 0, 0, 0],
+            [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0],
+        )
+    };
+    let mut fib = FibParams {
+        family: if v6 { AF_INET6 } else { AF_INET },
+        l4_protocol: h.proto,
+        sport: h.sport,
+        dport: h.dport,
+        tot_len: h.ip_len,
+        ifindex: ingress,
+        flowinfo: 0,
+        src,
+        dst,
+        vlan_proto: 0,
+        vlan_tci: 0,
+        smac: [0; 6],
+        dmac: [0; 6],
+    };
+    // SAFETY: the context and a pointer to our stack copy of the parameters, with its size.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.cast(),
+            (&raw mut fib).cast(),
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    } as u32;
+    rc == BPF_FIB_LKUP_RET_NOT_FWDED || rc == BPF_FIB_LKUP_RET_FWD_DISABLED
+}
+
+/// Grows the packet at the front and writes the L2 header (MACs of the next hop; the VLAN
+/// tag kept) and the outer IP header.
 /// `false` if the kernel refused to grow the packet.
 #[inline(never)]
 fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
@@ -338,12 +402,7 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
     let Some(tag) = pkt.bytes::<VLAN_HLEN>(outer_len + ETH_HLEN) else {
         return false;
     };
-    let mut ok = if hop.rc == BPF_FIB_LKUP_RET_SUCCESS {
-        pkt.write(0, &hop.dmac) && pkt.write(6, &hop.smac)
-    } else {
-        pkt.write(0, &[eth[0], eth[1], eth[2], eth[3], eth[4], eth[5]])
-            && pkt.write(6, &[eth[6], eth[7], eth[8], eth[9], eth[10], eth[11]])
-    };
+    let mut ok = pkt.write(0, &hop.dmac) && pkt.write(6, &hop.smac);
     let t = if v6_outer { ETH_P_IPV6 } else { ETH_P_IP }.to_be_bytes();
     let l3 = if h.vlan {
         // The tag keeps its protocol identifier and TCI; its ethertype names the outer IP.
@@ -383,5 +442,20 @@ fn words(a: &[u8; 16]) -> [u32; 4] {
         u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
         u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
         u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// The inverse of `words`.
+#[inline(always)]
+fn unwords(w: &[u32; 4]) -> [u8; 16] {
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
     ]
 }

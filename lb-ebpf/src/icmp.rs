@@ -12,20 +12,22 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    FAMILY_V4, FlowKey, VIP_F_HASH_SOURCE, VipKey,
+    FAMILY_V4,
+    admit::fold16,
     icmp::{
         ICMP_ECHO_REPLY, ICMP_HLEN, ICMPV6_ECHO_REPLY, Icmp, QUOTED_V4, QUOTED_V6, classify,
         echo_reply_header, error_ipv4_header, error_ipv6_first_words, frag_needed_header,
         packet_too_big_header,
     },
     parse::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPV4_HLEN, IPV6_HLEN, PacketBytes, VLAN_HLEN,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_ICMPV6, IPV4_HLEN, IPV6_HLEN, PacketBytes,
+        VLAN_HLEN,
     },
     stats::Reason,
 };
 use lb_ebpf::packet::{XdpPacket, adjust_head};
 
-use crate::{VIP_ADDRS, forward, select};
+use crate::{Outcome, admit, deliver, is_vip_address, select};
 
 /// An echo request to a VIP address: answer it (`echo_reply`).
 pub const ECHO: u32 = 1;
@@ -39,17 +41,7 @@ pub const OTHER: u32 = 0;
 /// 512 bytes of stack for the deepest chain of frames).
 #[inline(never)]
 pub fn kind(ctx: *mut xdp_md, h: &Headers) -> u32 {
-    if !select::may_be_vip(&h.dst) {
-        return OTHER;
-    }
-    let key = VipKey {
-        addr: h.dst,
-        port: 0,
-        proto: 0,
-        family: h.family,
-    };
-    // SAFETY: the value is a plain u32 only read for presence.
-    if unsafe { VIP_ADDRS.get(key) }.is_none() {
+    if !is_vip_address(&h.dst, h.family) {
         return OTHER;
     }
     match classify(&XdpPacket::new(&XdpContext::new(ctx)), h) {
@@ -60,59 +52,38 @@ pub fn kind(ctx: *mut xdp_md, h: &Headers) -> u32 {
 }
 
 /// Sends an ICMP error about a VIP flow to the backend that has the flow, or that Maglev
-/// would give it. Nothing is remembered. (It reads the quoted flow again rather than take
-/// it from `kind`: errors are rare, and a flow key in the caller's frame would sit under
-/// this one.)
+/// would give it: the resolver's order, as for the flow's own packets (`select::resolve`),
+/// with nothing remembered. An error a router would not forward is dropped (`admit`); an
+/// error about an error is never sent: a steered error that is too big is dropped. (It
+/// reads the quoted flow again rather than take it from `kind`: errors are rare, and a flow
+/// key in the caller's frame would sit under this one.)
 #[inline(never)]
-pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
+pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
     let Icmp::Error { flow } = classify(&XdpPacket::new(&ctx), h) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
+        return Outcome::pass(Reason::PassNotVip);
     };
     let Some(s) = select::scratch() else {
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
+        return Outcome::drop(Reason::DropNoBackend);
     };
-    // As for the flow's own packets: its 5-tuple entry first, then the VIP (and for a
-    // source-affinity VIP, the client's entry or the Maglev choice). Nothing is remembered;
-    // and an error about an error is never sent: a steered error that is too big is
-    // dropped.
     s.flow = flow;
     s.midflow = 0;
-    let v = if select::remembered(s) {
-        forward::send(&ctx, h, s.backend.vip, s)
-    } else {
-        let mut key = VipKey {
-            addr: flow.dst,
-            port: flow.dport,
-            proto: flow.proto,
-            family: flow.family,
-        };
-        let vip = match select::vip(&key) {
-            Some(v) => v,
-            None => {
-                key.port = 0;
-                match select::vip(&key) {
-                    Some(v) => v,
-                    None => return (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
-                }
-            }
-        };
-        let mut how = 0;
-        if vip.flags & VIP_F_HASH_SOURCE != 0 {
-            s.flow = FlowKey {
-                sport: 0,
-                dport: key.port,
-                ..flow
-            };
-            how = select::LOOK_UP;
+    match select::resolve(lb_common::resolve::ICMP_ERROR, s) {
+        select::RESOLVED => {}
+        select::NOT_VIP => return Outcome::pass(Reason::PassNotVip),
+        _ => return Outcome::drop(Reason::DropNoBackend),
+    }
+    if let Some(why) = admit::refusal(ctx.ctx, h, admit::FORWARD) {
+        return Outcome::drop(why);
+    }
+    let o = deliver(&ctx, h, s);
+    if o.why == Reason::Forwarded {
+        Outcome {
+            why: Reason::IcmpErrorSteered,
+            ..o
         }
-        forward::forward_flow(&ctx, h, &vip, s, how)
-    };
-    let why = u32::from(v.why);
-    if why == Reason::Forwarded as u32 {
-        (v.action, Reason::IcmpErrorSteered as u32)
     } else {
-        (v.action, why)
+        o
     }
 }
 
@@ -128,24 +99,38 @@ fn swap_macs(pkt: &XdpPacket) -> bool {
     }
 }
 
-/// Turns an echo request into its reply in place and sends it back.
+/// Turns an echo request into its reply in place and sends it back: only for a request a
+/// router would answer (a unicast frame to this host, a source that is no martian, a
+/// correct IPv4 header checksum: `admit`) with a correct ICMP checksum. The reply's source
+/// MAC is the request's destination, so this host's.
 #[inline(never)]
-pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
+pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
+    if let Some(why) = admit::refusal(ctx.ctx, h, admit::ANSWER) {
+        return Outcome::drop(why);
+    }
     let pkt = XdpPacket::new(&ctx);
     let (l3, l4) = (usize::from(h.l3_offset), usize::from(h.l4_offset));
     let Some(icmp) = pkt.bytes::<4>(l4) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
+        return Outcome::pass(Reason::PassNotVip);
     };
-    let ok = if h.family == FAMILY_V4 {
-        // Only plain 20-byte headers: a reply with options would have to rework them.
-        if l4 != l3 + IPV4_HLEN {
-            return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
-        }
-        let Some(len) = pkt.bytes::<2>(l3 + 2) else {
-            return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
-        };
-        let payload = u16::from_be_bytes(len).saturating_sub(IPV4_HLEN as u16);
+    let v4 = h.family == FAMILY_V4;
+    // Only plain 20-byte IPv4 headers: a reply with options would have to rework them.
+    if v4 && l4 != l3 + IPV4_HLEN {
+        return Outcome::pass(Reason::PassNotVip);
+    }
+    let message = usize::from(h.ip_len).saturating_sub(l4 - l3);
+    let Some(mut sum) = pkt.ones_sum(l4, message) else {
+        return Outcome::drop(Reason::DropBadIcmpChecksum);
+    };
+    if !v4 {
+        sum += pseudo_header_sum(h, message as u32);
+    }
+    if fold16(sum) != 0xffff {
+        return Outcome::drop(Reason::DropBadIcmpChecksum);
+    }
+    let ok = if v4 {
+        let payload = h.ip_len.saturating_sub(IPV4_HLEN as u16);
         let vip = [h.dst[0], h.dst[1], h.dst[2], h.dst[3]];
         let client = [h.src[0], h.src[1], h.src[2], h.src[3]];
         let mut ip = error_ipv4_header(vip, client, payload);
@@ -171,10 +156,26 @@ pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
             && pkt.write(l4, &echo_reply_header(icmp, ICMPV6_ECHO_REPLY))
     };
     if ok {
-        (xdp_action::XDP_TX, Reason::IcmpEchoAnswered as u32)
+        Outcome::new(xdp_action::XDP_TX, Reason::IcmpEchoAnswered)
     } else {
-        (xdp_action::XDP_DROP, Reason::DropMalformed as u32)
+        Outcome::drop(Reason::DropMalformed)
     }
+}
+
+/// The ICMPv6 pseudo-header's part of the checksum (source, destination, upper-layer length
+/// `len`, next header 58), as 32-bit little-endian words like `XdpPacket::ones_sum`.
+#[inline(always)]
+fn pseudo_header_sum(h: &Headers, len: u32) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 16 {
+        let (s, d) = (&h.src, &h.dst);
+        sum += u64::from(u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]));
+        sum += u64::from(u32::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]));
+        i += 4;
+    }
+    sum + u64::from(u32::from_le_bytes(len.to_be_bytes()))
+        + u64::from(u32::from_le_bytes([0, 0, 0, IPPROTO_ICMPV6]))
 }
 
 /// Answers a VIP packet that is too big once encapsulated with "fragmentation needed"
@@ -183,7 +184,7 @@ pub fn echo_reply(ctx: *mut xdp_md, h: &Headers) -> (u32, u32) {
 /// Packets it cannot answer (IPv4 without DF, IP options, IPv6 extension headers) are
 /// dropped as `too_big`.
 #[inline(always)]
-pub fn too_big(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
+pub fn too_big(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> Outcome {
     if h.family == FAMILY_V4 {
         too_big_v4(ctx, h, mtu)
     } else {
@@ -191,7 +192,7 @@ pub fn too_big(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
     }
 }
 
-const TOO_BIG_DROP: (u32, u32) = (xdp_action::XDP_DROP, Reason::DropTooBig as u32);
+const TOO_BIG_DROP: Outcome = Outcome::drop(Reason::DropTooBig);
 
 /// Grows the frame's head by `grow` bytes and cuts it `keep` bytes after the new headers
 /// (`frame` is its length before), then writes the L2 header back to the sender (MACs
@@ -230,7 +231,7 @@ fn reshape(
 
 /// "Fragmentation needed" for an IPv4 packet with DF and no options.
 #[inline(never)]
-fn too_big_v4(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
+fn too_big_v4(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> Outcome {
     let ctx = XdpContext::new(ctx);
     let (l3, l4) = (usize::from(h.l3_offset), usize::from(h.l4_offset));
     if !h.dont_fragment || l4 != l3 + IPV4_HLEN {
@@ -251,7 +252,7 @@ fn too_big_v4(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
         return TOO_BIG_DROP;
     };
     if pkt.write(l3, &ip) && pkt.write(l3 + IPV4_HLEN, &icmp) {
-        (xdp_action::XDP_TX, Reason::TooBigSignalled as u32)
+        Outcome::new(xdp_action::XDP_TX, Reason::TooBigSignalled)
     } else {
         TOO_BIG_DROP
     }
@@ -259,7 +260,7 @@ fn too_big_v4(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
 
 /// "Packet too big" for an IPv6 packet without extension headers.
 #[inline(never)]
-fn too_big_v6(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
+fn too_big_v6(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> Outcome {
     let ctx = XdpContext::new(ctx);
     let (l3, l4) = (usize::from(h.l3_offset), usize::from(h.l4_offset));
     if l4 != l3 + IPV6_HLEN {
@@ -279,7 +280,7 @@ fn too_big_v6(ctx: *mut xdp_md, h: &Headers, mtu: u16) -> (u32, u32) {
         && pkt.write(l3 + 24, &h.src)
         && pkt.write(l3 + IPV6_HLEN, &icmp);
     if ok {
-        (xdp_action::XDP_TX, Reason::TooBigSignalled as u32)
+        Outcome::new(xdp_action::XDP_TX, Reason::TooBigSignalled)
     } else {
         TOO_BIG_DROP
     }

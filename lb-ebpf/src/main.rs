@@ -1,5 +1,7 @@
 //! `xlb_balancer`: the XDP load balancer. Entry point and maps; the steps live in
-//! `select` (flow table and Maglev), `forward` (encapsulation, FIB lookup, transmit).
+//! `select` (which VIP and backend: the one resolver), `admit` (what a router would not
+//! forward), `forward` (encapsulation, FIB lookup, transmit), `icmp`, and `bench` (the
+//! benchmark's entry points).
 //!
 //! Per packet: parse (lb-common), find the VIP, find or choose the backend, encapsulate
 //! towards it and send it back out. Anything that is not VIP traffic is returned
@@ -9,6 +11,8 @@
 
 use core::mem::MaybeUninit;
 
+mod admit;
+mod bench;
 mod forward;
 mod icmp;
 mod select;
@@ -17,16 +21,15 @@ use aya_ebpf::{
     Global,
     bindings::{xdp_action, xdp_md},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
 };
-use lb_common::parse::PacketBytes;
 use lb_common::{
-    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP,
-    VIP_F_HASH_SOURCE, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
+    VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_RST, TCP_SYN, parse},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},
     stats::{ACTIONS, GLOBAL_COUNTERS, Reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
@@ -87,104 +90,63 @@ static SCRATCH: PerCpuArray<select::Scratch> = PerCpuArray::with_max_entries(1, 
 #[map]
 static NEXT_HOPS: PerCpuArray<forward::CachedHop> = PerCpuArray::with_max_entries(1, 0);
 
+/// Next hops without a resolved MAC address (`lb_common::NeighbourEvent`), for the
+/// controller to have the kernel resolve them. Not pinned: a new program gets a new one, read
+/// by the daemon that loaded it. 64 KiB holds 2,730 events; at most one per backend per CPU
+/// every ~100 ms is sent (`forward::NEIGHBOUR_EVENT_INTERVAL`).
+#[map]
+static NEIGH_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 #[xdp]
 pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     run(&ctx)
 }
 
-/// Balances one packet and counts its action and reason.
+/// Balances one packet and counts its action and reason (the one place global counters
+/// move).
 #[inline(always)]
 fn run(ctx: &XdpContext) -> u32 {
-    let (action, why) = balance(ctx);
-    bump(&GLOBAL_STATS, action);
-    bump(&GLOBAL_STATS, ACTIONS + why);
-    action
+    let o = balance(ctx);
+    bump(&GLOBAL_STATS, o.action);
+    bump(&GLOBAL_STATS, ACTIONS + o.why.index());
+    o.action
 }
 
-/// The frame a benchmark run starts from: its length and its L2 header.
-#[repr(C)]
-pub struct BenchTemplate {
-    pub len: u32,
-    pub l2_len: u32,
-    pub l2: [u8; 24],
-}
-
-/// Entry 0: the benchmark's template (see `xlb_balancer_bench`). Unused in production.
-#[map]
-static BENCH: Array<BenchTemplate> = Array::with_max_entries(1, 0);
-
-/// Puts a frame the balancer rewrote back to the benchmark's template: encapsulation only
-/// grows the head and overwrites only the original L2 header, so moving the head back and
-/// rewriting that header restores the frame. Returns false if it cannot. (A subprogram, so
-/// its frame is not under the balancer's.)
-#[inline(never)]
-fn restore_template(ctx: *mut xdp_md) -> bool {
-    let ctx = &XdpContext::new(ctx);
-    let Some(t) = BENCH.get(0) else { return false };
-    let len = XdpPacket::new(ctx).len();
-    let grown = len as i64 - i64::from(t.len);
-    if grown > 0 && grown <= 64 && lb_ebpf::packet::adjust_head(ctx, grown as i32).is_none() {
-        return false;
-    }
-    let pkt = XdpPacket::new(ctx);
-    if t.l2_len == 18 {
-        let l2: [u8; 18] = [
-            t.l2[0], t.l2[1], t.l2[2], t.l2[3], t.l2[4], t.l2[5], t.l2[6], t.l2[7], t.l2[8],
-            t.l2[9], t.l2[10], t.l2[11], t.l2[12], t.l2[13], t.l2[14], t.l2[15], t.l2[16],
-            t.l2[17],
-        ];
-        pkt.write(0, &l2)
-    } else {
-        let l2: [u8; 14] = [
-            t.l2[0], t.l2[1], t.l2[2], t.l2[3], t.l2[4], t.l2[5], t.l2[6], t.l2[7], t.l2[8],
-            t.l2[9], t.l2[10], t.l2[11], t.l2[12], t.l2[13],
-        ];
-        pkt.write(0, &l2)
-    }
-}
-
-/// Benchmark entry point: restores the frame to the template, then balances it exactly as
-/// `xlb_balancer` does. With `BPF_PROG_TEST_RUN` the kernel reuses the frame between runs
-/// (repeat > 1, live frames); this makes every run see the original packet. Never attached.
-#[xdp]
-pub fn xlb_balancer_bench(ctx: XdpContext) -> u32 {
-    if !restore_template(ctx.ctx) {
-        return xdp_action::XDP_DROP;
-    }
-    run(&ctx)
-}
-
-/// The benchmark's floor for `xlb_balancer_bench`: the same restore, then `XDP_TX`.
-#[xdp]
-pub fn xlb_bench_restore(ctx: XdpContext) -> u32 {
-    if !restore_template(ctx.ctx) {
-        return xdp_action::XDP_DROP;
-    }
-    xdp_action::XDP_TX
-}
-
-/// What to do with a packet: the XDP action and the reason counted for it.
+/// What happens to a packet: the XDP action and the reason counted for it.
 ///
 /// Eight bytes, so BPF subprograms return it in a register: for a larger result LLVM may
 /// return the address of the caller's stack slot, which the verifier refuses ("cannot
 /// return stack pointer to the caller").
 #[derive(Clone, Copy)]
-pub struct Verdict {
+pub struct Outcome {
+    /// The XDP action (`xdp_action::*`).
     pub action: u32,
-    pub why: u16,
-    /// With `Reason::DropTooBig as u32`: the MTU to announce to the client (0: none).
+    /// With `Reason::DropTooBig`: the MTU to announce to the client (0: none).
     pub mtu: u16,
+    pub why: Reason,
 }
-const _: () = assert!(size_of::<Verdict>() == 8);
+const _: () = assert!(size_of::<Outcome>() == 8);
 
-impl Verdict {
+impl Outcome {
     #[inline(always)]
-    pub const fn new(action: u32, why: u32) -> Self {
+    pub const fn new(action: u32, why: Reason) -> Self {
         Self {
             action,
-            why: why as u16,
             mtu: 0,
+            why,
         }
+    }
+
+    /// `XDP_PASS`: to the kernel, unchanged.
+    #[inline(always)]
+    pub const fn pass(why: Reason) -> Self {
+        Self::new(xdp_action::XDP_PASS, why)
+    }
+
+    /// `XDP_DROP`.
+    #[inline(always)]
+    pub const fn drop(why: Reason) -> Self {
+        Self::new(xdp_action::XDP_DROP, why)
     }
 }
 
@@ -195,73 +157,77 @@ impl Verdict {
 /// verifier allows 512 bytes for the deepest chain). For the same reason a VIP packet that
 /// is too big once encapsulated is answered from here, not from the bottom of its chain.
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> (u32, u32) {
+fn balance(ctx: &XdpContext) -> Outcome {
     let mut headers = MaybeUninit::<Headers>::uninit();
     let h = match parse_packet(ctx.ctx, &mut headers) {
         // SAFETY: parse_packet initialised the headers when it says the packet is IP.
         PARSED_IP => unsafe { headers.assume_init_ref() },
-        PARSED_NOT_IP => return (xdp_action::XDP_PASS, Reason::PassNotIp as u32),
-        _ => return (xdp_action::XDP_PASS, Reason::PassBadIp as u32),
+        PARSED_NOT_IP => return Outcome::pass(Reason::PassNotIp),
+        _ => return Outcome::pass(Reason::PassBadIp),
     };
+    let is_icmp = h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6;
     match h.l4 {
         L4::Ports => {
-            let v = vip_packet(ctx.ctx, h);
-            if u32::from(v.why) == Reason::DropTooBig as u32 && v.mtu != 0 {
-                return icmp::too_big(ctx.ctx, h, v.mtu);
+            let o = vip_packet(ctx.ctx, h);
+            if o.why == Reason::DropTooBig && o.mtu != 0 {
+                return icmp::too_big(ctx.ctx, h, o.mtu);
             }
-            (v.action, u32::from(v.why))
+            o
         }
-        L4::Other if h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6 => {
-            match icmp::kind(ctx.ctx, h) {
-                icmp::ECHO => icmp::echo_reply(ctx.ctx, h),
-                icmp::ERROR => icmp::steer_error(ctx.ctx, h),
-                _ => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
-            }
-        }
-        L4::Other => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
+        L4::Other if is_icmp => match icmp::kind(ctx.ctx, h) {
+            icmp::ECHO => icmp::echo_reply(ctx.ctx, h),
+            icmp::ERROR => icmp::steer_error(ctx.ctx, h),
+            _ => Outcome::pass(Reason::PassNotVip),
+        },
         L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
-            refuse_if_vip_address(&h.dst, h.family, Reason::DropFragment as u32)
+            refuse_if_vip_address(&h.dst, h.family, Reason::DropFragment)
         }
-        L4::Fragment => (xdp_action::XDP_PASS, Reason::PassNotVip as u32),
+        L4::Fragment if is_icmp => Outcome::pass(Reason::PassNotVip),
+        // Another protocol (GRE, IP-in-IP, ESP, ...): no VIP takes it.
+        L4::Other | L4::Fragment => no_vip(ctx.ctx, h),
         // A bad TCP/UDP header, or an IPv6 header chain too long to find one.
-        L4::Malformed => refuse_if_vip_address(&h.dst, h.family, Reason::DropMalformed as u32),
+        L4::Malformed => refuse_if_vip_address(&h.dst, h.family, Reason::DropMalformed),
     }
 }
 
 /// A TCP or UDP packet: to its VIP's backend if it is for a VIP, passed otherwise.
 ///
-/// The flow table is asked first, with the packet's 5-tuple: a packet of a remembered flow
-/// (most packets) then needs no `VIPS` lookup; its backend entry names its VIP. Only on a
-/// miss is the VIP looked up, and for a source-affinity VIP the table asked again with the
-/// affinity key. Flows of a removed VIP do not survive this way: removing a VIP releases its
-/// backend ids, which then keep no flow.
+/// Which backend is decided by `select::resolve` (the flow table, the VIP, Maglev: the
+/// order is written there once). A VIP packet a router would not forward (`admit`) is
+/// dropped before anything is remembered for it.
 #[inline(never)]
-fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Verdict {
+fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
     if !select::may_be_vip(&h.dst) {
-        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNotVip as u32);
+        return Outcome::pass(Reason::PassNotVip);
     }
     let Some(s) = select::scratch() else {
-        return Verdict::new(xdp_action::XDP_DROP, Reason::DropNoBackend as u32);
+        return Outcome::drop(Reason::DropNoBackend);
     };
     s.flow = flow_key(h, h.dport, 0);
+    if let Some(why) = admit::refusal(ctx.ctx, h, admit::FORWARD) {
+        // Only a packet that is for a VIP is refused; any other goes on as it would have.
+        return if select::find_vip(&s.flow).is_some() {
+            Outcome::drop(why)
+        } else {
+            no_vip(ctx.ctx, h)
+        };
+    }
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
-    if select::remembered(s) {
-        return forward::send(&ctx, h, s.backend.vip, s);
+    match select::resolve(lb_common::resolve::how(h), s) {
+        select::RESOLVED => deliver(&ctx, h, s),
+        select::NOT_VIP => no_vip(ctx.ctx, h),
+        _ => Outcome::drop(Reason::DropNoBackend),
     }
-    let Some((vip_key, vip)) = select::find_vip(h) else {
-        return Verdict::new(xdp_action::XDP_PASS, Reason::PassNotVip as u32);
-    };
-    let mut how = 0;
-    if vip.flags & VIP_F_HASH_SOURCE != 0 {
-        s.flow = flow_key(h, vip_key.port, vip.flags);
-        how |= select::LOOK_UP;
-    }
-    // A TCP RST ends its flow: forwarded, but not remembered.
-    if h.proto != PROTO_TCP || h.tcp_flags & TCP_RST == 0 {
-        how |= select::REMEMBER;
-    }
-    forward::forward_flow(&ctx, h, &vip, s, how)
+}
+
+/// Encapsulates the packet to the backend resolved into `s` and sends it, and counts it
+/// for its VIP and backend: the one place those counters move.
+#[inline(always)]
+pub fn deliver(ctx: &XdpContext, h: &Headers, s: &select::Scratch) -> Outcome {
+    let o = forward::encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
+    select::count(s, h.ip_len, o.why == Reason::Forwarded);
+    o
 }
 
 /// Parses the packet in a BPF subprogram of its own: the parser's temporaries then live in
@@ -285,12 +251,11 @@ const PARSED_NOT_IP: u32 = 0;
 const PARSED_BAD_IP: u32 = 1;
 const PARSED_IP: u32 = 2;
 
-/// A TCP/UDP packet without usable ports: dropped (with `why`) when addressed to an
-/// address that has VIPs, passed untouched otherwise.
+/// Whether `dst` is an address that has VIPs (`VIP_ADDRS`).
 #[inline(always)]
-fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u32) {
+fn is_vip_address(dst: &lb_common::Addr, family: u8) -> bool {
     if !select::may_be_vip(dst) {
-        return (xdp_action::XDP_PASS, Reason::PassNotVip as u32);
+        return false;
     }
     let key = VipKey {
         addr: *dst,
@@ -299,10 +264,31 @@ fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: u32) -> (u32, u
         family,
     };
     // SAFETY: the value is a plain u32 only read for presence.
-    if unsafe { VIP_ADDRS.get(key) }.is_some() {
-        (xdp_action::XDP_DROP, why)
+    unsafe { VIP_ADDRS.get(key) }.is_some()
+}
+
+/// A TCP/UDP packet without usable ports: dropped (with `why`) when addressed to an
+/// address that has VIPs, passed untouched otherwise.
+#[inline(always)]
+fn refuse_if_vip_address(dst: &lb_common::Addr, family: u8, why: Reason) -> Outcome {
+    if is_vip_address(dst, family) {
+        Outcome::drop(why)
     } else {
-        (xdp_action::XDP_PASS, Reason::PassNotVip as u32)
+        Outcome::pass(Reason::PassNotVip)
+    }
+}
+
+/// A packet that no VIP takes (not ICMP). To an address that has VIPs it is dropped as
+/// `not_vip_port` unless the address is also one of this host's (the FIB says it is not
+/// forwarded): passed to the kernel, the kernel would route it to the router, which sends
+/// it back here, until its TTL runs out. To any other address it is passed untouched. Only
+/// this miss path pays for the lookups.
+#[inline(never)]
+fn no_vip(ctx: *mut xdp_md, h: &Headers) -> Outcome {
+    if !is_vip_address(&h.dst, h.family) || forward::is_local(ctx, h) {
+        Outcome::pass(Reason::PassNotVip)
+    } else {
+        Outcome::drop(Reason::DropNotVipPort)
     }
 }
 

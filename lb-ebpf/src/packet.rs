@@ -124,6 +124,72 @@ impl XdpPacket {
     }
 }
 
+impl XdpPacket {
+    /// The one's-complement sum of the `len` bytes at `offset` (up to 4 KiB), as 32-bit
+    /// words read in host (little-endian) order and not folded; `None` if the packet is
+    /// shorter or `len` larger. Compare `lb_common::admit::fold16` of it with 0xffff to check
+    /// a checksum. Whole 256- and 32-byte chunks are summed by `bpf_csum_diff`, the rest
+    /// word by word; every loop is bounded for the verifier.
+    #[inline(always)]
+    pub fn ones_sum(&self, offset: usize, len: usize) -> Option<u64> {
+        let (mut off, mut left, mut sum) = (offset, len, 0u64);
+        for _ in 0..16 {
+            if left < 256 {
+                break;
+            }
+            sum += u64::from(self.chunk_sum::<256>(off)?);
+            off += 256;
+            left -= 256;
+        }
+        if left >= 256 {
+            return None;
+        }
+        for _ in 0..7 {
+            if left < 32 {
+                break;
+            }
+            sum += u64::from(self.chunk_sum::<32>(off)?);
+            off += 32;
+            left -= 32;
+        }
+        for _ in 0..7 {
+            if left < 4 {
+                break;
+            }
+            sum += u64::from(u32::from_le_bytes(self.bytes::<4>(off)?));
+            off += 4;
+            left -= 4;
+        }
+        // The last one to three bytes, as the first bytes of a little-endian word padded
+        // with zeros (the Internet checksum pads an odd message with a zero byte).
+        if left >= 2 {
+            sum += u64::from(u16::from_le_bytes(self.bytes::<2>(off)?));
+            off += 2;
+            left -= 2;
+        }
+        if left == 1 && off > 0 {
+            // Read with the byte before it: for a one-byte read LLVM turns the bounds check
+            // `p + 1 > end` into `p >= end`, from which the verifier learns no range for an
+            // offset of 0 ("offset is outside of the packet").
+            sum += u64::from(self.bytes::<2>(off - 1)?[1]);
+        } else if left == 1 {
+            return None;
+        }
+        Some(sum)
+    }
+
+    /// `bpf_csum_diff`'s 32-bit sum of the `N` bytes at `offset` (`N` a multiple of 4, at
+    /// most 512).
+    #[inline(always)]
+    fn chunk_sum<const N: usize>(&self, offset: usize) -> Option<u32> {
+        let p = self.ptr::<[u8; N]>(offset)?;
+        // SAFETY: `ptr` checked that the N bytes lie inside the packet; the helper only
+        // reads them.
+        let wsum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p.cast(), N as u32, 0) };
+        if wsum < 0 { None } else { Some(wsum as u32) }
+    }
+}
+
 /// Reads `ctx->data`. Volatile on purpose: with a plain read LLVM may hoist the load into
 /// the caller of a BPF subprogram and pass the value as a 32-bit argument, which the callee
 /// zero-extends; the verifier refuses such arithmetic on packet pointers.
@@ -138,6 +204,20 @@ impl PacketBytes for XdpPacket {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end() - self.start
+    }
+
+    /// One bounds check, then one 4-byte load per word (BPF's 4-byte load zero-extends).
+    #[inline(always)]
+    fn words<const N: usize>(&self, offset: usize) -> Option<[u64; N]> {
+        let p = self.ptr::<[u32; N]>(offset)? as usize;
+        let mut out = [0u64; N];
+        let mut i = 0;
+        while i < N {
+            // SAFETY: `ptr` checked that the N words lie inside the packet.
+            out[i] = unsafe { word::load32_wide(p + 4 * i) };
+            i += 1;
+        }
+        Some(out)
     }
 
     /// The `N` bytes at `offset`, read in as few loads as it can.
@@ -208,6 +288,22 @@ pub mod word {
                 };
             }
         };
+    }
+
+    /// A 4-byte load into a 64-bit register, which BPF zero-extends: no truncation for the
+    /// compiler to undo with shifts.
+    ///
+    /// # Safety
+    /// `p` must be a packet address with the whole value inside the packet.
+    #[inline(always)]
+    pub unsafe fn load32_wide(p: usize) -> u64 {
+        let v: u64;
+        // SAFETY: the caller's; the instruction reads nothing else.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + 0)", v = lateout(reg) v, p = in(reg) p,
+                 options(nostack, readonly, preserves_flags))
+        };
+        v
     }
 
     access!(

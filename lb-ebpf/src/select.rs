@@ -1,24 +1,18 @@
-//! Which VIP a packet is for, and which backend takes it: the flow table first, Maglev for
-//! new flows (and for flows whose backend is gone).
+//! Which VIP a packet is for, and which backend takes it: the one resolver
+//! ([`resolve`]), used for a flow's own packets and for ICMP errors about it, and mirrored
+//! by userspace's `Balancer::predict`.
 
 use lb_common::{
-    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, VipInfo, VipKey,
+    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, VIP_F_HASH_SOURCE, VipInfo,
+    VipKey,
     hash::{flow_hash, table_index, vip_filter_bit},
-    parse::Headers,
+    resolve::{COUNT_NEW, REMEMBER, START},
 };
 
 use crate::{
     BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, SCRATCH, VIP_FILTER, VIP_STATS,
     VIPS,
 };
-
-/// The VIP stored under `key`.
-#[inline(always)]
-pub fn vip(key: &VipKey) -> Option<VipInfo> {
-    // SAFETY: VipInfo is plain integers, copied out at once; the controller replaces values
-    // whole.
-    unsafe { VIPS.get(key) }.copied()
-}
 
 /// False when no VIP has the address `dst` (its bit in `VIP_FILTER` is clear); true when
 /// one may.
@@ -30,15 +24,16 @@ pub fn may_be_vip(dst: &Addr) -> bool {
         .is_some_and(|word| (word >> (bit & 63)) & 1 != 0)
 }
 
-/// The VIP a packet is addressed to: the exact port first, then (only when some VIP has
-/// port 0) the any-port VIP of that address and protocol.
+/// The VIP the flow `f` (a 5-tuple) is addressed to: the exact port first, then (only when
+/// some VIP has port 0, `CFG_F_WILDCARD_VIPS`) the any-port VIP of that address and
+/// protocol.
 #[inline(always)]
-pub fn find_vip(h: &Headers) -> Option<(VipKey, VipInfo)> {
+pub fn find_vip(f: &FlowKey) -> Option<(VipKey, VipInfo)> {
     let mut key = VipKey {
-        addr: h.dst,
-        port: h.dport,
-        proto: h.proto,
-        family: h.family,
+        addr: f.dst,
+        port: f.dport,
+        proto: f.proto,
+        family: f.family,
     };
     // SAFETY: VipInfo is plain integers; the controller replaces values whole (a hash-map
     // update swaps in a new element), so a reader never sees a half-written value.
@@ -69,7 +64,10 @@ pub struct Scratch {
     /// computed on flow-table hits too (a label that changed after the first packet would
     /// let ECMP split the flow); for an IPv4 backend a hit leaves it 0, unused.
     pub hash: u32,
-    /// 1 when the flow was newly remembered.
+    /// The VIP index the packet is counted for: the VIP found, or on a flow-table hit the
+    /// one its backend entry names (`Backend::vip`).
+    pub vip: u32,
+    /// 1 when the packet started a flow (see `COUNT_NEW` and `START`).
     pub new_flow: u8,
     /// 1 when the flow table answered.
     pub hit: u8,
@@ -87,20 +85,58 @@ pub fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// `choose_backend`: look the flow up in the flow table first.
-pub const LOOK_UP: u32 = 1;
-/// `choose_backend`: remember a new choice (not for a TCP RST, which ends its flow, nor
-/// for an ICMP error).
-pub const REMEMBER: u32 = 2;
+/// `resolve`: the backend is in the scratch slot.
+pub const RESOLVED: u32 = 0;
+/// `resolve`: no VIP takes the flow.
+pub const NOT_VIP: u32 = 1;
+/// `resolve`: the VIP has no backend for a new flow.
+pub const NO_BACKEND: u32 = 2;
 
-/// Finds the backend of the flow in `s.flow`: with `LOOK_UP`, the remembered one if it
-/// still keeps flows; otherwise the VIP's Maglev choice, remembered with `REMEMBER`. Fills
-/// `s`; false when the VIP has no backend for new flows.
+/// Finds the VIP and backend of the flow whose 5-tuple is in `s.flow`, in the kernel's one
+/// order (`how`: `lb_common::resolve` bits; `Balancer::predict` mirrors this function):
+/// 1. the flow table with the 5-tuple (not for `START`): a hit whose backend still keeps
+///    flows wins, counted for the VIP its backend entry names, without a VIP lookup;
+/// 2. the VIP of the exact port, then the any-port VIP (`find_vip`);
+/// 3. for a source-affinity VIP, the flow table with the client's key (not for `START`);
+/// 4. the VIP's Maglev table, the choice remembered with `REMEMBER`.
+///
+/// Fills `s` and returns `RESOLVED`, `NOT_VIP` or `NO_BACKEND`. Flows of a removed VIP do
+/// not survive step 1: removing a VIP releases its backend ids, which then keep no flow.
+#[inline(always)]
+pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
+    let fresh = how & START != 0;
+    if !fresh && remembered(s) {
+        s.vip = s.backend.vip;
+        return RESOLVED;
+    }
+    let Some((key, vip)) = find_vip(&s.flow) else {
+        return NOT_VIP;
+    };
+    s.vip = vip.index;
+    if vip.flags & VIP_F_HASH_SOURCE != 0 {
+        s.flow.sport = 0;
+        s.flow.dport = key.port;
+        if !fresh && remembered(s) {
+            return RESOLVED;
+        }
+    }
+    if choose_backend(&vip, how, s) {
+        RESOLVED
+    } else {
+        NO_BACKEND
+    }
+}
+
+/// `BPF_NOEXIST`: insert only if the key is not there.
+const BPF_NOEXIST: u64 = 1;
+/// `-EEXIST`.
+const EEXIST: i32 = -17;
+
+/// The VIP's Maglev choice for the flow in `s.flow`, remembered with `REMEMBER` (see
+/// `resolve` for `START` and `COUNT_NEW`). Fills `s`; false when the VIP has no backend for
+/// new flows.
 #[inline(never)]
 pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
-    if how & LOOK_UP != 0 && remembered(s) {
-        return true;
-    }
     let hash = flow_hash(&s.flow);
     s.hash = hash;
     let index = table_index(vip.table, MAGLEV_SIZE.load(), hash);
@@ -117,16 +153,58 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
     s.backend = *b;
     s.id = id;
     s.hit = 0;
+    s.new_flow = 0;
+    if how & REMEMBER == 0 {
+        return true;
+    }
     let value = FlowValue {
         backend: id,
         generation: b.generation,
     };
     // By reference on purpose (clippy: needless borrow): by value, LLVM copies the key
     // from the scratch slot to the stack before the helper call.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let inserted = how & REMEMBER != 0 && FLOWS.insert(&s.flow, value, 0).is_ok();
-    s.new_flow = u8::from(inserted);
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM copies the key to the stack first"
+    )]
+    if how & START != 0 {
+        // Insert first: a new flow costs one map operation, as before. Only when the key is
+        // there (a port reused, or the SYN retransmitted) is the entry read: the same choice
+        // is a retransmission, not a new flow; another one is replaced in place. (The
+        // kernel's LRU insert takes a free node before it finds the key, which with a full
+        // table may evict an idle flow even when it answers EEXIST; that cost is only on
+        // this rare path.)
+        match FLOWS.insert(&s.flow, value, BPF_NOEXIST) {
+            Ok(()) => s.new_flow = 1,
+            Err(EEXIST) => {
+                if let Some(p) = FLOWS.get_ptr_mut(&s.flow) {
+                    let p = p.cast::<u64>();
+                    let new = flow_value_word(&value);
+                    // SAFETY: the value of a hash-map element, 8 bytes at an 8-byte aligned
+                    // address (the kernel rounds the key up to 8); one 8-byte store, so a
+                    // reader on another CPU sees the old or the new value, never half.
+                    unsafe {
+                        if core::ptr::read_volatile(p) != new {
+                            core::ptr::write_volatile(p, new);
+                            s.new_flow = 1;
+                        }
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    } else {
+        let inserted = FLOWS.insert(&s.flow, value, 0).is_ok();
+        s.new_flow = u8::from(inserted && how & COUNT_NEW != 0);
+    }
     true
+}
+
+/// A flow value as the 8-byte word it is in memory.
+#[inline(always)]
+fn flow_value_word(v: &FlowValue) -> u64 {
+    let (a, b) = (v.backend.to_ne_bytes(), v.generation.to_ne_bytes());
+    u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
 }
 
 /// Looks the flow in `s.flow` up in the flow table: true, with `s` filled, when it is
@@ -135,7 +213,10 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
 pub fn remembered(s: &mut Scratch) -> bool {
     // SAFETY: FlowValue is plain integers, copied out at once.
     // By reference, as for the insert.
-    #[allow(clippy::needless_borrows_for_generic_args)]
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM copies the key to the stack first"
+    )]
     let found = unsafe { FLOWS.get(&s.flow) };
     if let Some(v) = found {
         let v = *v;
@@ -158,29 +239,35 @@ pub fn remembered(s: &mut Scratch) -> bool {
     false
 }
 
-/// Counts a forwarded packet of `ip_len` bytes for VIP `vip_id` and the backend in `s`.
+/// Counts a packet of `ip_len` bytes resolved into `s` for its VIP and backend: a new flow
+/// whatever became of the packet (the entry exists, and a retransmission will not count
+/// again), packets and bytes only when it was `forwarded`.
 #[inline(always)]
-pub fn count(vip_id: u32, s: &Scratch, ip_len: u16) {
+pub fn count(s: &Scratch, ip_len: u16, forwarded: bool) {
     let bytes = u64::from(ip_len);
     let (new_flow, hit) = (u64::from(s.new_flow), u64::from(s.hit));
-    if let Some(v) = VIP_STATS.get_ptr_mut(vip_id) {
+    if let Some(v) = VIP_STATS.get_ptr_mut(s.vip) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {
-            (*v).packets += 1;
-            (*v).bytes += bytes;
             (*v).new_flows += new_flow;
-            (*v).flow_hits += hit;
-            (*v).flow_misses += 1 - hit;
-            (*v).midflow_misses += (1 - hit) * u64::from(s.midflow);
+            if forwarded {
+                (*v).packets += 1;
+                (*v).bytes += bytes;
+                (*v).flow_hits += hit;
+                (*v).flow_misses += 1 - hit;
+                (*v).midflow_misses += (1 - hit) * u64::from(s.midflow);
+            }
         }
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(s.id) {
         // SAFETY: as above.
         unsafe {
-            (*b).packets += 1;
-            (*b).bytes += bytes;
             (*b).new_flows += new_flow;
+            if forwarded {
+                (*b).packets += 1;
+                (*b).bytes += bytes;
+            }
         }
     }
 }

@@ -13,11 +13,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues, RingBuf},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Addr, Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, VipInfo, VipKey, VipStats,
+    Addr, Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, VipInfo,
+    VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, vip_filter_bit},
     stats::GLOBAL_COUNTERS,
 };
@@ -132,6 +133,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("cannot duplicate a map's file descriptor: {0}")]
+    Dup(std::io::Error),
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("mapping the Maglev tables into memory failed: {0}")]
@@ -234,27 +237,74 @@ impl Balancer {
     /// Sets the frame the benchmark entry point restores before each run: its length and
     /// its L2 header (14 bytes, or 18 with a VLAN tag).
     pub fn set_bench_template(&mut self, frame: &[u8]) -> Result<()> {
-        let l2_len = if frame.len() >= 14
+        let l2_len = if frame.len() >= 18
             && (frame[12..14] == [0x81, 0x00] || frame[12..14] == [0x88, 0xa8])
         {
             18
         } else {
             14
         };
-        let mut value = [0u8; 32];
-        value[0..4].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-        value[4..8].copy_from_slice(&(l2_len as u32).to_ne_bytes());
-        value[8..8 + l2_len].copy_from_slice(&frame[..l2_len]);
-        let mut a: Array<_, [u8; 32]> = typed(
+        let mut t = BenchTemplate {
+            len: frame.len() as u32,
+            l2_len: l2_len as u32,
+            l2: [0; 24],
+        };
+        let n = l2_len.min(frame.len());
+        t.l2[..n].copy_from_slice(&frame[..n]);
+        let mut a: Array<_, BenchTemplate> = typed(
             "BENCH",
             self.ebpf
                 .map_mut("BENCH")
                 .expect("the balancer object has BENCH"),
         )?;
-        a.set(0, value, 0).map_err(|source| DataplaneError::Map {
+        a.set(0, t, 0).map_err(|source| DataplaneError::Map {
             map: "BENCH",
             source,
         })
+    }
+
+    /// Takes the ring buffer on which the data plane reports next hops without a resolved
+    /// MAC address (`lb_common::NeighbourEvent`), for `crate::neighbour::run`. `None` once
+    /// taken.
+    pub fn take_neighbour_events(&mut self) -> Option<Result<RingBuf<MapData>>> {
+        let map = self.ebpf.take_map("NEIGH_EVENTS")?;
+        Some(
+            RingBuf::try_from(map).map_err(|source| DataplaneError::Map {
+                map: "NEIGH_EVENTS",
+                source,
+            }),
+        )
+    }
+
+    /// A second handle to the `CONFIG` map (its descriptor duplicated), for a task that
+    /// keeps the interface MAC up to date (`crate::neighbour::InterfaceMac`).
+    pub fn config_map(&self) -> Result<Array<MapData, DataplaneConfig>> {
+        let data: &MapData = match self.map("CONFIG") {
+            aya::maps::Map::Array(d) => d,
+            _ => unreachable!("CONFIG is an array"),
+        };
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(DataplaneError::Dup)?;
+        let dup = MapData::from_fd(fd).map_err(|source| DataplaneError::Map {
+            map: "CONFIG",
+            source,
+        })?;
+        typed("CONFIG", aya::maps::Map::Array(dup))
+    }
+
+    /// Sets the MAC address of the balancer's interface (`DataplaneConfig::mac`): VIP
+    /// packets in frames to another MAC are then dropped; all zero turns the check off.
+    /// The other settings are left as they are.
+    pub fn set_interface_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let mut cfg = self.config()?;
+        if cfg.mac != mac {
+            cfg.mac = mac;
+            self.write_config(&cfg)?;
+        }
+        Ok(())
     }
 
     /// Removes a remembered flow (benchmarks measure the new-flow path with it).
@@ -282,7 +332,18 @@ impl Balancer {
             .expect("the balancer object defines every map in MAPS")
     }
 
+    /// Writes the run-time settings, except the interface's MAC address, which stays what
+    /// the map holds: it is the daemon's, from the interface (`set_interface_mac`), not the
+    /// configuration's.
     pub fn set_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {
+        let cfg = DataplaneConfig {
+            mac: self.config()?.mac,
+            ..*cfg
+        };
+        self.write_config(&cfg)
+    }
+
+    fn write_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {
         let mut a: Array<_, DataplaneConfig> = typed("CONFIG", self.map_mut("CONFIG"))?;
         a.set(0, cfg, 0).map_err(|source| DataplaneError::Map {
             map: "CONFIG",

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod neighbour;
 pub mod nic;
 pub mod predict;
 pub mod programs;

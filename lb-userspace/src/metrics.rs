@@ -116,7 +116,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     r.register(
         "xlb_vip_new_flows",
-        "Flows remembered in the flow table for the VIP",
+        "New flows of the VIP: TCP SYNs that started a flow (a retransmitted SYN is not counted again), UDP packets that created a flow entry",
         vip_flows,
     );
     r.register(
@@ -147,7 +147,7 @@ pub fn render(s: &Snapshot) -> String {
     );
     r.register(
         "xlb_backend_new_flows",
-        "New flows sent to the backend",
+        "New flows given to the backend: TCP SYNs that started a flow on it (a retransmitted SYN is not counted again), UDP packets that created a flow entry for it",
         be_flows,
     );
     r.register(

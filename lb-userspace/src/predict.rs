@@ -1,31 +1,43 @@
 //! Predicting in userspace what the data plane will do with a packet.
 //!
 //! Built from the same `lb-common` functions the XDP program runs (parser, flow key, flow
-//! hash, slot reduction) and the live maps, so tests and operators can ask "which backend
-//! takes this packet?" and get the kernel's answer without sending it.
+//! hash, slot reduction, the resolver's `how` bits) and the live maps, so tests and
+//! operators can ask "which backend takes this packet?" and get the kernel's answer without
+//! sending it. [`Balancer::predict`] mirrors the data plane's one resolver
+//! (`lb-ebpf/src/select.rs::resolve`) step by step; a test runs both on the same packets
+//! and map states and checks they agree (`tests/tests/resolver.rs`). It predicts the
+//! choice of backend, not the rest of the packet's fate (the checks of `lb_common::admit`,
+//! the FIB).
 
 use lb_common::{
-    FlowKey, FlowValue, VipInfo, VipKey,
+    CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VIP_F_HASH_SOURCE, VipInfo, VipKey,
     hash::{flow_hash, flow_key, maglev_slot},
     parse::{L4, Parsed, parse},
+    resolve::{COUNT_NEW, REMEMBER, START, how},
 };
 
 use crate::dataplane::{Balancer, DataplaneError};
 
-/// What the balancer does with a packet addressed to a VIP.
+/// What the balancer does with a TCP or UDP packet addressed to a VIP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Prediction {
-    /// The VIP that matched (its port is 0 for an any-port VIP).
-    pub vip_key: VipKey,
-    pub vip: VipInfo,
-    /// The flow-table key of the packet.
+    /// The VIP the packet's address, port and protocol find (its port is 0 for an any-port
+    /// VIP), if any. The kernel does not look it up when the flow table answers first.
+    pub vip: Option<(VipKey, VipInfo)>,
+    /// The VIP index the packet is counted for (`VIP_STATS`): on a flow-table hit the one
+    /// the backend entry names (`Backend::vip`), otherwise the VIP found.
+    pub vip_index: u32,
+    /// The flow-table key the resolver ended with: the 5-tuple, or a source-affinity VIP's
+    /// per-client key.
     pub flow: FlowKey,
-    /// The flow hash, which also seeds the outer IPv6 flow label.
+    /// The flow hash of `flow`, which also seeds the outer IPv6 flow label.
     pub hash: u32,
-    /// The backend Maglev picks for a new flow (0: none).
+    /// The backend the VIP's Maglev table has for `flow` (0: none, or no VIP found).
     pub maglev_backend: u32,
-    /// The flow-table entry, when it exists and its backend still keeps flows.
+    /// The flow-table entry that decided, when the flow table answered.
     pub remembered: Option<FlowValue>,
+    /// Whether the packet counts as a new flow (`new_flows`).
+    pub new_flow: bool,
 }
 
 impl Prediction {
@@ -36,11 +48,14 @@ impl Prediction {
 }
 
 impl Balancer {
-    /// What the program will do with `frame`: `None` when it is not VIP traffic (the
-    /// program passes it untouched), else the VIP, the flow and the backend.
+    /// What the program will do with `frame`: `None` when it is not VIP traffic (no VIP
+    /// takes it: the program passes it, or drops it as `not_vip_port`), else the VIP, the
+    /// flow and the backend.
     ///
-    /// In the kernel's order: the address filter, the flow table with the packet's
-    /// 5-tuple, then the VIP and (for a source-affinity VIP) its own flow key.
+    /// The steps of the kernel's `select::resolve`, in its order: the address filter; the
+    /// flow table with the 5-tuple (not for a SYN); the VIP, exact port then any-port
+    /// (only with `CFG_F_WILDCARD_VIPS`); for a source-affinity VIP the flow table with the
+    /// client's key (not for a SYN); Maglev.
     pub fn predict(&self, frame: &[u8]) -> Result<Option<Prediction>, DataplaneError> {
         let Parsed::Ip(h) = parse(frame) else {
             return Ok(None);
@@ -48,52 +63,92 @@ impl Balancer {
         if h.l4 != L4::Ports || !self.may_be_vip(&h.dst)? {
             return Ok(None);
         }
-        let five = flow_key(&h, h.dport, 0);
-        let hit = self.usable_flow(&five)?;
-        let mut vip_key = VipKey {
-            addr: h.dst,
-            port: h.dport,
-            proto: h.proto,
-            family: h.family,
-        };
-        let mut vip = self.vip(&vip_key)?;
-        if vip.is_none() {
-            vip_key.port = 0;
-            vip = self.vip(&vip_key)?;
-        }
-        let Some(vip) = vip else {
-            // The VIP is gone and its backend ids are not released yet (the controller
-            // does that right after): the kernel still follows a remembered flow.
-            let Some(v) = hit else { return Ok(None) };
-            vip_key.port = h.dport;
+        let how = how(&h);
+        let fresh = how & START != 0;
+        let mut flow = flow_key(&h, h.dport, 0);
+        let vip = self.find_vip(&flow)?;
+        // 1. The 5-tuple's entry.
+        if !fresh && let Some(v) = self.usable_flow(&flow)? {
             return Ok(Some(Prediction {
-                vip_key,
-                vip: VipInfo {
-                    index: self.backend(v.backend)?.vip,
-                    ..VipInfo::default()
+                vip,
+                vip_index: self.backend(v.backend)?.vip,
+                flow,
+                hash: flow_hash(&flow),
+                maglev_backend: match vip {
+                    Some((_, info)) => self.maglev(&info, &flow)?,
+                    None => 0,
                 },
-                flow: five,
-                hash: flow_hash(&five),
-                maglev_backend: 0,
-                remembered: hit,
+                remembered: Some(v),
+                new_flow: false,
             }));
+        }
+        // 2. The VIP.
+        let Some((key, info)) = vip else {
+            return Ok(None);
         };
-        let key = flow_key(&h, vip_key.port, vip.flags);
-        let m = self.limits().maglev_size;
-        let maglev_backend = self.table_entry(vip.table, maglev_slot(flow_hash(&key), m))?;
-        let (flow, remembered) = match hit {
-            Some(v) => (five, Some(v)),
-            None if key != five => (key, self.usable_flow(&key)?),
-            None => (key, None),
+        // 3. A source-affinity VIP's per-client entry.
+        if info.flags & VIP_F_HASH_SOURCE != 0 {
+            flow = flow_key(&h, key.port, info.flags);
+        }
+        let maglev_backend = self.maglev(&info, &flow)?;
+        let remembered = if info.flags & VIP_F_HASH_SOURCE != 0 && !fresh {
+            self.usable_flow(&flow)?
+        } else {
+            None
         };
+        // 4. Maglev, and whether the packet counts as a new flow.
+        let new_flow = remembered.is_none()
+            && maglev_backend != 0
+            && how & REMEMBER != 0
+            && if fresh {
+                let b = self.backend(maglev_backend)?;
+                self.flow(&flow)?
+                    != Some(FlowValue {
+                        backend: maglev_backend,
+                        generation: b.generation,
+                    })
+            } else {
+                how & COUNT_NEW != 0
+            };
         Ok(Some(Prediction {
-            vip_key,
             vip,
+            vip_index: info.index,
             flow,
             hash: flow_hash(&flow),
             maglev_backend,
             remembered,
+            new_flow,
         }))
+    }
+
+    /// The kernel's `select::find_vip`: the exact port, then (only when some VIP has port
+    /// 0) the any-port VIP.
+    fn find_vip(&self, f: &FlowKey) -> Result<Option<(VipKey, VipInfo)>, DataplaneError> {
+        let mut key = VipKey {
+            addr: f.dst,
+            port: f.dport,
+            proto: f.proto,
+            family: f.family,
+        };
+        if let Some(v) = self.vip(&key)? {
+            return Ok(Some((key, v)));
+        }
+        if self.config()?.flags & CFG_F_WILDCARD_VIPS == 0 {
+            return Ok(None);
+        }
+        key.port = 0;
+        Ok(self.vip(&key)?.map(|v| (key, v)))
+    }
+
+    /// The backend id the VIP's current Maglev table has for `flow` (0: none, or an unused
+    /// slot the kernel refuses).
+    fn maglev(&self, vip: &VipInfo, flow: &FlowKey) -> Result<u32, DataplaneError> {
+        let m = self.limits().maglev_size;
+        let id = self.table_entry(vip.table, maglev_slot(flow_hash(flow), m))?;
+        if id == 0 || self.backend(id)?.state == lb_common::BACKEND_UNUSED {
+            return Ok(0);
+        }
+        Ok(id)
     }
 
     /// The flow-table entry of `key`, if there is one and its backend still keeps flows.

@@ -8,7 +8,9 @@ use lb_common::stats::{ACTIONS, Reason};
 
 use crate::{
     lab::Lab,
-    packet::{ACK, ETH_P_8021AD, ETH_P_8021Q, Ext, FIN, ICMP, PSH, Packet, RST, SYN, TCP},
+    packet::{
+        ACK, ETH_P_8021AD, ETH_P_8021Q, Ext, FIN, ICMP, PSH, Packet, ROUTER_MAC, RST, SYN, TCP,
+    },
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -166,23 +168,26 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         XDP_REDIRECT,
     );
 
-    // Next hop not resolved yet: encapsulated, original MACs, handed to the kernel.
+    encap(
+        "IPv6 with exactly 6 extension headers (the most the parser follows): forwarded",
+        ext_chain(c6, lb_common::parse::MAX_IPV6_EXT_HEADERS, 40010),
+        XDP_TX,
+    );
+    encap(
+        "IPv4 TTL 2: forwarded (one more hop is allowed)",
+        Packet::tcp(c4, 40011, ip("203.0.113.10"), 80, SYN).ttl(2),
+        XDP_TX,
+    );
+
+    // Next hop not resolved yet: dropped, the controller told to resolve it.
     let p = Packet::tcp(c4, 40000, ip("203.0.113.80"), 80, SYN);
     let pred = lab.lb.predict(&p.build()).unwrap().unwrap();
-    let backend = lab.backend_addr(pred.backend());
-    let frame = p.encapsulated(
-        IpAddr::V4(crate::lab::SOURCE_V4),
-        backend,
-        crate::packet::LB_MAC,
-        crate::packet::ROUTER_MAC,
-        0,
-    );
     out.push(Fixture {
-        name: "next hop MAC unknown: encapsulated and passed to the kernel to resolve",
+        name: "next hop MAC unknown: dropped (the controller is asked to resolve it)",
         input: p.build(),
-        action: XDP_PASS,
-        output: Output::Frame(frame),
-        reason: Reason::PassNoNeigh,
+        action: XDP_DROP,
+        output: Output::Unchanged,
+        reason: Reason::DropNoNeigh,
         backend: Some(pred.backend()),
     });
 
@@ -216,16 +221,7 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         Packet::tcp(c4, 40000, ip("203.0.113.11"), 80, SYN),
         Reason::PassNotVip,
     );
-    pass(
-        "tcp4 to the VIP address on another port",
-        Packet::tcp(c4, 40000, ip("203.0.113.10"), 443, SYN),
-        Reason::PassNotVip,
-    );
-    pass(
-        "udp4 to the VIP address and port of a TCP VIP",
-        Packet::udp(c4, 40000, ip("203.0.113.10"), 80),
-        Reason::PassNotVip,
-    );
+
     pass(
         "ICMP echo request to another address",
         Packet::icmp(c4, ip("203.0.113.11"), 8, 0, &[0, 1, 0, 1]),
@@ -237,8 +233,25 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         Reason::PassNotVip,
     );
     pass(
-        "GRE (another protocol) to a VIP address",
-        Packet::ip_proto(c4, ip("203.0.113.10"), 47).payload(&[0; 8]),
+        "tcp4 to a VIP address that is also the host's own, on a port with no VIP: the host's",
+        Packet::tcp(c4, 40000, ip("203.0.113.40"), 22, SYN),
+        Reason::PassNotVip,
+    );
+    pass(
+        "tcp6 to a v6 VIP address that is also the host's own, another port: the host's",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::20"), 22, SYN),
+        Reason::PassNotVip,
+    );
+    pass(
+        "tcp4 to another address in a frame for another MAC: the kernel's to judge",
+        Packet::tcp(c4, 40000, ip("203.0.113.11"), 80, SYN).macs(OTHER_MAC, ROUTER_MAC),
+        Reason::PassNotVip,
+    );
+    pass(
+        "tcp4 with TTL 1 and a bad header checksum to another address: untouched",
+        Packet::tcp(c4, 40000, ip("203.0.113.11"), 80, SYN)
+            .ttl(1)
+            .ipv4_checksum(0x1234),
         Reason::PassNotVip,
     );
     pass(
@@ -335,9 +348,107 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         Reason::DropMalformed,
     );
     drop(
-        "IPv6 extension chain longer than the parser walks",
-        long_ext_chain(c6),
+        "IPv6 with 7 extension headers (one more than the parser follows)",
+        ext_chain(c6, lb_common::parse::MAX_IPV6_EXT_HEADERS + 1, 40000),
         Reason::DropMalformed,
+    );
+    // To an address that has VIPs, but no VIP takes the packet: passed, the kernel would
+    // route it back to the router, which sends it here again.
+    drop(
+        "tcp4 to the VIP address on another port",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 443, SYN),
+        Reason::DropNotVipPort,
+    );
+    drop(
+        "udp4 to the VIP address and port of a TCP VIP",
+        Packet::udp(c4, 40000, ip("203.0.113.10"), 80),
+        Reason::DropNotVipPort,
+    );
+    drop(
+        "tcp6 to a v6 VIP address on another port",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 22, SYN),
+        Reason::DropNotVipPort,
+    );
+    drop(
+        "GRE (another protocol) to a VIP address",
+        Packet::ip_proto(c4, ip("203.0.113.10"), 47).payload(&[0; 8]),
+        Reason::DropNotVipPort,
+    );
+    // What a router would not forward (RFC 1812; the kernel's forwarding path).
+    drop(
+        "VIP packet with a bad IPv4 header checksum",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ipv4_checksum(0x1234),
+        Reason::DropBadIpChecksum,
+    );
+    drop(
+        "VIP packet with IPv4 options and a bad header checksum",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN)
+            .ipv4_options(&[0x94, 0x04, 0, 0])
+            .ipv4_checksum(0x1234),
+        Reason::DropBadIpChecksum,
+    );
+    drop(
+        "VIP packet with TTL 1",
+        Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).ttl(1),
+        Reason::DropTtl,
+    );
+    drop(
+        "VIP packet with TTL 0",
+        Packet::udp(c4, 5000, ip("203.0.113.10"), 53).ttl(0),
+        Reason::DropTtl,
+    );
+    drop(
+        "IPv6 VIP packet with hop limit 1",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN).ttl(1),
+        Reason::DropTtl,
+    );
+    for (name, src) in [
+        ("VIP packet from 0.0.0.0", "0.0.0.0"),
+        ("VIP packet from 0/8", "0.1.2.3"),
+        ("VIP packet from loopback", "127.0.0.1"),
+        ("VIP packet from a multicast source", "224.0.0.5"),
+        ("VIP packet from 240/4", "240.0.0.1"),
+        ("VIP packet from 255.255.255.255", "255.255.255.255"),
+        ("VIP packet from the VIP itself", "203.0.113.10"),
+    ] {
+        drop(
+            name,
+            Packet::tcp(ip(src), 40000, ip("203.0.113.10"), 80, SYN),
+            Reason::DropMartian,
+        );
+    }
+    for (name, src) in [
+        ("IPv6 VIP packet from ::", "::"),
+        ("IPv6 VIP packet from ::1", "::1"),
+        ("IPv6 VIP packet from a multicast source", "ff02::1"),
+        (
+            "IPv6 VIP packet from an IPv4-mapped source",
+            "::ffff:192.0.2.1",
+        ),
+        ("IPv6 VIP packet from the VIP itself", "2001:db8:203::10"),
+    ] {
+        drop(
+            name,
+            Packet::tcp(ip(src), 40000, ip("2001:db8:203::10"), 443, SYN),
+            Reason::DropMartian,
+        );
+    }
+    for (name, mac) in [
+        ("VIP packet in a frame for another host's MAC", OTHER_MAC),
+        ("VIP packet in a broadcast frame", [0xff; 6]),
+        ("VIP packet in a multicast frame", [0x01, 0, 0x5e, 0, 0, 1]),
+    ] {
+        drop(
+            name,
+            Packet::tcp(c4, 40000, ip("203.0.113.10"), 80, SYN).macs(mac, ROUTER_MAC),
+            Reason::DropNotOurMac,
+        );
+    }
+    drop(
+        "IPv6 VIP packet in a multicast frame",
+        Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN)
+            .macs([0x33, 0x33, 0, 0, 0, 1], ROUTER_MAC),
+        Reason::DropNotOurMac,
     );
     drop(
         "VIP with no backend",
@@ -396,6 +507,71 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
         reason: Reason::IcmpEchoAnswered,
         backend: None,
     });
+
+    // An odd-length payload (the checksum pads it), TTL 1 (addressed to the VIP, not
+    // forwarded): answered.
+    let mut odd = vec![0x12, 0x34, 0, 8];
+    odd.extend_from_slice(b"odd");
+    out.push(Fixture {
+        name: "ICMP echo request with an odd-length payload and TTL 1: answered",
+        input: Packet::icmp(c4, vip4, 8, 0, &odd).ttl(1).build(),
+        action: XDP_TX,
+        output: reply(Packet::icmp(vip4, c4, 0, 0, &odd).ipv4_id(0).ipv4_frag(0)),
+        reason: Reason::IcmpEchoAnswered,
+        backend: None,
+    });
+    let big: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+    out.push(Fixture {
+        name: "ICMPv6 echo request of 1,400 bytes: answered",
+        input: Packet::icmp(c6, vip6, 128, 0, &big).build(),
+        action: XDP_TX,
+        output: reply(Packet::icmp(vip6, c6, 129, 0, &big)),
+        reason: Reason::IcmpEchoAnswered,
+        backend: None,
+    });
+    let refused = |name: &'static str, input: Vec<u8>, why: Reason| Fixture {
+        name,
+        input,
+        action: XDP_DROP,
+        output: Output::Unchanged,
+        reason: why,
+        backend: None,
+    };
+    // The ICMP checksum is at 14 + 20 + 2 (IPv4) and 14 + 40 + 2 (IPv6).
+    out.push(refused(
+        "ICMP echo request with a bad checksum: not answered",
+        corrupt(Packet::icmp(c4, vip4, 8, 0, &echo4).build(), 36),
+        Reason::DropBadIcmpChecksum,
+    ));
+    out.push(refused(
+        "ICMPv6 echo request with a bad checksum: not answered",
+        corrupt(Packet::icmp(c6, vip6, 128, 0, &echo4).build(), 56),
+        Reason::DropBadIcmpChecksum,
+    ));
+    out.push(refused(
+        "ICMP echo request in a broadcast frame: not answered",
+        Packet::icmp(c4, vip4, 8, 0, &echo4)
+            .macs([0xff; 6], ROUTER_MAC)
+            .build(),
+        Reason::DropNotOurMac,
+    ));
+    out.push(refused(
+        "ICMP echo request from a broadcast source: not answered",
+        Packet::icmp(ip("255.255.255.255"), vip4, 8, 0, &echo4).build(),
+        Reason::DropMartian,
+    ));
+    out.push(refused(
+        "ICMPv6 echo request from a multicast source: not answered",
+        Packet::icmp(ip("ff02::1"), vip6, 128, 0, &echo4).build(),
+        Reason::DropMartian,
+    ));
+    out.push(refused(
+        "ICMP echo request with a bad IPv4 header checksum: not answered",
+        Packet::icmp(c4, vip4, 8, 0, &echo4)
+            .ipv4_checksum(0x4321)
+            .build(),
+        Reason::DropBadIpChecksum,
+    ));
 
     // Errors quoting a backend's reply (VIP -> client) go to the backend of that flow.
     let steer = |name: &'static str, err: Packet, flow: Packet| {
@@ -489,13 +665,13 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
         1480,
     ));
     out.push(Fixture {
-        name: "IP-in-IP to a VIP address: not a VIP protocol, passed",
+        name: "IP-in-IP to a VIP address: not a VIP protocol, dropped (it would loop)",
         input: Packet::ip_proto(c4, vip4, 4)
             .payload(&Packet::tcp(c4, 1, ip("198.51.100.21"), 80, SYN).ip_bytes())
             .build(),
-        action: XDP_PASS,
+        action: XDP_DROP,
         output: Output::Unchanged,
-        reason: Reason::PassNotVip,
+        reason: Reason::DropNotVipPort,
         backend: None,
     });
     out.push(Fixture {
@@ -512,12 +688,22 @@ fn icmp_fixtures(lab: &Lab) -> Vec<Fixture> {
     out
 }
 
-fn long_ext_chain(c6: IpAddr) -> Packet {
-    let mut p = Packet::tcp(c6, 40000, ip("2001:db8:203::10"), 443, SYN);
-    for _ in 0..=lb_common::parse::MAX_IPV6_EXT_HEADERS {
+/// A SYN to the v6 VIP behind `n` destination-options headers.
+fn ext_chain(c6: IpAddr, n: usize, sport: u16) -> Packet {
+    let mut p = Packet::tcp(c6, sport, ip("2001:db8:203::10"), 443, SYN);
+    for _ in 0..n {
         p = p.ipv6_ext(Ext::DestOpts { len8: 0 });
     }
     p
+}
+
+/// Another host's MAC on the LB's segment.
+pub const OTHER_MAC: crate::packet::Mac = [0x02, 0, 0, 0, 0, 0x77];
+
+/// `frame` with byte `at` flipped.
+fn corrupt(mut frame: Vec<u8>, at: usize) -> Vec<u8> {
+    frame[at] ^= 0xff;
+    frame
 }
 
 /// Runs one fixture in the lab and checks action, output and counters; returns an error

@@ -5,7 +5,8 @@
 //! ```text
 //!   fx0 (ingress, 198.51.100.1/24, 2001:db8:100::1/64, MAC 02:00:00:00:00:01) -- fx1
 //!   fx2 (198.18.0.1/24, 2001:db8:18::1/64, MAC 02:00:00:00:00:02)            -- fx3
-//!   unreachable 192.0.2.128/25
+//!   unreachable 192.0.2.128/25, default via 198.51.100.254 / 2001:db8:100::fe (MAC
+//!   02:00:00:00:00:fe); 203.0.113.40 and 2001:db8:203::20 (VIP addresses) also on lo
 //! ```
 //! Backends 198.51.100.N have MAC 02:00:00:00:64:NN, 2001:db8:100::N have 02:00:00:00:66:NN,
 //! 198.18.0.N have 02:00:00:00:18:NN (NN = N in hex), all as permanent neighbours.
@@ -222,6 +223,25 @@ impl Lab {
         ns.ip(&["addr", "add", "198.18.0.1/24", "dev", "fx2"]);
         ns.ip(&["addr", "add", "2001:db8:18::1/64", "dev", "fx2", "nodad"]);
         ns.ip(&["route", "add", "unreachable", "192.0.2.128/25"]);
+        // A default route towards the router, as on a real balancer (everything else,
+        // client addresses included, is reached through it).
+        for (gw, dev) in [("198.51.100.254", "fx0"), ("2001:db8:100::fe", "fx0")] {
+            ns.ip(&[
+                "neigh",
+                "replace",
+                gw,
+                "lladdr",
+                "02:00:00:00:00:fe",
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+            ns.ip(&["route", "add", "default", "via", gw]);
+        }
+        // Two VIP addresses that are also this host's own (it serves other ports on them).
+        ns.ip(&["addr", "add", "203.0.113.40/32", "dev", "lo"]);
+        ns.ip(&["addr", "add", "2001:db8:203::20/128", "dev", "lo", "nodad"]);
         ns.sysctl("net.ipv4.conf.all.forwarding=1");
         ns.sysctl("net.ipv6.conf.all.forwarding=1");
 
@@ -269,6 +289,7 @@ impl Lab {
             cfg.flags |= CFG_F_WILDCARD_VIPS;
         }
         lb.set_config(&cfg).expect("config");
+        lb.set_interface_mac(LB_MAC).expect("interface MAC");
 
         let mut next_id = 1;
         let mut backend_ids = Vec::new();

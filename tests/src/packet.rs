@@ -114,6 +114,7 @@ enum L3 {
         options: Vec<u8>,
         ihl_override: Option<u8>,
         total_len_override: Option<u16>,
+        csum_override: Option<u16>,
     },
     V6 {
         src: Ipv6Addr,
@@ -194,6 +195,7 @@ impl Packet {
             options: Vec::new(),
             ihl_override: None,
             total_len_override: None,
+            csum_override: None,
         }
     }
 
@@ -380,6 +382,24 @@ impl Packet {
         self
     }
 
+    /// Sets the IPv4 TTL or IPv6 hop limit.
+    pub fn ttl(mut self, value: u8) -> Self {
+        match &mut self.l3 {
+            L3::V4 { ttl, .. } => *ttl = value,
+            L3::V6 { hop_limit, .. } => *hop_limit = value,
+            L3::Raw { .. } => {}
+        }
+        self
+    }
+
+    /// Replaces the IPv4 header checksum the builder computes with `value`.
+    pub fn ipv4_checksum(mut self, value: u16) -> Self {
+        if let L3::V4 { csum_override, .. } = &mut self.l3 {
+            *csum_override = Some(value);
+        }
+        self
+    }
+
     pub fn tos(mut self, value: u8) -> Self {
         match &mut self.l3 {
             L3::V4 { tos, .. } => *tos = value,
@@ -518,6 +538,7 @@ impl Packet {
                 options,
                 ihl_override,
                 total_len_override,
+                csum_override,
             } => {
                 let seg = self.l4_bytes(&src.octets(), &dst.octets(), proto);
                 let hlen = 20 + options.len();
@@ -533,7 +554,7 @@ impl Packet {
                 h[12..16].copy_from_slice(&src.octets());
                 h[16..20].copy_from_slice(&dst.octets());
                 h[20..].copy_from_slice(options);
-                let c = checksum(ones_sum(&h, 0));
+                let c = csum_override.unwrap_or_else(|| checksum(ones_sum(&h, 0)));
                 h[10..12].copy_from_slice(&c.to_be_bytes());
                 h.extend_from_slice(&seg);
                 h

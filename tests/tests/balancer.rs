@@ -274,11 +274,11 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
     });
     eprintln!("new MAC used after {took:?}");
 
-    let no_route = lab.counter(ACTIONS + Reason::DropNoRoute as u32);
+    let no_route = lab.counter(ACTIONS + Reason::DropNoRoute.index());
     lab.ns.ip(&["route", "add", "blackhole", "198.18.0.5/32"]);
     within("withdrawn route", &p.build(), &|action, _| action == 1);
     assert_eq!(
-        lab.counter(ACTIONS + Reason::DropNoRoute as u32),
+        lab.counter(ACTIONS + Reason::DropNoRoute.index()),
         no_route + 1
     );
 
@@ -294,10 +294,10 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
         "lock",
         "1000",
     ]);
-    let signalled = lab.counter(ACTIONS + Reason::TooBigSignalled as u32);
+    let signalled = lab.counter(ACTIONS + Reason::TooBigSignalled.index());
     within("lowered MTU", &big.build(), &|action, _| action == XDP_TX);
     assert_eq!(
-        lab.counter(ACTIONS + Reason::TooBigSignalled as u32),
+        lab.counter(ACTIONS + Reason::TooBigSignalled.index()),
         signalled + 1
     );
     // Packets that fit still go, to the new MAC.
@@ -408,14 +408,16 @@ fn flows_of_a_removed_vip_stop_while_its_address_keeps_other_vips() {
         .predict(&data.build())
         .unwrap()
         .expect("still followed");
-    assert_eq!((between.backend(), between.vip.index), (id, 14));
+    assert_eq!((between.backend(), between.vip_index), (id, 14));
     lab.set_backend_state(id, BACKEND_UNUSED, 7);
     assert_eq!(lab.lb.predict(&data.build()).unwrap(), None);
+    // Its address keeps other VIPs, so the port is now one no VIP takes: dropped, not
+    // passed to a kernel that would route it back to the router.
     let (action, out) = lab.run(&data.build());
     assert_eq!(
         (action, out),
-        (2, data.build()),
-        "passed once the VIP is gone"
+        (xlb_tests::fixtures::XDP_DROP, data.build()),
+        "dropped as not_vip_port once the VIP is gone"
     );
     let web_data = Packet::tcp(client4(), 48000, vip_addr(), 80, ACK);
     let (action, _) = lab.run(&web_data.build());
@@ -474,15 +476,126 @@ fn switching_a_vip_to_source_affinity_keeps_established_connections() {
         };
         assert_eq!(out[30..34], backend.octets(), "ICMP error for port {port}");
     }
-    // New connections of this client all go to its affinity backend.
+    // New connections of this client all go to its affinity backend: each SYN takes the
+    // Maglev choice of the client's key and writes the client's entry.
     let new = |port| Packet::tcp(client4(), port, vip_addr(), 80, SYN);
     let affinity = lab.lb.predict(&new(50000).build()).unwrap().unwrap();
-    assert!(affinity.remembered.is_none());
+    assert!(affinity.remembered.is_none() && affinity.new_flow);
     assert_sent_to(&lab, &new(50000), affinity.backend());
     for port in 50001..50005 {
         let p = lab.lb.predict(&new(port).build()).unwrap().unwrap();
         assert_eq!(p.backend(), affinity.backend(), "port {port}");
-        assert!(p.remembered.is_some(), "the client's affinity entry");
+        assert_eq!(p.flow, affinity.flow, "the client's key");
+        assert!(!p.new_flow, "the client's entry already holds that choice");
         assert_sent_to(&lab, &new(port), affinity.backend());
+        assert_eq!(
+            lab.lb.flow(&p.flow).unwrap().map(|v| v.backend),
+            Some(affinity.backend())
+        );
     }
+}
+
+/// A SYN starts a new flow: with an entry that sends its 5-tuple to a backend now draining
+/// (a client reusing its port), it takes Maglev's current choice, overwrites the entry and
+/// counts one new flow for the VIP and that backend; the same SYN again (a retransmission)
+/// counts nothing more. Packets without SYN keep following the entry.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_syn_takes_the_current_choice_and_overwrites_its_entry() {
+    use lb_common::FlowValue;
+
+    let mut lab = Lab::new();
+    let (vip_id, _) = lab.vip("web4");
+    let syn = Packet::tcp(client4(), 51000, vip_addr(), 80, SYN);
+    let p = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    let pick = p.maglev_backend;
+    let old = *lab.backend_ids[0].iter().find(|b| **b != pick).unwrap();
+    // An entry from an earlier connection on the same 5-tuple, to a backend now draining.
+    lab.lb
+        .set_flow(
+            &p.flow,
+            &FlowValue {
+                backend: old,
+                generation: 1,
+            },
+        )
+        .unwrap();
+    lab.switch_table_without("web4", &[old]);
+    lab.set_backend_state(old, BACKEND_DRAINING, 1);
+    let ack = Packet::tcp(client4(), 51000, vip_addr(), 80, ACK);
+    assert_sent_to(&lab, &ack, old);
+
+    let pick = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    assert!(pick.new_flow && pick.remembered.is_none(), "{pick:?}");
+    let (v0, n0, o0) = (
+        lab.lb.vip_stats(vip_id).unwrap(),
+        lab.lb.backend_stats(pick.backend()).unwrap(),
+        lab.lb.backend_stats(old).unwrap(),
+    );
+    assert_sent_to(&lab, &syn, pick.backend());
+    assert_eq!(
+        lab.lb.flow(&pick.flow).unwrap().map(|v| v.backend),
+        Some(pick.backend()),
+        "the entry is overwritten"
+    );
+    let (v1, n1, o1) = (
+        lab.lb.vip_stats(vip_id).unwrap(),
+        lab.lb.backend_stats(pick.backend()).unwrap(),
+        lab.lb.backend_stats(old).unwrap(),
+    );
+    assert_eq!(v1.new_flows - v0.new_flows, 1, "VIP new flows");
+    assert_eq!(
+        n1.new_flows - n0.new_flows,
+        1,
+        "the new backend's new flows"
+    );
+    assert_eq!(o1, o0, "the drained backend counts nothing");
+    // A retransmitted SYN finds its own choice: forwarded, not a new flow.
+    assert!(!lab.lb.predict(&syn.build()).unwrap().unwrap().new_flow);
+    assert_sent_to(&lab, &syn, pick.backend());
+    assert_eq!(lab.lb.vip_stats(vip_id).unwrap().new_flows, v1.new_flows);
+    // The connection's packets follow the new entry.
+    assert_sent_to(&lab, &ack, pick.backend());
+}
+
+/// UDP counts a new flow for each packet that creates a flow entry, and only those.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn udp_counts_the_packets_that_create_a_flow() {
+    let lab = Lab::new();
+    let (vip_id, _) = lab.vip("dns4");
+    for port in 52000..52010u16 {
+        for _ in 0..3 {
+            let (action, _) = lab.run(&Packet::udp(client4(), port, vip_addr(), 53).build());
+            assert_eq!(action, XDP_TX);
+        }
+    }
+    let s = lab.lb.vip_stats(vip_id).unwrap();
+    assert_eq!((s.packets, s.new_flows, s.flow_hits), (30, 10, 20));
+}
+
+/// An all-zero interface MAC turns the frame check off; a known one refuses VIP packets in
+/// frames to another MAC.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn the_frame_check_follows_the_configured_mac() {
+    let mut lab = Lab::new();
+    let other = Packet::tcp(client4(), 53000, vip_addr(), 80, SYN).macs(
+        xlb_tests::fixtures::OTHER_MAC,
+        xlb_tests::packet::ROUTER_MAC,
+    );
+    let (action, _) = lab.run(&other.build());
+    assert_eq!(
+        action,
+        xlb_tests::fixtures::XDP_DROP,
+        "refused with our MAC known"
+    );
+    lab.lb.set_interface_mac([0; 6]).unwrap();
+    let (action, _) = lab.run(&other.build());
+    assert_eq!(action, XDP_TX, "accepted with the check off");
+    lab.lb
+        .set_interface_mac(xlb_tests::fixtures::OTHER_MAC)
+        .unwrap();
+    let (action, _) = lab.run(&Packet::tcp(client4(), 53001, vip_addr(), 80, SYN).build());
+    assert_eq!(action, xlb_tests::fixtures::XDP_DROP, "our MAC changed");
 }

@@ -157,9 +157,9 @@ fn every_truncation_of_a_vip_packet_is_refused_cleanly() {
         Packet::udp(c4, 5000, vip4, 53).vlan(7).payload(b"query"),
     ];
     let allowed = [
-        Reason::PassNotIp as u32,
-        Reason::PassBadIp as u32,
-        Reason::DropMalformed as u32,
+        Reason::PassNotIp.index(),
+        Reason::PassBadIp.index(),
+        Reason::DropMalformed.index(),
     ];
     for p in packets {
         let full = p.build();

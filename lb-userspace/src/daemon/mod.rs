@@ -169,7 +169,10 @@ async fn serve(
         private_dir(dir, "daemon.pin_dir")?;
     }
     let warm = pins.join("link").exists();
-    let lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
+    let mut lb = Balancer::load(config.dataplane.limits, Some(&pins))?;
+    // Neighbour resolution for the data plane, and the interface MAC it checks frames
+    // against (set now, before the program is attached; re-checked every second).
+    let neighbours = crate::neighbour::prepare(&mut lb, &iface)?;
     let mut engine = Engine::new(lb, config.dataplane.clone());
     let adopted = engine.adopt()?;
 
@@ -263,6 +266,7 @@ async fn serve(
             }
         });
     }
+    tokio::spawn(neighbours.run());
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

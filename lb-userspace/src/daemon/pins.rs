@@ -13,7 +13,8 @@ use crate::{config::XdpMode, dataplane::Balancer};
 
 /// Version of the layout of pinned maps; part of the pin path. Bump it with any change to
 /// a map's key, value or meaning, so a new daemon never misreads old pins.
-pub const LAYOUT_VERSION: u32 = 1;
+/// 2: CONFIG holds the interface MAC, GLOBAL_STATS has the router-check reasons.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -23,7 +23,11 @@ use crate::config::{
 pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
     let limits = maps.limits();
     let mut state = State::empty(limits);
-    state.map_config = maps.config()?;
+    // The interface MAC in CONFIG is the neighbour task's, not the planner's.
+    state.map_config = lb_common::DataplaneConfig {
+        mac: [0; 6],
+        ..maps.config()?
+    };
     let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
     for id in 1..limits.max_backends {
         let b = maps.backend(id)?;
