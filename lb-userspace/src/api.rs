@@ -67,6 +67,11 @@ pub enum Request {
     },
     /// Detach the balancer, remove every pin, and stop the daemon.
     Teardown,
+    /// Withdraw every VIP from the routers (drain this host); forwarding goes on for the
+    /// flows that still arrive.
+    AnnounceWithdraw,
+    /// Announce the VIPs again (each as its own state allows).
+    AnnounceRestore,
 }
 
 /// The daemon's answer.
@@ -148,6 +153,13 @@ pub struct VipStatus {
     #[serde(default)]
     pub midflow_misses: u64,
     pub backends: Vec<BackendStatus>,
+    /// Fingerprint of the VIP's Maglev table (hex): equal on hosts that pick the same
+    /// backends for the same flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_fingerprint: Option<String>,
+    /// With `[announce]`: whether this host announces the VIP, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::Why>,
 }
 
 /// A named global counter (packets by XDP action).
@@ -241,6 +253,9 @@ pub struct Snapshot {
     /// redirects dropped at its ring; the balancer's own counters cannot see these).
     #[serde(default)]
     pub xdp_transmit_errors: Vec<NamedCount>,
+    /// With `[announce]`: the routing table and what is installed in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceStatus>,
     /// Every health check of every VIP fails at once: probably this host's fault.
     #[serde(default)]
     pub all_checks_failing: bool,
@@ -248,6 +263,17 @@ pub struct Snapshot {
     /// ports), since the daemon started; they count neither for nor against backends.
     #[serde(default)]
     pub health_check_local_errors: u64,
+}
+
+/// The host's announcing, as `xlb status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    pub table: u32,
+    pub protocol: u8,
+    /// `xlb announce withdraw` is in force.
+    pub withdrawn: bool,
+    /// The VIP addresses whose route is installed now.
+    pub installed: Vec<IpAddr>,
 }
 
 /// Errors of talking to the daemon.

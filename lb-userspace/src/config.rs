@@ -214,6 +214,39 @@ pub struct VipConfig {
     /// overrides use it, and so do backends added at run time.
     pub health: HealthCheck,
     pub backends: Vec<BackendConfig>,
+    /// With `[announce]`: backends that must serve for the VIP to be announced (`None`:
+    /// `announce.min_serving`).
+    pub min_serving: Option<u32>,
+    pub on_fail_open: OnFailOpen,
+}
+
+/// The `[announce]` section: VIP routes installed into a kernel routing table of their
+/// own, for a routing daemon (BIRD, FRR) to announce.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AnnounceSettings {
+    /// The kernel routing table the routes go into.
+    pub table: u32,
+    /// The route protocol number that marks xlb's routes; nothing else in the table is
+    /// touched.
+    pub protocol: u8,
+    /// How long after start nothing is announced (health checks get their first verdicts).
+    pub warm_up: Duration,
+    /// Backends that must serve for a VIP to be announced.
+    pub min_serving: u32,
+    /// Whether SIGTERM withdraws every VIP and waits for traffic to stop before exiting.
+    pub withdraw_on_stop: bool,
+    /// How long a stop or `xlb announce withdraw --wait` waits for traffic to stop.
+    pub drain_timeout: Duration,
+}
+
+/// Defaults of `[announce]` (documented in the README).
+pub mod announce_defaults {
+    use std::time::Duration;
+    pub const TABLE: u32 = 4242;
+    pub const PROTOCOL: u8 = 250;
+    pub const WARM_UP: Duration = Duration::from_secs(5);
+    pub const MIN_SERVING: u32 = 1;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 /// The `[dataplane]` section, validated.
@@ -252,6 +285,7 @@ impl Default for DaemonSettings {
 pub struct Config {
     pub dataplane: DataplaneSettings,
     pub daemon: DaemonSettings,
+    pub announce: Option<AnnounceSettings>,
     pub vips: Vec<VipConfig>,
 }
 
@@ -305,6 +339,14 @@ impl Config {
                 }),
             },
             health_check: None,
+            announce: self.announce.as_ref().map(|a| file::AnnounceFile {
+                table: Some(i64::from(a.table)),
+                protocol: Some(i64::from(a.protocol)),
+                warm_up: Some(a.warm_up),
+                min_serving: Some(i64::from(a.min_serving)),
+                withdraw_on_stop: Some(a.withdraw_on_stop),
+                drain_timeout: Some(a.drain_timeout),
+            }),
             vips: self.vips.iter().map(VipConfig::to_file).collect(),
         }
     }
@@ -330,6 +372,8 @@ impl VipConfig {
             protocol: Some(self.id.protocol),
             hash: Some(self.hash),
             deregistration_delay: Some(self.deregistration_delay),
+            min_serving: self.min_serving.map(i64::from),
+            on_fail_open: Some(self.on_fail_open),
             health_check: Some(self.health.to_file()),
             backends: self
                 .backends

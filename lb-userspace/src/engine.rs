@@ -75,6 +75,7 @@ impl<M: Maps> Engine<M> {
             config: Config {
                 dataplane,
                 daemon: DaemonSettings::default(),
+                announce: None,
                 vips: Vec::new(),
             },
             state,

@@ -5,6 +5,7 @@
 //! end-to-end tests and benchmarks use the library directly. Nothing here runs per packet:
 //! the data plane is the XDP program in `lb-ebpf`.
 
+pub mod announce;
 pub mod api;
 pub mod config;
 pub mod daemon;
@@ -15,6 +16,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod neighbour;
+pub mod netlink;
 pub mod nic;
 pub mod predict;
 pub mod programs;

@@ -95,6 +95,9 @@ enum Command {
         after_help = "Examples:\n  xlb decap --iface eth0\n  xlb decap --iface eth0 --address 198.51.100.21\n  xlb decap --iface eth0 --detach"
     )]
     Decap(DecapArgs),
+    /// Withdraw this host's VIPs from the routers (drain it) or announce them again.
+    #[command(subcommand)]
+    Announce(AnnounceCommand),
     /// Detach the balancer and remove its pinned maps (remembered flows and counters are lost).
     #[command(
         after_help = "Examples:\n  xlb teardown                   ask the running daemon to tear down and stop\n  xlb teardown --iface eth0      without a daemon: remove the pins for eth0"
@@ -150,6 +153,23 @@ enum BackendCommand {
         address: IpAddr,
         weight: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum AnnounceCommand {
+    /// Withdraw every VIP (needs [announce]); forwarding goes on for the flows that still
+    /// arrive, so a host can be drained for maintenance without failing a request.
+    #[command(
+        after_help = "Examples:\n  xlb announce withdraw\n  xlb announce withdraw --wait 60    report when traffic has stopped"
+    )]
+    Withdraw {
+        /// Wait until no packet reaches this host's VIPs for 2 seconds (at most SECS,
+        /// default 60), and say how long that took.
+        #[arg(long, num_args = 0..=1, default_missing_value = "60", value_name = "SECS")]
+        wait: Option<f64>,
+    },
+    /// Announce the VIPs again, each as its state allows.
+    Restore,
 }
 
 #[derive(Args)]
@@ -381,6 +401,40 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 }
                 previous = now;
             }
+        }
+        Command::Announce(AnnounceCommand::Restore) => {
+            print_changes(request(Request::AnnounceRestore)?);
+            Ok(())
+        }
+        Command::Announce(AnnounceCommand::Withdraw { wait }) => {
+            print_changes(request(Request::AnnounceWithdraw)?);
+            let Some(limit) = wait else { return Ok(()) };
+            let limit = Duration::from_secs_f64(limit.max(0.0));
+            let packets = || -> Result<u64, Failure> {
+                Ok(request(Request::Status)?
+                    .status
+                    .map(|s| s.vips.iter().map(|v| v.counters.packets).sum())
+                    .unwrap_or(0))
+            };
+            let start = std::time::Instant::now();
+            let (mut last, mut since) = (packets()?, std::time::Instant::now());
+            while start.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(250));
+                let now = packets()?;
+                if now != last {
+                    (last, since) = (now, std::time::Instant::now());
+                } else if since.elapsed() >= Duration::from_secs(2) {
+                    println!(
+                        "traffic to this host's VIPs stopped {:.1}s after the withdrawal",
+                        since.duration_since(start).as_secs_f64()
+                    );
+                    return Ok(());
+                }
+            }
+            Err(Failure(
+                1,
+                format!("traffic to this host's VIPs still arrives after {limit:?}"),
+            ))
         }
         Command::Decap(args) => run_decap(args, json),
         Command::Teardown { iface, pin_dir } => {

@@ -66,6 +66,9 @@ pub fn render(s: &Snapshot) -> String {
     let vip_misses: Family<Labels, Counter> = family();
     let vip_fail_open: Family<Labels, Gauge> = family();
     let vip_midflow: Family<Labels, Counter> = family();
+    let vip_announced: Family<Labels, Gauge> = family();
+    let vip_announce_reason: Family<Labels, Gauge> = family();
+    let vip_table: Family<Labels, Gauge> = family();
     let be_packets: Family<Labels, Counter> = family();
     let be_bytes: Family<Labels, Counter> = family();
     let be_flows: Family<Labels, Counter> = family();
@@ -83,6 +86,19 @@ pub fn render(s: &Snapshot) -> String {
         vip_misses.get_or_create(&l).inc_by(v.flow_misses);
         vip_fail_open.get_or_create(&l).set(i64::from(v.fail_open));
         vip_midflow.get_or_create(&l).inc_by(v.midflow_misses);
+        if let Some(why) = v.announce {
+            vip_announced
+                .get_or_create(&l)
+                .set(i64::from(why.announced()));
+            let mut rl = l.clone();
+            rl.push(label("reason", why.word()));
+            vip_announce_reason.get_or_create(&rl).set(1);
+        }
+        if let Some(f) = &v.table_fingerprint {
+            let mut fl = l.clone();
+            fl.push(label("fingerprint", f));
+            vip_table.get_or_create(&fl).set(1);
+        }
         for b in &v.backends {
             let mut bl = l.clone();
             bl.push(label("backend", &b.address.to_string()));
@@ -133,6 +149,21 @@ pub fn render(s: &Snapshot) -> String {
         "xlb_vip_fail_open",
         "1 when every backend is unhealthy and all of them take traffic",
         vip_fail_open,
+    );
+    r.register(
+        "xlb_vip_announced",
+        "1 when this host announces the VIP to its routers (with [announce])",
+        vip_announced,
+    );
+    r.register(
+        "xlb_vip_announce_reason",
+        "Why the VIP is or is not announced: 1 for the reason in force",
+        vip_announce_reason,
+    );
+    r.register(
+        "xlb_vip_table",
+        "1, with the fingerprint of the VIP's Maglev table: equal on hosts that pick the same backends",
+        vip_table,
     );
     r.register(
         "xlb_backend_packets",

@@ -23,21 +23,17 @@ use std::{
 
 use aya::maps::{Array, MapData, RingBuf};
 use lb_common::{DataplaneConfig, FAMILY_V4, FAMILY_V6, NeighbourEvent};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::unix::AsyncFd;
+
+use crate::netlink::RouteSocket;
 
 /// How often the interface's MAC address is compared with the one the data plane checks.
 pub const MAC_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long the kernel has to acknowledge a request.
-const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Errors of neighbour resolution and of the interface MAC.
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +49,10 @@ pub enum NeighbourError {
         #[source]
         source: io::Error,
     },
-    #[error("no acknowledgement from the kernel for neighbour {addr} within {ACK_TIMEOUT:?}")]
+    #[error(
+        "no acknowledgement from the kernel for neighbour {addr} within {:?}",
+        crate::netlink::ANSWER_TIMEOUT
+    )]
     NoAck { addr: IpAddr },
     #[error("cannot read the MAC address of interface {iface}: {source}")]
     Mac {
@@ -86,10 +85,10 @@ pub fn decode(record: &[u8]) -> Option<NeighbourEvent> {
     Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<NeighbourEvent>()) })
 }
 
-/// The netlink request that makes the kernel resolve `addr` on interface `ifindex`:
-/// `RTM_NEWNEIGH` with `NTF_USE` (start resolution, as for a packet waiting to be sent),
-/// `NLM_F_CREATE` (make the entry if there is none) and `NLM_F_ACK`.
-pub fn resolve_request(addr: IpAddr, ifindex: u32, sequence: u32) -> Vec<u8> {
+/// The message that makes the kernel resolve `addr` on interface `ifindex`: `RTM_NEWNEIGH`
+/// with `NTF_USE` (start resolution, as for a packet waiting to be sent); sent with
+/// `NLM_F_CREATE` (make the entry if there is none).
+fn resolve_message(addr: IpAddr, ifindex: u32) -> RouteNetlinkMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = match addr {
         IpAddr::V4(_) => AddressFamily::Inet,
@@ -102,91 +101,44 @@ pub fn resolve_request(addr: IpAddr, ifindex: u32, sequence: u32) -> Vec<u8> {
             IpAddr::V4(a) => NeighbourAddress::Inet(a),
             IpAddr::V6(a) => NeighbourAddress::Inet6(a),
         }));
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK;
-    header.sequence_number = sequence;
-    let mut packet = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(msg)),
-    );
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
-    buf
+    RouteNetlinkMessage::NewNeighbour(msg)
+}
+
+/// The bytes of that request (with `NLM_F_ACK`), for tests.
+pub fn resolve_request(addr: IpAddr, ifindex: u32, sequence: u32) -> Vec<u8> {
+    crate::netlink::encode(
+        resolve_message(addr, ifindex),
+        NLM_F_CREATE | NLM_F_ACK,
+        sequence,
+    )
 }
 
 /// A route netlink socket that asks the kernel to resolve neighbours.
 pub struct Resolver {
-    socket: AsyncFd<Socket>,
-    sequence: u32,
+    socket: RouteSocket,
 }
 
 impl Resolver {
     pub fn new() -> Result<Self, NeighbourError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NeighbourError::Socket)?;
-        socket.bind_auto().map_err(NeighbourError::Socket)?;
-        socket
-            .set_non_blocking(true)
-            .map_err(NeighbourError::Socket)?;
         Ok(Self {
-            // SAFETY: the socket owns its descriptor, which stays open and the same until
-            // the AsyncFd (which owns the socket) is dropped.
-            socket: unsafe { AsyncFd::register(socket) }
-                .map_err(|e| NeighbourError::Socket(e.into()))?,
-            sequence: 0,
+            socket: RouteSocket::new().map_err(NeighbourError::Socket)?,
         })
     }
 
     /// Asks the kernel to resolve `addr` on interface `ifindex` and waits for its answer.
     pub async fn resolve(&mut self, addr: IpAddr, ifindex: u32) -> Result<(), NeighbourError> {
-        self.sequence = self.sequence.wrapping_add(1);
-        let seq = self.sequence;
-        let request = resolve_request(addr, ifindex, seq);
-        let kernel = SocketAddr::new(0, 0);
-        let refused = |source| NeighbourError::Refused {
-            addr,
-            ifindex,
-            source,
-        };
-        loop {
-            let mut guard = self.socket.writable().await.map_err(refused)?;
-            match guard.try_io(|s| s.get_ref().send_to(&request, &kernel, 0)) {
-                Ok(r) => {
-                    r.map_err(refused)?;
-                    break;
-                }
-                Err(_would_block) => continue,
-            }
-        }
-        let ack = async {
-            loop {
-                let mut guard = self.socket.readable().await?;
-                let Ok(r) = guard.try_io(|s| s.get_ref().recv_from_full()) else {
-                    continue;
-                };
-                let (bytes, _) = r?;
-                let mut rest = &bytes[..];
-                while !rest.is_empty() {
-                    let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest) else {
-                        break;
-                    };
-                    let len = (m.header.length as usize).clamp(1, rest.len());
-                    rest = &rest[len..];
-                    if m.header.sequence_number != seq {
-                        continue;
-                    }
-                    if let NetlinkPayload::Error(e) = m.payload {
-                        return match e.code {
-                            None => Ok(()),
-                            Some(_) => Err(e.to_io()),
-                        };
-                    }
-                }
-            }
-        };
-        match tokio::time::timeout(ACK_TIMEOUT, ack).await {
-            Ok(r) => r.map_err(refused),
-            Err(_) => Err(NeighbourError::NoAck { addr }),
+        match self
+            .socket
+            .request(resolve_message(addr, ifindex), NLM_F_CREATE)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(NeighbourError::NoAck { addr }),
+            Err(source) => Err(NeighbourError::Refused {
+                addr,
+                ifindex,
+                source,
+            }),
         }
     }
 }

@@ -71,6 +71,8 @@ pub fn snapshot(
             flow_misses: s.flow_misses,
             midflow_misses: s.midflow_misses,
             backends,
+            table_fingerprint: v.fingerprint.map(|f| format!("{f:016x}")),
+            announce: None,
         });
     }
     let global = lb.global_stats()?;
@@ -98,6 +100,7 @@ pub fn snapshot(
         actions,
         reasons,
         events: engine.events().cloned().collect(),
+        announce: None,
         xdp_transmit_errors: crate::nic::xdp_transmit_errors(interface)
             .into_iter()
             .map(|(name, value)| NamedCount { name, value })
@@ -237,6 +240,25 @@ pub fn status_text(s: &Snapshot) -> String {
             s.health_check_local_errors
         );
     }
+    if let Some(a) = &s.announce {
+        let list: Vec<String> = a.installed.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "announcing through routing table {} (protocol {}){}: {}",
+            a.table,
+            a.protocol,
+            if a.withdrawn {
+                ", WITHDRAWN by the operator"
+            } else {
+                ""
+            },
+            if list.is_empty() {
+                "nothing".to_owned()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
     for v in &s.vips {
         let _ = writeln!(
             out,
@@ -252,6 +274,12 @@ pub fn status_text(s: &Snapshot) -> String {
                 ""
             }
         );
+        if let Some(f) = &v.table_fingerprint {
+            let _ = writeln!(out, "  table fingerprint {f}");
+        }
+        if let Some(a) = &v.announce {
+            let _ = writeln!(out, "  {a}");
+        }
         if v.backends.is_empty() {
             let _ = writeln!(out, "  (no backends: packets to this VIP are dropped)");
         }

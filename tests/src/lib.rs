@@ -4,6 +4,8 @@
 //! The tests themselves are in `tests/tests/`; the ones that need root are `#[ignore]`d by
 //! default and run by `cargo xtask test`.
 
+pub mod bird;
+pub mod cluster;
 pub mod daemon;
 pub mod fixtures;
 pub mod lab;

@@ -126,20 +126,7 @@ impl Topology {
             .args(["-c", "1", "-W", "1", "192.0.2.1"])
             .output();
 
-        let router_xdp = {
-            let _inside = router.enter();
-            let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("load reference programs");
-            let p: &mut Xdp = e
-                .program_mut("xlb_pass")
-                .expect("xlb_pass")
-                .try_into()
-                .expect("xdp");
-            p.load().expect("load xlb_pass");
-            let idx = router.ifindex("lb");
-            p.attach_to_if_index(idx, aya::programs::XdpMode::Driver)
-                .expect("attach xlb_pass on the router");
-            e
-        };
+        let router_xdp = attach_pass(&router, "lb");
         Self {
             client,
             router,
@@ -187,7 +174,25 @@ impl Drop for Topology {
     }
 }
 
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+/// Attaches the `XDP_PASS` reference program to `dev` in `ns` (veth delivers `XDP_TX`
+/// frames only to a peer with an XDP program). Dropping the value detaches it.
+pub fn attach_pass(ns: &Netns, dev: &str) -> Ebpf {
+    let _inside = ns.enter();
+    let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("load reference programs");
+    let p: &mut Xdp = e
+        .program_mut("xlb_pass")
+        .expect("xlb_pass")
+        .try_into()
+        .expect("xdp");
+    p.load().expect("load xlb_pass");
+    let idx = ns.ifindex(dev);
+    p.attach_to_if_index(idx, aya::programs::XdpMode::Driver)
+        .unwrap_or_else(|e| panic!("attach xlb_pass to {dev} in {}: {e}", ns.name()));
+    e
+}
+
+/// A veth pair between two namespaces, both ends up.
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     run(
         "ip",
         &[
@@ -209,7 +214,8 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     b.ip(&["link", "set", b_name, "up"]);
 }
 
-fn addr(ns: &Netns, dev: &str, v4: &str, v6: &str) {
+/// An IPv4 and an IPv6 address on `dev` (the IPv6 one without duplicate detection).
+pub fn addr(ns: &Netns, dev: &str, v4: &str, v6: &str) {
     ns.ip(&["addr", "add", v4, "dev", dev]);
     ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
 }

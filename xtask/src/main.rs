@@ -24,13 +24,16 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 6] = [
+const DEBIAN_TOOLS: [(&str, &str); 8] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("tc", "iproute2"),
+    // The scale-out tests run real BIRD daemons (BGP, ECMP).
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

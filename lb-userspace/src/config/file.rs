@@ -14,7 +14,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::types::{HashMode, MaglevVariant, ProbeKind, Protocol, XdpMode};
+use super::types::{HashMode, MaglevVariant, OnFailOpen, ProbeKind, Protocol, XdpMode};
 use crate::words::{invalid, quote};
 
 /// A whole configuration file.
@@ -28,8 +28,28 @@ pub struct File {
     /// Health-check settings of every VIP (each VIP's own go on top).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthFile>,
+    /// Announcing VIP routes to a routing daemon (several hosts behind ECMP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<AnnounceFile>,
     #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipFile>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<i64>,
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub warm_up: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_serving: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdraw_on_stop: Option<bool>,
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +101,12 @@ pub struct VipFile {
     pub hash: Option<HashMode>,
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub deregistration_delay: Option<Duration>,
+    /// With `[announce]`: backends that must serve for the VIP to be announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_serving: Option<i64>,
+    /// With `[announce]`: whether a VIP that fails open stays announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_fail_open: Option<OnFailOpen>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthFile>,
     #[serde(default)]

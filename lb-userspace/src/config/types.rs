@@ -49,6 +49,16 @@ words! {
     }
 }
 
+words! {
+    /// With `[announce]`: what a VIP whose backends all fail their checks does. A single
+    /// host stays announced and sends to all of them (fail-open); in a group of hosts
+    /// behind ECMP, withdrawing lets the others take the traffic.
+    pub enum OnFailOpen expecting "\"stay-announced\" or \"withdraw\"" {
+        StayAnnounced = "stay-announced",
+        Withdraw = "withdraw",
+    }
+}
+
 impl Protocol {
     pub fn number(self) -> u8 {
         match self {

@@ -9,12 +9,12 @@ use std::{
 };
 
 use super::{
-    BackendConfig, Config, ConfigError, DEFAULT_DEREGISTRATION_DELAY, DEFAULT_METRICS,
-    DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_WEIGHT, DaemonSettings, DataplaneSettings,
-    HealthCheck, Location, MAX_WEIGHT, VipConfig, VipId,
+    AnnounceSettings, BackendConfig, Config, ConfigError, DEFAULT_DEREGISTRATION_DELAY,
+    DEFAULT_METRICS, DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_WEIGHT, DaemonSettings,
+    DataplaneSettings, HealthCheck, Location, MAX_WEIGHT, VipConfig, VipId,
     file::{self, File, HealthFile, Listen},
     health_defaults,
-    types::{DEFAULT_MAGLEV_VARIANT, HashMode, ProbeKind, Protocol, XdpMode},
+    types::{DEFAULT_MAGLEV_VARIANT, HashMode, OnFailOpen, ProbeKind, Protocol, XdpMode},
 };
 use crate::{
     dataplane::Limits,
@@ -81,9 +81,11 @@ pub(super) fn config(f: &File) -> Result<Config, ConfigError> {
         .enumerate()
         .map(|(i, v)| vip(i, v, &global))
         .collect::<Result<Vec<_>, _>>()?;
+    let announce = f.announce.as_ref().map(announce).transpose()?;
     let config = Config {
         dataplane,
         daemon,
+        announce,
         vips,
     };
     config.check()?;
@@ -188,6 +190,50 @@ fn daemon(d: &file::DaemonFile) -> Result<DaemonSettings, ConfigError> {
     })
 }
 
+fn announce(a: &file::AnnounceFile) -> Result<AnnounceSettings, ConfigError> {
+    use super::announce_defaults as d;
+    let top = Scope::Top;
+    let table = top.int_in(
+        "announce.table",
+        a.table,
+        i64::from(d::TABLE),
+        (1, i64::from(u32::MAX)),
+    )?;
+    // 253-255 are the kernel's default, main and local tables.
+    if (253..=255).contains(&table) {
+        return Err(top.err(
+            "announce.table",
+            format!("{table} is one of the kernel's own tables (default, main, local); use a table of its own, such as 4242"),
+        ));
+    }
+    let protocol = top.int_in(
+        "announce.protocol",
+        a.protocol,
+        i64::from(d::PROTOCOL),
+        (0, 255),
+    )?;
+    // 0-4 are the kernel's own (unspec, redirect, kernel, boot, static).
+    if protocol <= 4 {
+        return Err(top.err(
+            "announce.protocol",
+            format!("{protocol} is a protocol number the kernel and `ip route` use themselves; use one of its own, such as 250"),
+        ));
+    }
+    Ok(AnnounceSettings {
+        table,
+        protocol: protocol as u8,
+        warm_up: a.warm_up.unwrap_or(d::WARM_UP),
+        min_serving: top.int_in(
+            "announce.min_serving",
+            a.min_serving,
+            i64::from(d::MIN_SERVING),
+            (0, 1_000_000),
+        )?,
+        withdraw_on_stop: a.withdraw_on_stop.unwrap_or(false),
+        drain_timeout: a.drain_timeout.unwrap_or(d::DRAIN_TIMEOUT),
+    })
+}
+
 /// Whether a VIP or backend name may be shown in status output and metrics labels as it is.
 fn valid_name(n: &str) -> bool {
     !n.is_empty() && n.len() <= 64 && !n.chars().any(|c| c.is_control() || c == '"' || c == '\\')
@@ -266,9 +312,15 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let vip_check = health(at, "health_check", &vip_health, check_port)?;
+    let min_serving = v
+        .min_serving
+        .map(|n| at.int_in("min_serving", Some(n), 0, (0, 1_000_000)))
+        .transpose()?;
     Ok(VipConfig {
         name,
         id,
+        min_serving,
+        on_fail_open: v.on_fail_open.unwrap_or(OnFailOpen::StayAnnounced),
         hash: v.hash.unwrap_or(HashMode::FiveTuple),
         deregistration_delay: v
             .deregistration_delay

@@ -9,7 +9,6 @@ use crate::{
         file::{BackendFile, HealthFile, VipFile},
     },
     engine::{Change, EngineError},
-    stats,
 };
 
 use super::{Daemon, host, saved::file_hash};
@@ -39,16 +38,13 @@ impl Daemon {
     /// Handles one request. Every change is validated whole first; on error nothing changed.
     pub(super) fn handle(&self, req: Request) -> Response {
         match req {
-            Request::Status => {
-                let engine = self.engine.lock().expect("engine lock");
-                match stats::snapshot(&engine, &self.iface, self.xdp_mode) {
-                    Ok(s) => Response {
-                        status: Some(s),
-                        ..Response::ok(Vec::new())
-                    },
-                    Err(e) => Response::error(e),
-                }
-            }
+            Request::Status => match self.snapshot() {
+                Ok(s) => Response {
+                    status: Some(s),
+                    ..Response::ok(Vec::new())
+                },
+                Err(e) => Response::error(e),
+            },
             Request::Apply { config, origin } => match Config::parse(&config, &origin) {
                 Ok(c) => self.apply(c, self.config_file_hash(), Origin::Apply),
                 Err(e) => Response::error(e),
@@ -62,6 +58,31 @@ impl Daemon {
                     Response::error(format!("cannot read {}: {e}", self.config_path.display()))
                 }
             },
+            Request::AnnounceWithdraw | Request::AnnounceRestore => {
+                let withdraw = matches!(req, Request::AnnounceWithdraw);
+                let Some(a) = &self.announcer else {
+                    return Response::error(
+                        "announcing is off: there is no [announce] section in the configuration",
+                    );
+                };
+                let was = a
+                    .withdrawn
+                    .swap(withdraw, std::sync::atomic::Ordering::SeqCst);
+                a.wake();
+                let msg = match (withdraw, was == withdraw) {
+                    (true, true) => "the VIPs were already withdrawn",
+                    (true, false) => {
+                        tracing::info!("xlb announce withdraw: withdrawing every VIP");
+                        "withdrawing every VIP; forwarding goes on for the flows that still arrive"
+                    }
+                    (false, true) => "the VIPs were not withdrawn",
+                    (false, false) => {
+                        tracing::info!("xlb announce restore: announcing the VIPs again");
+                        "announcing the VIPs again, each as its state allows"
+                    }
+                };
+                Response::ok(vec![msg.to_owned()])
+            }
             Request::Teardown => match self.teardown() {
                 Ok(()) => Response::ok(vec![
                     "balancer detached, pins removed, daemon stopping".to_owned(),
@@ -129,6 +150,11 @@ impl Daemon {
         let r = {
             let mut engine = self.engine.lock().expect("engine lock");
             c.daemon = engine.config().daemon.clone();
+            if c.announce != engine.config().announce {
+                return Response::error(
+                    "announce: the [announce] section cannot change while running; restart the daemon (flows are kept); nothing was changed",
+                );
+            }
             engine.apply_from(&c, origin.as_str())
         };
         match r {

@@ -22,7 +22,6 @@ use super::{
     Daemon,
     slots::{Backoff, Slots, Throttled},
 };
-use crate::stats;
 
 /// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -80,10 +79,7 @@ pub(super) async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
 }
 
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
-    let snap = {
-        let engine = daemon.engine.lock().expect("engine lock");
-        stats::snapshot(&engine, &daemon.iface, daemon.xdp_mode)
-    };
+    let snap = daemon.snapshot();
     match snap {
         Ok(s) => (
             [(

@@ -13,6 +13,7 @@
 //! saved running state), `commands` (what each request does), `api_server` and
 //! `metrics_server`.
 
+mod announce;
 mod api_server;
 mod commands;
 pub mod host;
@@ -71,6 +72,8 @@ struct Daemon {
     /// Hash of the configuration file the running state derives from.
     file_hash: Mutex<u64>,
     state_path: PathBuf,
+    /// With `[announce]`: the routes this host announces.
+    announcer: Option<Arc<announce::Announcer>>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -220,6 +223,10 @@ async fn serve(
         teardown: std::sync::atomic::AtomicBool::new(false),
         file_hash: Mutex::new(0),
         state_path,
+        announcer: desired
+            .announce
+            .clone()
+            .map(|a| Arc::new(announce::Announcer::new(a))),
     });
     daemon.after_change(Some(file_hash(&text)));
 
@@ -267,6 +274,9 @@ async fn serve(
         });
     }
     tokio::spawn(neighbours.run());
+    if let Some(a) = &daemon.announcer {
+        tokio::spawn(announce::run(daemon.clone(), a.clone()));
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -279,12 +289,17 @@ async fn serve(
                 let r = daemon.handle(Request::Reload);
                 if let Some(e) = r.error { tracing::error!("reload refused, nothing changed: {e}"); }
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => { daemon.withdraw_before_stop().await; break }
+            _ = int.recv() => { daemon.withdraw_before_stop().await; break }
             _ = daemon.shutdown.notified() => break,
         }
     }
     if daemon.teardown.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Some(a) = &daemon.announcer
+            && let Err(e) = announce::remove_all(&a.settings).await
+        {
+            tracing::warn!("removing the announced routes failed: {e}");
+        }
         tracing::info!("torn down: balancer detached, pins removed");
     } else {
         tracing::info!(
@@ -297,6 +312,83 @@ async fn serve(
 }
 
 impl Daemon {
+    /// The status snapshot, with what the announcer knows.
+    fn snapshot(&self) -> Result<crate::api::Snapshot, crate::dataplane::DataplaneError> {
+        let mut s = {
+            let engine = self.engine.lock().expect("engine lock");
+            crate::stats::snapshot(&engine, &self.iface, self.xdp_mode)?
+        };
+        if let Some(a) = &self.announcer {
+            let decisions = a.decisions.lock().expect("decisions lock").clone();
+            for v in &mut s.vips {
+                v.announce = decisions.get(&v.vip).copied();
+            }
+            s.announce = Some(crate::api::AnnounceStatus {
+                table: a.settings.table,
+                protocol: a.settings.protocol,
+                withdrawn: a.withdrawn.load(std::sync::atomic::Ordering::SeqCst),
+                installed: a
+                    .installed
+                    .lock()
+                    .expect("installed lock")
+                    .iter()
+                    .copied()
+                    .collect(),
+            });
+        }
+        Ok(s)
+    }
+
+    /// With `withdraw_on_stop`: withdraws every VIP, then waits until traffic to them has
+    /// stopped (no VIP packet for two seconds) or the drain timeout passes.
+    async fn withdraw_before_stop(&self) {
+        let Some(a) = self
+            .announcer
+            .as_ref()
+            .filter(|a| a.settings.withdraw_on_stop)
+        else {
+            return;
+        };
+        tracing::info!("stopping: withdrawing every VIP first");
+        let reconciled = a.reconciled.notified();
+        a.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        a.wake();
+        let _ = tokio::time::timeout(Duration::from_secs(5), reconciled).await;
+        match self.wait_for_quiet(a.settings.drain_timeout).await {
+            Some(t) => tracing::info!(
+                "traffic to the VIPs stopped {:.1}s after the withdrawal",
+                t.as_secs_f64()
+            ),
+            None => tracing::warn!(
+                "traffic to the VIPs still arrives after {:?}; stopping anyway (forwarding goes on)",
+                a.settings.drain_timeout
+            ),
+        }
+    }
+
+    /// Waits until no VIP packet has been forwarded for two seconds; `None` if `limit`
+    /// passes first. Returns how long the traffic took to stop.
+    async fn wait_for_quiet(&self, limit: Duration) -> Option<Duration> {
+        const QUIET: Duration = Duration::from_secs(2);
+        let start = Instant::now();
+        let total = |d: &Self| -> u64 {
+            d.snapshot()
+                .map(|s| s.vips.iter().map(|v| v.counters.packets).sum())
+                .unwrap_or(0)
+        };
+        let (mut last, mut since) = (total(self), Instant::now());
+        while start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = total(self);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= QUIET {
+                return Some(since.duration_since(start));
+            }
+        }
+        None
+    }
+
     /// Saves the running state and restarts health checks for what changed; `hash` is the
     /// configuration file's, when the change came from the file.
     fn after_change(&self, hash: Option<u64>) {
@@ -329,6 +421,9 @@ impl Daemon {
             xdp_mode: self.xdp_mode,
             config,
         };
+        if let Some(a) = &self.announcer {
+            a.wake();
+        }
         if let Err(e) = saved.save(&self.state_path) {
             tracing::warn!(
                 "cannot save the running state to {}: {e}",

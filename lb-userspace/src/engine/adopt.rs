@@ -50,6 +50,8 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
             deregistration_delay: DEFAULT_DEREGISTRATION_DELAY,
             health: health.clone(),
             backends: Vec::new(),
+            min_serving: None,
+            on_fail_open: crate::config::OnFailOpen::StayAnnounced,
         };
         let table = maps.read_table(info.table)?;
         let named: BTreeSet<u32> = table.iter().copied().collect();

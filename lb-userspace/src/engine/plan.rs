@@ -519,7 +519,10 @@ impl<'a> Planner<'a> {
         }
         let vip = self.state.vips.get_mut(&vid).expect("exists");
         if !vip.adopted
-            && (old.name != vc.name || old.deregistration_delay != vc.deregistration_delay)
+            && (old.name != vc.name
+                || old.deregistration_delay != vc.deregistration_delay
+                || old.min_serving != vc.min_serving
+                || old.on_fail_open != vc.on_fail_open)
         {
             self.changes.push(Change::VipSettings { vip: vid });
         }
