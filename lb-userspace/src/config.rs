@@ -131,10 +131,16 @@ pub struct HealthCheck {
     pub port: u16,
     /// HTTP path.
     pub path: String,
-    /// HTTP Host header (default: the backend address).
+    /// HTTP Host header and TLS server name (default: the backend address).
     pub host: Option<String>,
-    /// Accepted HTTP status ranges, inclusive.
+    /// Accepted HTTP status ranges, inclusive (gRPC: status codes).
     pub expect: Vec<(u16, u16)>,
+    /// HTTPS: verify the backend's certificate.
+    pub tls_verify: bool,
+    /// HTTPS: the certificate authorities to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// gRPC: the service to ask about ("" = the whole server).
+    pub grpc_service: String,
     pub interval: Duration,
     pub timeout: Duration,
     /// Consecutive successes that make an unhealthy backend healthy.
@@ -169,6 +175,9 @@ impl HealthCheck {
             path: d::PATH.to_owned(),
             host: None,
             expect: d::EXPECT.to_vec(),
+            tls_verify: true,
+            ca_file: None,
+            grpc_service: String::new(),
             interval: d::INTERVAL,
             timeout: d::TIMEOUT,
             healthy_threshold: d::HEALTHY_THRESHOLD,
@@ -186,6 +195,9 @@ impl HealthCheck {
             path: Some(self.path.clone()),
             expect: Some(file::StatusRanges(self.expect.clone())),
             host: self.host.clone(),
+            tls_verify: Some(self.tls_verify),
+            ca_file: self.ca_file.clone(),
+            grpc_service: (self.kind == ProbeKind::Grpc).then(|| self.grpc_service.clone()),
             interval: Some(self.interval),
             timeout: Some(self.timeout),
             healthy_threshold: Some(i64::from(self.healthy_threshold)),

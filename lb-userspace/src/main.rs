@@ -61,6 +61,10 @@ enum Command {
         /// XDP attachment mode (overrides dataplane.xdp_mode).
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpMode>,
+        /// Log lines as text (coloured only on a terminal) or one JSON object each, for log
+        /// shippers. The level comes from XLB_LOG (default info).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Validate a configuration file without applying it.
     #[command(after_help = "Example:\n  xlb check -c /etc/xlb/xlb.toml")]
@@ -249,8 +253,9 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             config,
             iface,
             xdp_mode,
+            log_format,
         } => {
-            init_logging();
+            init_logging(log_format);
             let opts = daemon::RunOptions {
                 config,
                 iface,
@@ -463,14 +468,25 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
     }
 }
 
-fn init_logging() {
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("XLB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Json => b.json().init(),
+        // Colour codes only where a person reads them.
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 /// `xlb decap`: attaches (and pins) the decapsulator, or detaches it.

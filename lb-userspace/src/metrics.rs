@@ -151,6 +151,11 @@ pub fn render(s: &Snapshot) -> String {
         vip_fail_open,
     );
     r.register(
+        "xlb_vip_midflow_misses",
+        "TCP packets without SYN that found no flow entry (evicted, or the flow began on another host)",
+        vip_midflow,
+    );
+    r.register(
         "xlb_vip_announced",
         "1 when this host announces the VIP to its routers (with [announce])",
         vip_announced,

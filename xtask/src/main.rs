@@ -24,7 +24,7 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 8] = [
+const DEBIAN_TOOLS: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -34,6 +34,8 @@ const DEBIAN_TOOLS: [(&str, &str); 8] = [
     // The scale-out tests run real BIRD daemons (BGP, ECMP).
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // The status page is tested in a real (headless) browser.
+    ("chromium", "chromium"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

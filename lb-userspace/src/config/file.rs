@@ -138,6 +138,15 @@ pub struct HealthFile {
     pub expect: Option<StatusRanges>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// HTTPS: verify the backend's certificate (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+    /// HTTPS: PEM file of the certificate authorities to trust (default: the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// gRPC: the service named in `grpc.health.v1.Health/Check` (default "", the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_service: Option<String>,
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
@@ -159,6 +168,12 @@ impl HealthFile {
             path: self.path.clone().or_else(|| base.path.clone()),
             expect: self.expect.clone().or_else(|| base.expect.clone()),
             host: self.host.clone().or_else(|| base.host.clone()),
+            tls_verify: self.tls_verify.or(base.tls_verify),
+            ca_file: self.ca_file.clone().or_else(|| base.ca_file.clone()),
+            grpc_service: self
+                .grpc_service
+                .clone()
+                .or_else(|| base.grpc_service.clone()),
             interval: self.interval.or(base.interval),
             timeout: self.timeout.or(base.timeout),
             healthy_threshold: self.healthy_threshold.or(base.healthy_threshold),
@@ -212,7 +227,8 @@ impl<'de> Deserialize<'de> for Listen {
     }
 }
 
-/// Accepted HTTP statuses: inclusive ranges, written `"200-299,302"`.
+/// Accepted statuses: inclusive ranges, written `"200-299,302"` (HTTP) or `"0"` (gRPC
+/// status codes); which numbers a check takes is checked with its protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusRanges(pub Vec<(u16, u16)>);
 
@@ -243,12 +259,7 @@ impl FromStr for StatusRanges {
                 quote(s)
             )
         };
-        let code = |p: &str| {
-            p.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|c| (100..=599).contains(c))
-        };
+        let code = |p: &str| p.trim().parse::<u16>().ok().filter(|c| *c <= 599);
         s.split(',')
             .map(|part| {
                 let (a, b) = match part.split_once('-') {

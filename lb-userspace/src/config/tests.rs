@@ -382,3 +382,40 @@ fn every_error_has_text() {
         assert!(!line.contains('\n'), "{line:?}");
     }
 }
+
+#[test]
+fn https_and_grpc_checks() {
+    let c = parse(
+        &GOOD
+            .replace(
+                "protocol = \"http\"",
+                "protocol = \"grpc\"\ngrpc_service = \"web\"",
+            )
+            .replace("expect = \"200-299,302\"\n", ""),
+    )
+    .unwrap();
+    let h = &c.vips[0].backends[0].health;
+    assert_eq!(
+        (h.kind, h.expect.clone(), h.grpc_service.as_str()),
+        (ProbeKind::Grpc, vec![(0, 0)], "web")
+    );
+    assert_eq!(
+        error_with("protocol = \"http\"", "protocol = \"grpc\""),
+        "vip[0].health_check.expect: 200-299 is outside 0-16, the gRPC statuses"
+    );
+    let c = parse(&GOOD.replace(
+        "protocol = \"http\"",
+        "protocol = \"https\"\ntls_verify = false\nhost = \"web.example\"",
+    ))
+    .unwrap();
+    let h = &c.vips[0].backends[0].health;
+    assert_eq!((h.kind, h.tls_verify), (ProbeKind::Https, false));
+    assert_eq!(Config::parse(&c.to_toml(), "saved").unwrap(), c);
+    assert_eq!(
+        error_with(
+            "protocol = \"http\"",
+            "protocol = \"http\"\nca_file = \"ca.pem\""
+        ),
+        "vip[0].health_check.ca_file: \"ca.pem\" must be an absolute path"
+    );
+}

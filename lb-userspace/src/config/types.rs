@@ -39,11 +39,16 @@ words! {
 
 words! {
     /// Probe kind of a health check.
-    pub enum ProbeKind expecting "tcp, http or none" {
+    pub enum ProbeKind expecting "tcp, http, https, grpc or none" {
         /// A TCP connection that completes.
         Tcp = "tcp",
         /// An HTTP/1.1 GET whose status is in `expect`.
         Http = "http",
+        /// The same over TLS (SNI = `host`; the certificate verified unless
+        /// `tls_verify = false`).
+        Https = "https",
+        /// `grpc.health.v1.Health/Check`: a gRPC status in `expect` (default 0) and SERVING.
+        Grpc = "grpc",
         /// No probing: the backend is always considered healthy.
         None = "none",
     }

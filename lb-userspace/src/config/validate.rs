@@ -362,6 +362,31 @@ fn health(
             ),
         ));
     }
+    let kind = h.protocol.unwrap_or(d::PROTOCOL);
+    // gRPC status codes are 0-16; HTTP statuses 100-599.
+    let (lo, hi, default): (u16, u16, &[(u16, u16)]) = match kind {
+        ProbeKind::Grpc => (0, 16, &[(0, 0)]),
+        _ => (100, 599, d::EXPECT),
+    };
+    let expect = h.expect.clone().map_or_else(|| default.to_vec(), |r| r.0);
+    if let Some((a, b)) = expect.iter().find(|(a, b)| *a < lo || *b > hi) {
+        return Err(at.err(
+            &f("expect"),
+            format!(
+                "{a}-{b} is outside {lo}-{hi}, the {} statuses",
+                if kind == ProbeKind::Grpc {
+                    "gRPC"
+                } else {
+                    "HTTP"
+                }
+            ),
+        ));
+    }
+    if let Some(ca) = &h.ca_file
+        && !ca.is_absolute()
+    {
+        return Err(at.err(&f("ca_file"), format!("{ca:?} must be an absolute path")));
+    }
     let interval = h.interval.unwrap_or(d::INTERVAL);
     let timeout = h.timeout.unwrap_or(d::TIMEOUT);
     if interval < Duration::from_millis(100) {
@@ -377,11 +402,14 @@ fn health(
         ));
     }
     Ok(HealthCheck {
-        kind: h.protocol.unwrap_or(d::PROTOCOL),
+        kind,
         port,
         path,
         host: h.host.clone(),
-        expect: h.expect.clone().map_or_else(|| d::EXPECT.to_vec(), |r| r.0),
+        expect,
+        tls_verify: h.tls_verify.unwrap_or(true),
+        ca_file: h.ca_file.clone(),
+        grpc_service: h.grpc_service.clone().unwrap_or_default(),
         interval,
         timeout,
         healthy_threshold: at.int_in(

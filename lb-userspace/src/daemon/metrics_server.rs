@@ -1,4 +1,5 @@
-//! The HTTP listener for Prometheus: `GET /metrics`, read-only (other methods get 405).
+//! The HTTP listener for Prometheus (`GET /metrics`) and people (`GET /`, the status
+//! page): read-only, other methods get 405.
 //!
 //! Served by hyper with axum's router. Bounded like the API: at most [`MAX_CONNECTIONS`]
 //! connections (the oldest idle one makes room for a new one, see `slots`), no keep-alive,
@@ -36,6 +37,7 @@ static ACCEPT_FAILED: Throttled = Throttled::new(Duration::from_secs(10));
 pub(super) async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
     let router = Router::new()
         .route("/metrics", get(metrics))
+        .route("/", get(status_page))
         .fallback(not_found)
         .with_state(daemon);
     let slots = Slots::new("metrics", MAX_CONNECTIONS);
@@ -97,6 +99,34 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     }
 }
 
+async fn status_page(State(daemon): State<Arc<Daemon>>) -> Response {
+    match daemon.snapshot() {
+        Ok(s) => {
+            let html = {
+                let h = daemon.history.lock().expect("history lock");
+                super::page::render(&s, &h)
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                html,
+            )
+                .into_response()
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the counters failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "only /metrics is served here\n").into_response()
+    (
+        StatusCode::NOT_FOUND,
+        "only / (the status page) and /metrics are served here\n",
+    )
+        .into_response()
 }

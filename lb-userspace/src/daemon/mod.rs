@@ -18,6 +18,7 @@ mod api_server;
 mod commands;
 pub mod host;
 mod metrics_server;
+mod page;
 pub mod pins;
 pub mod saved;
 mod slots;
@@ -74,6 +75,8 @@ struct Daemon {
     state_path: PathBuf,
     /// With `[announce]`: the routes this host announces.
     announcer: Option<Arc<announce::Announcer>>,
+    /// Counters sampled every two seconds, for the status page's rates and sparklines.
+    history: Mutex<page::History>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -193,6 +196,15 @@ async fn serve(
         _ => (config.clone(), false),
     };
     engine.apply_from(&desired, if resumed { "saved state" } else { "start-up" })?;
+    for v in &engine.config().vips {
+        tracing::info!(
+            vip = %v.id,
+            name = %v.name,
+            hash = %v.hash,
+            backends = v.backends.len(),
+            "serving VIP"
+        );
+    }
     if warm {
         tracing::info!(
             adopted,
@@ -227,6 +239,7 @@ async fn serve(
             .announce
             .clone()
             .map(|a| Arc::new(announce::Announcer::new(a))),
+        history: Mutex::new(page::History::default()),
     });
     daemon.after_change(Some(file_hash(&text)));
 
@@ -274,6 +287,18 @@ async fn serve(
         });
     }
     tokio::spawn(neighbours.run());
+    {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if let Ok(s) = daemon.snapshot() {
+                    daemon.history.lock().expect("history lock").record(&s);
+                }
+            }
+        });
+    }
     if let Some(a) = &daemon.announcer {
         tokio::spawn(announce::run(daemon.clone(), a.clone()));
     }

@@ -10,6 +10,10 @@ use std::{
     time::Duration,
 };
 
+mod grpc;
+mod http;
+mod tls;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::{
@@ -200,10 +204,15 @@ pub async fn probe(backend: IpAddr, c: &HealthCheck) -> Result<(), ProbeError> {
         let s = TcpStream::connect(addr)
             .await
             .map_err(|e| connect_error(&e))?;
-        if c.kind == ProbeKind::Http {
-            http_get(s, backend, c).await?;
+        match c.kind {
+            ProbeKind::Tcp | ProbeKind::None => Ok(()),
+            ProbeKind::Http => http::get(s, backend, c).await,
+            ProbeKind::Https => {
+                let tls = tls::connect(s, backend, c).await?;
+                http::get(tls, backend, c).await
+            }
+            ProbeKind::Grpc => grpc::check(s, c).await,
         }
-        Ok(())
     };
     match timeout(c.timeout, attempt).await {
         Ok(r) => r,
@@ -228,70 +237,6 @@ fn connect_error(e: &std::io::Error) -> ProbeError {
     }
 }
 
-/// How much of a response body a check reads before it hangs up: the status is what
-/// counts, and a large page must not cost more than this.
-const BODY_READ: usize = 64 << 10;
-
-/// An HTTP/1.1 GET with hyper: no keep-alive, no redirects followed (a 3xx is judged by
-/// `expect` like any status), the body read up to [`BODY_READ`] and dropped.
-async fn http_get(s: TcpStream, backend: IpAddr, c: &HealthCheck) -> Result<(), ProbeError> {
-    use http_body_util::{BodyExt as _, Empty};
-    use hyper::{Request, body::Bytes, header};
-
-    let bad = |e: hyper::Error| ProbeError::Backend(format!("HTTP: {e}"));
-    let host = match (&c.host, backend) {
-        (Some(h), _) => h.clone(),
-        (None, IpAddr::V4(a)) => format!("{a}:{}", c.port),
-        (None, IpAddr::V6(a)) => format!("[{a}]:{}", c.port),
-    };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s))
-        .await
-        .map_err(bad)?;
-    let req = Request::get(c.path.as_str())
-        .header(header::HOST, host)
-        .header(
-            header::USER_AGENT,
-            concat!("xlb-health-check/", env!("CARGO_PKG_VERSION")),
-        )
-        .header(header::ACCEPT, "*/*")
-        .header(header::CONNECTION, "close")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| ProbeError::Backend(format!("HTTP request: {e}")))?;
-    let exchange = async {
-        let resp = sender.send_request(req).await.map_err(bad)?;
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut read = 0;
-        while read < BODY_READ {
-            match body.frame().await {
-                Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
-                Some(Err(_)) | None => break,
-            }
-        }
-        Ok::<u16, ProbeError>(status)
-    };
-    // The connection is driven beside the exchange; when it ends first (the server
-    // closed after answering), the exchange still has its answer.
-    let mut exchange = std::pin::pin!(exchange);
-    let mut conn = std::pin::pin!(conn);
-    let mut driving = true;
-    let status = loop {
-        tokio::select! {
-            biased;
-            r = &mut exchange => break r?,
-            r = &mut conn, if driving => {
-                driving = false;
-                r.map_err(bad)?;
-            }
-        }
-    };
-    if c.expect.iter().any(|&(lo, hi)| (lo..=hi).contains(&status)) {
-        Ok(())
-    } else {
-        Err(ProbeError::Backend(format!("HTTP status {status}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,6 +257,7 @@ mod tests {
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             jitter: Duration::ZERO,
+            ..HealthCheck::default_for_port(port)
         }
     }
 
@@ -415,5 +361,148 @@ mod tests {
         assert_eq!(sup.len(), 1);
         sup.reconcile(vec![]);
         assert!(sup.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod secure_tests {
+    //! HTTPS checks against a local TLS server with a self-signed certificate, and gRPC
+    //! checks against a tonic health server.
+
+    use std::{net::IpAddr, sync::Arc, time::Duration};
+
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
+
+    use super::*;
+
+    fn check(kind: ProbeKind, port: u16) -> HealthCheck {
+        HealthCheck {
+            kind,
+            port,
+            timeout: Duration::from_secs(2),
+            interval: Duration::from_secs(2),
+            ..HealthCheck::default_for_port(port)
+        }
+    }
+
+    const LO: &str = "127.0.0.1";
+
+    /// A TLS server on loopback with a self-signed certificate for `localhost`, answering
+    /// every request with 200; returns its port and the certificate (PEM).
+    async fn tls_server() -> (u16, String) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let pem = key.cert.pem();
+        let cert = key.cert.der().clone();
+        let private =
+            rustls::pki_types::PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], private)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(s).await else {
+                        return;
+                    };
+                    let mut buf = [0u8; 1024];
+                    let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, pem)
+    }
+
+    #[tokio::test]
+    async fn https_checks_verify_the_certificate_unless_told_not_to() {
+        let (port, pem) = tls_server().await;
+        let lo: IpAddr = LO.parse().unwrap();
+        let mut c = check(ProbeKind::Https, port);
+        c.host = Some("localhost".to_owned());
+        // Verified against the system's authorities: a self-signed certificate is refused.
+        let r = probe(lo, &c).await;
+        assert!(
+            matches!(&r, Err(ProbeError::Backend(m)) if m.starts_with("TLS:")),
+            "{r:?}"
+        );
+        // The opt-out accepts it.
+        c.tls_verify = false;
+        assert_eq!(probe(lo, &c).await, Ok(()));
+        // So does trusting it explicitly, for the name it carries...
+        let dir = std::env::temp_dir().join(format!("xlb-ca-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pem).unwrap();
+        c.tls_verify = true;
+        c.ca_file = Some(ca);
+        assert_eq!(probe(lo, &c).await, Ok(()));
+        // ...but not for another name.
+        c.host = Some("backend.example".to_owned());
+        assert!(probe(lo, &c).await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn grpc_checks_follow_the_serving_status() {
+        use tonic_health::ServingStatus;
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let l = TcpListener::bind((LO, 0)).await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(Incoming(l)),
+        );
+        let lo: IpAddr = LO.parse().unwrap();
+        let c = HealthCheck {
+            expect: vec![(0, 0)],
+            ..check(ProbeKind::Grpc, port)
+        };
+        assert_eq!(probe(lo, &c).await, Ok(()));
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        assert_eq!(
+            probe(lo, &c).await,
+            Err(ProbeError::Backend("gRPC health: NOT_SERVING".to_owned()))
+        );
+        // An unknown service is NOT_FOUND (5): not in the default expect of 0.
+        let mut other = c.clone();
+        other.grpc_service = "nope".to_owned();
+        assert!(
+            matches!(probe(lo, &other).await, Err(ProbeError::Backend(m)) if m.starts_with("gRPC status 5"))
+        );
+    }
+
+    /// The accepted connections of a listener, as tonic's server takes them.
+    struct Incoming(TcpListener);
+
+    impl futures_core::Stream for Incoming {
+        type Item = std::io::Result<tokio::net::TcpStream>;
+
+        fn poll_next(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            self.0.poll_accept(cx).map(|r| Some(r.map(|(s, _)| s)))
+        }
     }
 }
