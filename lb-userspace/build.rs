@@ -38,7 +38,11 @@ fn main() {
     } else {
         "bpfel-unknown-none"
     };
-    let toolchain = env::var("XLB_EBPF_TOOLCHAIN").unwrap_or_else(|_| "nightly".to_owned());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("lb-ebpf/rust-toolchain.toml").display()
+    );
+    let toolchain = env::var("XLB_EBPF_TOOLCHAIN").unwrap_or_else(|_| ebpf_toolchain(&root));
 
     let flags = [
         format!("--cfg=bpf_target_arch=\"{arch}\""),
@@ -82,6 +86,44 @@ fn main() {
     let built = target_dir.join(target).join("release");
     for program in PROGRAMS {
         copy(&built.join(program), &out_dir.join(program));
+    }
+}
+
+/// The toolchain pinned in `lb-ebpf/rust-toolchain.toml`, or an undated `nightly` that
+/// is the same build (its `rustc -V` is the one that file records).
+fn ebpf_toolchain(root: &Path) -> String {
+    let pin = std::fs::read_to_string(root.join("lb-ebpf/rust-toolchain.toml"))
+        .expect("lb-ebpf/rust-toolchain.toml");
+    let channel = pin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"').to_owned())
+        .expect("a channel in lb-ebpf/rust-toolchain.toml");
+    let rustc = pin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("# rustc "))
+        .map(str::trim);
+    let version = |tc: &str| {
+        Command::new("rustup")
+            .args(["run", tc, "rustc", "-V"])
+            .env("RUSTUP_AUTO_INSTALL", "0")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    if version(&channel).is_some() {
+        return channel;
+    }
+    match (version("nightly"), rustc) {
+        (Some(v), Some(want)) if v.strip_prefix("rustc ") == Some(want) => "nightly".to_owned(),
+        (Some(v), _) => {
+            println!(
+                "cargo:warning=building the XDP programs with `nightly` ({v}), not the pinned {channel}; `cargo xtask setup` installs it"
+            );
+            "nightly".to_owned()
+        }
+        (None, _) => channel,
     }
 }
 

@@ -28,14 +28,30 @@ Exit codes: 0 ok, 1 refused or failed (nothing changed), 2 bad usage, 3 daemon u
 #[derive(Parser)]
 #[command(name = "xlb", version, about = "An XDP L4 load balancer with Maglev consistent hashing", after_help = EXAMPLES)]
 struct Cli {
-    /// The daemon's API socket.
-    #[arg(long, global = true, env = "XLB_SOCKET", default_value = config::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Output format of listings.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
-    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a client command reaches the daemon.
+#[derive(Args, Clone)]
+struct Conn {
+    /// The daemon's API socket (as daemon.socket in its configuration).
+    #[arg(long, global = true, env = "XLB_SOCKET", default_value = config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+/// How a command prints what it reports.
+#[derive(Args, Clone, Copy)]
+struct Out {
+    /// Output format: text for people, json for programs.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+}
+
+impl Out {
+    fn json(self) -> bool {
+        self.output == Output::Json
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,30 +85,59 @@ enum Command {
     /// Validate a configuration file without applying it.
     #[command(after_help = "Example:\n  xlb check -c /etc/xlb/xlb.toml")]
     Check {
+        /// The configuration file to validate.
         #[arg(short, long)]
         config: PathBuf,
+        #[command(flatten)]
+        out: Out,
     },
     /// Apply a configuration file to the running daemon: VIPs and backends are added,
     /// removed or changed; unchanged VIPs keep their tables and flows.
     #[command(after_help = "Example:\n  xlb apply -f /etc/xlb/xlb.toml")]
     Apply {
+        /// The configuration file to apply (validated here first, then by the daemon).
         #[arg(short, long)]
         file: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
     },
     /// Add, remove or list VIPs.
-    #[command(subcommand)]
-    Vip(VipCommand),
+    Vip {
+        #[command(subcommand)]
+        cmd: VipCommand,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Add, remove, drain, undrain or reweight backends.
-    #[command(subcommand)]
-    Backend(BackendCommand),
+    Backend {
+        #[command(subcommand)]
+        cmd: BackendCommand,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
     /// VIPs and backends with weight, health, state and counters.
-    Status,
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
     /// Counters per VIP and backend, with rates.
     #[command(after_help = "Example:\n  xlb stats --watch 2")]
     Stats {
         /// Refresh every INTERVAL seconds (default 1) until interrupted.
         #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "INTERVAL")]
         watch: Option<f64>,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
     },
     /// On a backend: decapsulate packets that balancers send to this host's addresses.
     #[command(
@@ -100,8 +145,12 @@ enum Command {
     )]
     Decap(DecapArgs),
     /// Withdraw this host's VIPs from the routers (drain it) or announce them again.
-    #[command(subcommand)]
-    Announce(AnnounceCommand),
+    Announce {
+        #[command(subcommand)]
+        cmd: AnnounceCommand,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Detach the balancer and remove its pinned maps (remembered flows and counters are lost).
     #[command(
         after_help = "Examples:\n  xlb teardown                   ask the running daemon to tear down and stop\n  xlb teardown --iface eth0      without a daemon: remove the pins for eth0"
@@ -113,6 +162,21 @@ enum Command {
         /// Pin directory (as in daemon.pin_dir).
         #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print shell completions for xlb.
+    #[command(after_help = "Example:\n  xlb completions bash > /etc/bash_completion.d/xlb")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (xlb.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -121,14 +185,20 @@ enum VipCommand {
     /// Add a VIP (ADDRESS:PORT/PROTOCOL; port 0 takes every port).
     #[command(after_help = "Example:\n  xlb vip add 203.0.113.10:80/tcp --name web")]
     Add {
+        /// The VIP: ADDRESS:PORT/PROTOCOL (203.0.113.10:80/tcp, [2001:db8::1]:443/tcp).
         vip: VipId,
+        /// Name shown in status and metrics (1-64 printable characters; default the VIP).
         #[arg(long)]
         name: Option<String>,
+        /// What the flow hash covers: the 5-tuple, or the source address (affinity).
         #[arg(long, value_enum, default_value_t = HashMode::FiveTuple)]
         hash: HashMode,
     },
     /// Remove a VIP (its connections end).
-    Del { vip: VipId },
+    Del {
+        /// The VIP: ADDRESS:PORT/PROTOCOL.
+        vip: VipId,
+    },
     /// List VIPs.
     List,
 }
@@ -140,23 +210,43 @@ enum BackendCommand {
         after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50"
     )]
     Add {
-        vip: VipId,
-        address: IpAddr,
+        #[command(flatten)]
+        target: Target,
+        /// Share of new flows, 0-1000000 (default 100; 0 takes no new flows).
         #[arg(long)]
         weight: Option<u32>,
     },
     /// Remove a backend: it keeps its existing flows for the VIP's deregistration delay.
-    Del { vip: VipId, address: IpAddr },
+    Del {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Stop sending new flows to a backend; existing flows stay. Survives daemon restarts.
-    Drain { vip: VipId, address: IpAddr },
+    Drain {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Let a drained backend take new flows again.
-    Undrain { vip: VipId, address: IpAddr },
+    Undrain {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Change a backend's weight (0: no new flows).
     Weight {
-        vip: VipId,
-        address: IpAddr,
+        #[command(flatten)]
+        target: Target,
+        /// The new weight, 0-1000000.
         weight: u32,
     },
+}
+
+/// A backend of a VIP, as the backend commands name it.
+#[derive(Args)]
+struct Target {
+    /// The VIP: ADDRESS:PORT/PROTOCOL (203.0.113.10:80/tcp).
+    vip: VipId,
+    /// The backend's address.
+    address: IpAddr,
 }
 
 #[derive(Subcommand)]
@@ -193,6 +283,8 @@ struct DecapArgs {
     /// Pin directory.
     #[arg(long, default_value = "/sys/fs/bpf/xlb-decap")]
     pin_dir: PathBuf,
+    #[command(flatten)]
+    out: Out,
 }
 
 /// A failure with its exit code.
@@ -227,9 +319,20 @@ fn main() -> ExitCode {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn dispatch(cli: Cli) -> Result<(), Failure> {
-    let json = cli.output == Output::Json;
+    use Command as C;
+    let (socket, json) = match &cli.command {
+        C::Apply { conn, out, .. }
+        | C::Vip { conn, out, .. }
+        | C::Backend { conn, out, .. }
+        | C::Status { conn, out }
+        | C::Stats { conn, out, .. } => (conn.socket.clone(), out.json()),
+        C::Announce { conn, .. } | C::Teardown { conn, .. } => (conn.socket.clone(), false),
+        C::Check { out, .. } => (PathBuf::new(), out.json()),
+        C::Decap(d) => (PathBuf::new(), d.out.json()),
+        C::Run { .. } | C::Completions { .. } | C::Man { .. } => (PathBuf::new(), false),
+    };
     let request = |req: Request| -> Result<Response, Failure> {
-        let r = api::call(&cli.socket, &req, TIMEOUT)?;
+        let r = api::call(&socket, &req, TIMEOUT)?;
         if r.ok {
             Ok(r)
         } else {
@@ -263,13 +366,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             daemon::run(opts).map_err(|e| Failure(1, format!("{e:#}").replace('\n', " ")))
         }
-        Command::Check { config } => {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "xlb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => write_man_pages(&out).map_err(|e| Failure(1, e.to_string())),
+        Command::Check { config, .. } => {
             let c = Config::load(&config).map_err(|e| Failure(1, e.to_string()))?;
             daemon::host::check_paths(&c).map_err(|e| Failure(1, format!("{e:#}")))?;
             if json {
+                // In the schema the file is written in.
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&c).expect("serialisable")
+                    serde_json::to_string_pretty(&c.to_file()).expect("serialisable")
                 );
             } else {
                 let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
@@ -281,7 +391,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Apply { file } => {
+        Command::Apply { file, .. } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure(1, format!("cannot read {}: {e}", file.display())))?;
             // Validate locally first: a clear error even when no daemon runs.
@@ -293,15 +403,24 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             })?);
             Ok(())
         }
-        Command::Vip(VipCommand::Add { vip, name, hash }) => {
+        Command::Vip {
+            cmd: VipCommand::Add { vip, name, hash },
+            ..
+        } => {
             print_changes(request(Request::VipAdd { vip, name, hash })?);
             Ok(())
         }
-        Command::Vip(VipCommand::Del { vip }) => {
+        Command::Vip {
+            cmd: VipCommand::Del { vip },
+            ..
+        } => {
             print_changes(request(Request::VipDel { vip })?);
             Ok(())
         }
-        Command::Vip(VipCommand::List) => {
+        Command::Vip {
+            cmd: VipCommand::List,
+            ..
+        } => {
             let s = request(Request::Status)?
                 .status
                 .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
@@ -332,25 +451,27 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Backend(b) => {
+        Command::Backend { cmd: b, .. } => {
             let req = match b {
                 BackendCommand::Add {
-                    vip,
-                    address,
+                    target: Target { vip, address },
                     weight,
                 } => Request::BackendAdd {
                     vip,
                     address,
                     weight,
                 },
-                BackendCommand::Del { vip, address } => Request::BackendDel { vip, address },
-                BackendCommand::Drain { vip, address } => Request::BackendDrain { vip, address },
-                BackendCommand::Undrain { vip, address } => {
-                    Request::BackendUndrain { vip, address }
-                }
+                BackendCommand::Del {
+                    target: Target { vip, address },
+                } => Request::BackendDel { vip, address },
+                BackendCommand::Drain {
+                    target: Target { vip, address },
+                } => Request::BackendDrain { vip, address },
+                BackendCommand::Undrain {
+                    target: Target { vip, address },
+                } => Request::BackendUndrain { vip, address },
                 BackendCommand::Weight {
-                    vip,
-                    address,
+                    target: Target { vip, address },
                     weight,
                 } => Request::BackendWeight {
                     vip,
@@ -361,7 +482,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             print_changes(request(req)?);
             Ok(())
         }
-        Command::Status => {
+        Command::Status { .. } => {
             let s = request(Request::Status)?
                 .status
                 .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
@@ -375,7 +496,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Stats { watch } => {
+        Command::Stats { watch, .. } => {
             let take = || -> Result<api::Snapshot, Failure> {
                 request(Request::Status)?
                     .status
@@ -407,11 +528,17 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 previous = now;
             }
         }
-        Command::Announce(AnnounceCommand::Restore) => {
+        Command::Announce {
+            cmd: AnnounceCommand::Restore,
+            ..
+        } => {
             print_changes(request(Request::AnnounceRestore)?);
             Ok(())
         }
-        Command::Announce(AnnounceCommand::Withdraw { wait }) => {
+        Command::Announce {
+            cmd: AnnounceCommand::Withdraw { wait },
+            ..
+        } => {
             print_changes(request(Request::AnnounceWithdraw)?);
             let Some(limit) = wait else { return Ok(()) };
             let limit = Duration::from_secs_f64(limit.max(0.0));
@@ -442,8 +569,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             ))
         }
         Command::Decap(args) => run_decap(args, json),
-        Command::Teardown { iface, pin_dir } => {
-            match api::call(&cli.socket, &Request::Teardown, TIMEOUT) {
+        Command::Teardown { iface, pin_dir, .. } => {
+            match api::call(&socket, &Request::Teardown, TIMEOUT) {
                 Ok(r) if r.ok => {
                     print_changes(r);
                     return Ok(());
@@ -453,7 +580,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 Err(e) => return Err(e.into()),
             }
             let iface = iface.ok_or_else(|| {
-                Failure(3, format!("no daemon answers at {}; pass --iface IF to remove that interface's pins directly", cli.socket.display()))
+                Failure(3, format!("no daemon answers at {}; pass --iface IF to remove that interface's pins directly", socket.display()))
             })?;
             let removed = daemon::teardown_all_layouts(&pin_dir, &iface)
                 .map_err(|e| Failure(1, format!("{e:#}")))?;
@@ -472,6 +599,26 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Writes `xlb.1` and a page per command (`xlb-run.1`, `xlb-backend-add.1`, ...).
+fn write_man_pages(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    fn write(cmd: &clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(name.to_owned())).render(&mut page)?;
+        std::fs::write(dir.join(format!("{name}.1")), page)?;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            write(sub, &format!("{name}-{}", sub.get_name()), dir)?;
+        }
+        Ok(())
+    }
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    write(&cmd, "xlb", dir)
 }
 
 fn init_logging(format: LogFormat) {
@@ -568,4 +715,54 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
         println!("decapsulating on {} for {}", args.iface, list.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "xlb", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    }
+
+    /// `--socket` and `-o` appear only on the commands that use them.
+    #[test]
+    fn client_options_only_where_they_apply() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let has = |path: &[&str], id: &str| {
+            let mut c = &cmd;
+            for p in path {
+                c = c.find_subcommand(p).unwrap();
+            }
+            c.get_arguments().any(|a| a.get_id().as_str() == id)
+        };
+        assert!(has(&["status"], "socket") && has(&["backend", "add"], "socket"));
+        assert!(has(&["vip", "list"], "output") && has(&["check"], "output"));
+        for c in ["run", "check", "completions", "decap"] {
+            assert!(!has(&[c], "socket"), "{c} has --socket");
+        }
+        for c in ["run", "teardown", "completions"] {
+            assert!(!has(&[c], "output"), "{c} has -o");
+        }
+    }
 }

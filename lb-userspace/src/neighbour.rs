@@ -143,39 +143,17 @@ impl Resolver {
     }
 }
 
-/// The MAC address of interface `iface` in this process's network namespace
-/// (`SIOCGIFHWADDR`; not /sys, which shows the namespace that mounted it).
+/// The MAC address of interface `iface` in this process's network namespace (from
+/// getifaddrs' link-layer entry; not /sys, which shows the namespace that mounted it).
 pub fn interface_mac(iface: &str) -> Result<[u8; 6], NeighbourError> {
     let err = |source| NeighbourError::Mac {
         iface: iface.to_owned(),
         source,
     };
-    let name = iface.as_bytes();
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(err(io::Error::from(io::ErrorKind::InvalidInput)));
-    }
-    // SAFETY: a plain socket(2) call; the descriptor is closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(err(io::Error::last_os_error()));
-    }
-    // SAFETY: ifreq is plain data; all zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR reads the name and writes ifr_hwaddr inside `req`, which lives
-    // across the call; `fd` is the socket opened above.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
-    let e = io::Error::last_os_error();
-    // SAFETY: closing the descriptor this function opened.
-    unsafe { libc::close(fd) };
-    if rc < 0 {
-        return Err(err(e));
-    }
-    // SAFETY: after a successful SIOCGIFHWADDR the union holds ifr_hwaddr.
-    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
-    Ok([0, 1, 2, 3, 4, 5].map(|i| data[i] as u8))
+    let all = nix::ifaddrs::getifaddrs().map_err(|e| err(io::Error::from(e)))?;
+    all.filter(|a| a.interface_name == iface)
+        .find_map(|a| a.address?.as_link_addr()?.addr())
+        .ok_or_else(|| err(io::Error::from(io::ErrorKind::NotFound)))
 }
 
 /// Keeps `DataplaneConfig::mac` in the `CONFIG` map equal to the MAC address of the

@@ -214,8 +214,7 @@ impl Daemon {
     /// Runs the `xlb` command line against this daemon: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = std::process::Command::new(xlb_bin())
-            .arg("--socket")
-            .arg(&self.socket)
+            .env("XLB_SOCKET", &self.socket)
             .args(args)
             .output()
             .expect("run xlb");

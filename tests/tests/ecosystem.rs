@@ -116,3 +116,41 @@ fn every_metric_the_dashboard_queries_is_exported() {
         "the dashboard queries {missing:?}, not exported:\n{text}"
     );
 }
+
+#[test]
+fn completions_and_man_pages_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(xlb_bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("announce") && text.contains("backend"),
+            "{shell}: {text}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("xlb-man-{}", std::process::id()));
+    let out = Command::new(xlb_bin())
+        .args(["man", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "xlb.1",
+        "xlb-run.1",
+        "xlb-backend-add.1",
+        "xlb-announce-withdraw.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

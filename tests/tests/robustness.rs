@@ -174,9 +174,9 @@ fn a_daemon_killed_during_applies_restarts_into_one_consistent_version() {
             .cli(&["apply", "-f", s.daemon.config_path.to_str().unwrap()]);
         assert_eq!(code, 0, "{err}");
         let mut apply = std::process::Command::new(xlb_tests::daemon::xlb_bin())
+            .args(["apply", "-f", b_path.to_str().unwrap()])
             .arg("--socket")
             .arg(&s.daemon.socket)
-            .args(["apply", "-f", b_path.to_str().unwrap()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -302,9 +302,9 @@ fn only_root_may_use_the_socket_and_metrics_are_read_only() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     // As user "nobody" the command cannot connect.
     let out = std::process::Command::new(xlb_tests::daemon::xlb_bin())
+        .arg("status")
         .arg("--socket")
         .arg(&s.daemon.socket)
-        .arg("status")
         .uid(65534)
         .gid(65534)
         .output()

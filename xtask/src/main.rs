@@ -9,6 +9,7 @@
 //!   real traffic, counters, a failover; everything removed at the end.
 //! - `bench`: the benchmarks (`xlb-bench`, then the Maglev criterion bench).
 //! - `lint`: rustfmt check and clippy with warnings denied, userspace and eBPF separately.
+//! - `man`: the man pages, generated from the command line's definitions (target/man/).
 //!
 //! Plain `std::process::Command` and anyhow only: this runs before anything else builds.
 
@@ -21,7 +22,6 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.10.0";
-const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
 const DEBIAN_TOOLS: [(&str, &str); 9] = [
@@ -47,7 +47,8 @@ commands:
           [--quick] [--json] [--save-baseline] [--no-criterion] [dataplane|maglev|throughput]
   build   build xlb in release mode
   test    run every test, including the root-only ones (run as root)
-  lint    rustfmt --check and clippy -D warnings (userspace and eBPF)";
+  lint    rustfmt --check and clippy -D warnings (userspace and eBPF)
+  man     write xlb's man pages to target/man/";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -58,6 +59,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("lint") => setup().and_then(|()| lint()),
+        Some("man") => setup().and_then(|()| man()),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -126,40 +128,22 @@ fn have(program: &str) -> bool {
 /// Installs what is missing; prints one line per prerequisite.
 fn setup() -> Result<()> {
     // The eBPF crate's toolchain and its standard library sources (build-std=core).
-    let components = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        EBPF_TOOLCHAIN,
-    ]));
-    match components {
-        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
-            println!("setup: {EBPF_TOOLCHAIN} toolchain with rust-src: present");
-        }
-        Some(_) => {
-            println!("setup: adding rust-src to the {EBPF_TOOLCHAIN} toolchain");
-            run(Command::new("rustup").args([
-                "component",
-                "add",
-                "rust-src",
-                "--toolchain",
-                EBPF_TOOLCHAIN,
-            ]))?;
-        }
-        None => {
-            println!("setup: installing the {EBPF_TOOLCHAIN} toolchain with rust-src");
-            run(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                EBPF_TOOLCHAIN,
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]))
-            .context("the eBPF programs need a nightly Rust toolchain")?;
-        }
+    let toolchain = ebpf_toolchain()?;
+    let sysroot =
+        output(Command::new("rustup").args(["run", &toolchain, "rustc", "--print", "sysroot"]))
+            .map(|s| PathBuf::from(s.trim()))
+            .context("the eBPF toolchain has no sysroot")?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        println!("setup: {toolchain} toolchain with rust-src: present");
+    } else {
+        println!("setup: adding rust-src to the {toolchain} toolchain");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            &toolchain,
+        ]))?;
     }
 
     // bpf-linker, which links the BPF objects with the nightly's own LLVM.
@@ -207,6 +191,52 @@ fn setup() -> Result<()> {
         install(&missing)?;
     }
     Ok(())
+}
+
+/// The pinned eBPF toolchain of `lb-ebpf/rust-toolchain.toml` (installed if missing), or
+/// an undated `nightly` that is that very build (the file records its `rustc -V`).
+fn ebpf_toolchain() -> Result<String> {
+    let pin = std::fs::read_to_string(root().join("lb-ebpf/rust-toolchain.toml"))
+        .context("reading lb-ebpf/rust-toolchain.toml")?;
+    let channel = pin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel = "))
+        .map(|c| c.trim_matches('"').to_owned())
+        .context("no channel in lb-ebpf/rust-toolchain.toml")?;
+    let want = pin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("# rustc "))
+        .map(str::trim);
+    let version = |tc: &str| {
+        output(
+            Command::new("rustup")
+                .args(["run", tc, "rustc", "-V"])
+                .env("RUSTUP_AUTO_INSTALL", "0"),
+        )
+        .map(|v| v.trim().to_owned())
+    };
+    if version(&channel).is_some() {
+        return Ok(channel);
+    }
+    if let (Some(v), Some(want)) = (version("nightly"), want)
+        && v.strip_prefix("rustc ") == Some(want)
+    {
+        return Ok("nightly".to_owned());
+    }
+    println!(
+        "setup: installing the {channel} toolchain with rust-src (pinned in lb-ebpf/rust-toolchain.toml)"
+    );
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        &channel,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+    .context("the eBPF programs need their pinned nightly toolchain")?;
+    Ok(channel)
 }
 
 fn build() -> Result<()> {
@@ -303,14 +333,36 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Writes the man pages, generated from the command line's own definitions.
+fn man() -> Result<()> {
+    run(Command::new("cargo").args(["build", "--quiet", "--package", "xlb", "--bins"]))?;
+    let out = root().join("target/man");
+    run(Command::new(root().join("target/debug/xlb"))
+        .args(["man", "--out"])
+        .arg(&out))?;
+    println!("xtask man: pages in {}", out.display());
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    // The eBPF crate, for its own target (its .cargo/config.toml and rust-toolchain.toml).
+    // The eBPF crate, for its own target (its .cargo/config.toml), with its pinned
+    // toolchain (named explicitly: it may be the undated nightly of the same build).
     // `cargo xtask` runs under the workspace toolchain and exports it (RUSTUP_TOOLCHAIN,
-    // RUSTC); without removing them the nightly of lb-ebpf/rust-toolchain.toml is ignored.
-    run(Command::new("cargo")
-        .args(["clippy", "--release", "--", "-D", "warnings"])
+    // RUSTC); those are removed so they do not override it.
+    let toolchain = ebpf_toolchain()?;
+    run(Command::new("rustup")
+        .args([
+            "run",
+            &toolchain,
+            "cargo",
+            "clippy",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ])
         .current_dir(root().join("lb-ebpf"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")

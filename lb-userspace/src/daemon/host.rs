@@ -5,10 +5,7 @@ use std::net::IpAddr;
 
 /// Interface index of `name` in this network namespace.
 pub fn ifindex(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: if_nametoindex reads a NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (i != 0).then_some(i)
+    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
 }
 
 /// Turns on forwarding on the interface: the kernel's FIB lookup, which the balancer uses
@@ -35,35 +32,19 @@ pub fn enable_forwarding(iface: &str) {
 /// Every address of interface `iface`, or of every interface with `None` (from
 /// getifaddrs).
 pub fn addresses(iface: Option<&str>) -> Vec<IpAddr> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs allocates a list we free below; we only read entries it filled.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return out;
-        }
-        let mut p = list;
-        while !p.is_null() {
-            let e = &*p;
-            let name = std::ffi::CStr::from_ptr(e.ifa_name).to_string_lossy();
-            if iface.is_none_or(|i| name == i) && !e.ifa_addr.is_null() {
-                match i32::from((*e.ifa_addr).sa_family) {
-                    libc::AF_INET => {
-                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in);
-                        out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
-                    }
-                    libc::AF_INET6 => {
-                        let sa = &*(e.ifa_addr as *const libc::sockaddr_in6);
-                        out.push(IpAddr::from(sa.sin6_addr.s6_addr));
-                    }
-                    _ => {}
-                }
+    let Ok(all) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    all.filter(|a| iface.is_none_or(|i| a.interface_name == i))
+        .filter_map(|a| {
+            let sa = a.address?;
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
             }
-            p = e.ifa_next;
-        }
-        libc::freeifaddrs(list);
-    }
-    out
+        })
+        .collect()
 }
 
 /// Raises the soft limit of open files to what the daemon may need: a health check per
@@ -74,33 +55,20 @@ pub fn raise_fd_limit(max_backends: u32) {
         + super::api_server::MAX_CONNECTIONS as u64
         + super::metrics_server::MAX_CONNECTIONS as u64
         + 512;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
     };
-    // SAFETY: getrlimit fills the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 || lim.rlim_cur >= needed {
+    if soft >= needed {
         return;
     }
-    let was = lim.rlim_cur;
-    let wanted = libc::rlimit {
-        rlim_cur: needed,
-        rlim_max: lim.rlim_max.max(needed),
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
-        tracing::info!("raised the open-file limit from {was} to {needed}");
+    if setrlimit(Resource::RLIMIT_NOFILE, needed, hard.max(needed)).is_ok() {
+        tracing::info!("raised the open-file limit from {soft} to {needed}");
         return;
     }
-    let capped = libc::rlimit {
-        rlim_cur: lim.rlim_max,
-        rlim_max: lim.rlim_max,
-    };
-    // SAFETY: as above.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) };
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     tracing::warn!(
-        "the open-file limit is {} (hard limit); up to {needed} may be needed with {max_backends} backend ids",
-        lim.rlim_max
+        "the open-file limit is {hard} (hard limit); up to {needed} may be needed with {max_backends} backend ids"
     );
 }
 

@@ -16,9 +16,6 @@ use crate::{config::XdpMode, dataplane::Balancer};
 /// 2: CONFIG holds the interface MAC, GLOBAL_STATS has the router-check reasons.
 pub const LAYOUT_VERSION: u32 = 2;
 
-/// `statfs` magic of bpffs.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// The pin directory of an interface: `<pin_dir>/v<layout>/<interface>`.
 pub fn pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("v{LAYOUT_VERSION}")).join(iface)
@@ -30,31 +27,20 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     if !dir.starts_with(root) {
         return Ok(());
     }
-    // SAFETY: statfs fills the zeroed struct we pass for a NUL-terminated path.
-    let mounted = unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    };
+    let mounted = nix::sys::statfs::statfs(root)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC);
     if mounted {
         return Ok(());
     }
     tracing::info!("mounting bpffs on /sys/fs/bpf (needed to pin maps and the XDP link)");
-    // SAFETY: plain mount(2) with static NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c"/sys/fs/bpf".as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "cannot mount bpffs on /sys/fs/bpf: {}",
-            std::io::Error::last_os_error()
-        );
-    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot mount bpffs on /sys/fs/bpf: {e}"))?;
     Ok(())
 }
 
