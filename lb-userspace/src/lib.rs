@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
+pub mod discovery;
 pub mod engine;
 pub mod health;
 pub mod maglev;

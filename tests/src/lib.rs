@@ -7,6 +7,7 @@
 pub mod bird;
 pub mod cluster;
 pub mod daemon;
+pub mod docker;
 pub mod fixtures;
 pub mod lab;
 pub mod netns;

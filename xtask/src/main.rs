@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 9] = [
+const DEBIAN_TOOLS: [(&str, &str); 12] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -36,6 +36,10 @@ const DEBIAN_TOOLS: [(&str, &str); 9] = [
     ("birdc", "bird2"),
     // The status page is tested in a real (headless) browser.
     ("chromium", "chromium"),
+    // The container tests run a real Docker daemon and build their image from busybox.
+    ("dockerd", "docker.io"),
+    ("iptables", "iptables"),
+    ("busybox", "busybox-static"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
