@@ -137,7 +137,7 @@ impl DockerHost {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
-        let tar = Command::new("tar")
+        let mut tar = Command::new("tar")
             .arg("-C")
             .arg(&root)
             .args(["-c", "."])
@@ -155,9 +155,10 @@ impl DockerHost {
                 "-",
                 WEB_IMAGE,
             ])
-            .stdin(tar.stdout.unwrap())
+            .stdin(tar.stdout.take().expect("piped"))
             .output()
             .unwrap();
+        let _ = tar.wait();
         assert!(
             out.status.success(),
             "docker import: {}",
