@@ -9,7 +9,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlb::{
     api::{self, ClientError, Request, Response},
-    config::{self, Config, HashMode, VipId, XdpMode},
+    config::{self, Config, Forwarding, HashMode, NatSource, Target, VipId, XdpMode},
     daemon, decap, stats,
 };
 
@@ -119,6 +119,12 @@ enum VipCommand {
         name: Option<String>,
         #[arg(long, value_enum, default_value_t = HashMode::FiveTuple)]
         hash: HashMode,
+        /// dsr (backends run `xlb decap`) or nat (targets as ADDRESS:PORT, nothing on them).
+        #[arg(long, value_enum)]
+        forwarding: Option<Forwarding>,
+        /// NAT: snat (a SNAT address of this host) or client (the client's own address).
+        #[arg(long, value_enum)]
+        nat_source: Option<NatSource>,
     },
     /// Remove a VIP (its connections end).
     Del { vip: VipId },
@@ -128,26 +134,28 @@ enum VipCommand {
 
 #[derive(Subcommand)]
 enum BackendCommand {
-    /// Add a backend to a VIP; it takes traffic once its health check passes.
+    /// Add a backend to a VIP; it takes traffic once its health check passes. A NAT VIP's
+    /// target is ADDRESS:PORT (`198.51.100.20:32768`, `[2001:db8::20]:3000`; the port
+    /// defaults to the VIP's).
     #[command(
-        after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50"
+        after_help = "Examples:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50\n  xlb backend add 203.0.113.20:80/tcp 198.51.100.20:32768"
     )]
     Add {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
         #[arg(long)]
         weight: Option<u32>,
     },
     /// Remove a backend: it keeps its existing flows for the VIP's deregistration delay.
-    Del { vip: VipId, address: IpAddr },
+    Del { vip: VipId, address: Target },
     /// Stop sending new flows to a backend; existing flows stay. Survives daemon restarts.
-    Drain { vip: VipId, address: IpAddr },
+    Drain { vip: VipId, address: Target },
     /// Let a drained backend take new flows again.
-    Undrain { vip: VipId, address: IpAddr },
+    Undrain { vip: VipId, address: Target },
     /// Change a backend's weight (0: no new flows).
     Weight {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
         weight: u32,
     },
 }
@@ -268,8 +276,20 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             })?);
             Ok(())
         }
-        Command::Vip(VipCommand::Add { vip, name, hash }) => {
-            print_changes(request(Request::VipAdd { vip, name, hash })?);
+        Command::Vip(VipCommand::Add {
+            vip,
+            name,
+            hash,
+            forwarding,
+            nat_source,
+        }) => {
+            print_changes(request(Request::VipAdd {
+                vip,
+                name,
+                hash,
+                forwarding,
+                nat_source,
+            })?);
             Ok(())
         }
         Command::Vip(VipCommand::Del { vip }) => {

@@ -103,10 +103,8 @@ impl Balancer {
             && if fresh {
                 let b = self.backend(maglev_backend)?;
                 self.flow(&flow)?
-                    != Some(FlowValue {
-                        backend: maglev_backend,
-                        generation: b.generation,
-                    })
+                    .map(|v| (v.backend, v.generation))
+                    != Some((maglev_backend, b.generation))
             } else {
                 how & COUNT_NEW != 0
             };

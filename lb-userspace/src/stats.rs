@@ -9,11 +9,19 @@ use std::{
 use lb_common::stats::{ACTION_NAMES, ACTIONS, Kind, Reason};
 
 use crate::{
-    api::{BackendStatus, Counters, NamedCount, ReasonCount, Snapshot, VipStatus},
+    api::{BackendStatus, Counters, NamedCount, ReasonCount, SnatStatus, Snapshot, VipStatus},
     config::XdpMode,
     dataplane::DataplaneError,
     engine::{Engine, ago},
 };
+
+/// What the NAT sweeper last counted (`daemon::sweeper`): connections per VIP, use of
+/// each SNAT address.
+#[derive(Clone, Debug, Default)]
+pub struct NatUse {
+    pub connections: std::collections::BTreeMap<crate::config::VipId, u64>,
+    pub snat: Vec<SnatStatus>,
+}
 
 /// Sum of the reasons of one kind.
 pub fn total(s: &Snapshot, kind: Kind) -> u64 {
@@ -29,6 +37,7 @@ pub fn snapshot(
     engine: &Engine,
     interface: &str,
     xdp_mode: Option<XdpMode>,
+    nat: &NatUse,
 ) -> Result<Snapshot, DataplaneError> {
     let lb = engine.maps();
     let now = Instant::now();
@@ -54,6 +63,8 @@ pub fn snapshot(
                     packets: c.packets,
                     bytes: c.bytes,
                     new_flows: c.new_flows,
+                    reply_packets: c.reply_packets,
+                    reply_bytes: c.reply_bytes,
                 },
             });
         }
@@ -61,11 +72,16 @@ pub fn snapshot(
             name: v.config.name.clone(),
             vip: *id,
             hash: v.config.hash,
+            forwarding: v.config.forwarding,
+            nat_source: v.config.is_nat().then_some(v.config.nat_source),
+            nat_connections: nat.connections.get(id).copied().unwrap_or(0),
             fail_open: v.fail_open,
             counters: Counters {
                 packets: s.packets,
                 bytes: s.bytes,
                 new_flows: s.new_flows,
+                reply_packets: s.reply_packets,
+                reply_bytes: s.reply_bytes,
             },
             flow_hits: s.flow_hits,
             flow_misses: s.flow_misses,
@@ -105,6 +121,7 @@ pub fn snapshot(
         all_checks_failing: engine.state().all_checks_failing,
         health_check_local_errors: crate::health::LOCAL_ERRORS
             .load(std::sync::atomic::Ordering::Relaxed),
+        snat: nat.snat.clone(),
     })
 }
 

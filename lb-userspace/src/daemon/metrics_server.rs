@@ -82,7 +82,12 @@ pub(super) async fn serve(daemon: Arc<Daemon>, listener: TcpListener) {
 async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
     let snap = {
         let engine = daemon.engine.lock().expect("engine lock");
-        stats::snapshot(&engine, &daemon.iface, daemon.xdp_mode)
+        stats::snapshot(
+            &engine,
+            &daemon.iface,
+            daemon.xdp_mode,
+            &daemon.nat_use.lock().expect("nat lock"),
+        )
     };
     match snap {
         Ok(s) => (

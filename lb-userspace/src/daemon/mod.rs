@@ -20,6 +20,7 @@ mod metrics_server;
 pub mod pins;
 pub mod saved;
 mod slots;
+pub mod sweeper;
 pub use slots::Throttled;
 
 use std::{
@@ -71,6 +72,8 @@ struct Daemon {
     /// Hash of the configuration file the running state derives from.
     file_hash: Mutex<u64>,
     state_path: PathBuf,
+    /// What the NAT sweeper last counted.
+    nat_use: Mutex<crate::stats::NatUse>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -220,6 +223,7 @@ async fn serve(
         teardown: std::sync::atomic::AtomicBool::new(false),
         file_hash: Mutex::new(0),
         state_path,
+        nat_use: Mutex::new(crate::stats::NatUse::default()),
     });
     daemon.after_change(Some(file_hash(&text)));
 
@@ -267,6 +271,7 @@ async fn serve(
         });
     }
     tokio::spawn(neighbours.run());
+    tokio::spawn(sweeper::run(daemon.clone()));
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -308,7 +313,7 @@ impl Daemon {
                 .flat_map(|(vid, v)| {
                     v.backends.values().map(|b| Probe {
                         vip: *vid,
-                        backend: b.config.address,
+                        backend: b.config.target(),
                         check: b.config.health.clone(),
                         current: b.health,
                     })
