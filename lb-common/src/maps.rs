@@ -124,17 +124,16 @@ pub struct Backend {
     /// Bumped every time the id is given to a new backend, so flows remembered for the
     /// previous owner of the id are not sent to the new one.
     pub generation: u32,
-    /// `VipInfo::index` of the VIP this backend serves.
-    pub vip: u32,
-    /// Maglev weight.
-    pub weight: u32,
+    /// `VipInfo::index` of the VIP this backend serves (`max_vips` is at most 4,096).
+    pub vip: u16,
     /// NAT: the target's port (network order in memory); 0 keeps the packet's destination
     /// port (any-port VIPs). Always 0 for DSR.
     pub port: u16,
-    /// Must be zero.
-    pub reserved: [u8; 2],
+    /// Maglev weight.
+    pub weight: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 36);
+// 32 bytes, as before ports: the data plane copies it on every packet.
+const _: () = assert!(size_of::<Backend>() == 32);
 
 impl Backend {
     /// Whether a remembered flow to this backend (made under `generation`) may stay.

@@ -100,7 +100,7 @@ pub fn encapsulate_and_send(
     };
     let mut hop = MaybeUninit::<NextHop>::uninit();
     find_hop(
-        ctx,
+        ingress,
         NEXT_HOPS.get_ptr_mut(id),
         backend.generation,
         job.outer_total,
@@ -119,19 +119,19 @@ pub fn encapsulate_and_send(
 }
 
 /// Fills `hop` with the next hop for a packet of `total` bytes: from this CPU's cache slot
-/// `cache` when it is fresh for `generation` and the ingress interface and the packet fits
+/// `cache` when it is fresh for `generation` and the ingress interface (`ingress`, read by
+/// the caller before any subprogram call) and the packet fits
 /// its MTU, otherwise from the FIB (`lookup`), caching a successful answer and asking the
 /// controller to resolve an unresolved neighbour.
 #[inline(always)]
 pub fn find_hop(
-    ctx: &XdpContext,
+    ingress: u32,
     cache: Option<*mut CachedHop>,
     generation: u32,
     total: u16,
     hop: &mut MaybeUninit<NextHop>,
     lookup: impl FnOnce(&mut MaybeUninit<NextHop>),
 ) {
-    let ingress = ctx.ingress_ifindex() as u32;
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_jiffies64() };
     // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.

@@ -73,7 +73,8 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     };
     s.flow = flow;
     s.midflow = 0;
-    match select::resolve(lb_common::resolve::ICMP_ERROR, s) {
+    let resolved = select::resolve(lb_common::resolve::ICMP_ERROR, s);
+    match resolved {
         select::RESOLVED => {}
         select::NOT_VIP => return Outcome::pass(Reason::PassNotVip),
         _ => return Outcome::drop(Reason::DropNoBackend),

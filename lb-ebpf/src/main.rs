@@ -183,12 +183,25 @@ fn balance(ctx: &XdpContext) -> Outcome {
     let is_icmp = h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6;
     match h.l4 {
         L4::Ports => {
-            let mut o = vip_packet(ctx.ctx, h);
-            if o.action == NAT_REPLY.action {
-                o = nat::reply(ctx.ctx, h);
-            }
-            if o.why == Reason::DropTooBig && o.mtu != 0 {
-                return icmp::too_big(ctx.ctx, h, o.mtu);
+            let o = match select::destination(h) {
+                select::TO_VIP => vip_packet(ctx.ctx, h),
+                // From here, not from `vip_packet`: under its frame, the reply's chain of
+                // frames would not fit the verifier's 512 bytes of stack.
+                select::TO_NAT => nat::reply(ctx.ctx, h),
+                _ => return Outcome::pass(Reason::PassNotVip),
+            };
+            if o.why == Reason::DropTooBig {
+                if o.mtu != 0 {
+                    return icmp::too_big(ctx.ctx, h, o.mtu);
+                }
+                if o.action == NAT_FORWARD.action {
+                    // For the same reason, a NAT VIP's packet is translated from here.
+                    let o = nat::forward(ctx.ctx, h);
+                    if o.why == Reason::DropTooBig && o.mtu != 0 {
+                        return icmp::too_big(ctx.ctx, h, o.mtu);
+                    }
+                    return o;
+                }
             }
             o
         }
@@ -212,8 +225,8 @@ fn balance(ctx: &XdpContext) -> Outcome {
     }
 }
 
-/// A TCP or UDP packet: to its VIP's backend if it is for a VIP, rewritten back to its
-/// client if it is a NAT reply, passed otherwise.
+/// A TCP or UDP packet whose destination may have a VIP (`select::destination`): to its
+/// VIP's backend if it is for a VIP, dropped or passed otherwise (`no_vip`).
 ///
 /// Which backend is decided by `select::resolve` (the flow table, the VIP, Maglev: the
 /// order is written there once); a NAT backend's packets are then translated by `nat`. A
@@ -222,11 +235,6 @@ fn balance(ctx: &XdpContext) -> Outcome {
 #[inline(never)]
 fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
-    match select::destination(h) {
-        select::TO_VIP => {}
-        select::TO_NAT => return NAT_REPLY,
-        _ => return Outcome::pass(Reason::PassNotVip),
-    }
     let Some(s) = select::scratch() else {
         return Outcome::drop(Reason::DropNoBackend);
     };
@@ -242,17 +250,19 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
     let how = lb_common::resolve::how(h);
     match select::resolve(how, s) {
-        select::RESOLVED if s.backend.mode != MODE_DSR => nat::forward(ctx.ctx, h, how),
+        select::RESOLVED if s.backend.mode != MODE_DSR => NAT_FORWARD,
         select::RESOLVED => deliver(&ctx, h, s),
         select::NOT_VIP => no_vip(ctx.ctx, h),
         _ => Outcome::drop(Reason::DropNoBackend),
     }
 }
 
-/// `vip_packet`'s answer for a packet that may be a NAT reply: the caller hands it to
-/// `nat::reply` (from `vip_packet`'s frame, the reply's chain of frames would not fit the
-/// verifier's 512 bytes of stack). Not an XDP action: it never leaves the program.
-const NAT_REPLY: Outcome = Outcome::new(u32::MAX, Reason::NatReturned);
+/// `vip_packet`'s answer for a NAT VIP's packet resolved into the scratch slot: the caller
+/// hands it to `nat::forward` (under `vip_packet`'s frame, the translation's chain of
+/// frames did not fit the verifier's 512 bytes of stack). Not an XDP action: it never
+/// leaves the program. It carries the `too_big` reason without an MTU so that DSR packets
+/// pay nothing for it: the caller tests that reason anyway.
+const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
 
 /// Encapsulates the packet to the backend resolved into `s` and sends it, and counts it
 /// for its VIP and backend: the one place those counters move.

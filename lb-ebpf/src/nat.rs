@@ -86,12 +86,13 @@ const EXHAUSTED: u32 = 1;
 /// `establish`: a map write failed.
 const FAILED: u32 = 2;
 
-/// A client's packet to a NAT VIP, its backend resolved into `s` (`select::resolve`):
-/// finds or makes the connection's translation, rewrites the packet to the target and
-/// sends it. `how`: the resolver's bits for the packet.
+/// A client's packet to a NAT VIP, its backend resolved into the scratch slot
+/// (`select::resolve`): finds or makes the connection's translation, rewrites the packet to
+/// the target and sends it.
 #[inline(never)]
-pub fn forward(ctx: *mut xdp_md, h: &Headers, how: u32) -> Outcome {
+pub fn forward(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
+    let how = lb_common::resolve::how(h);
     let Some(s) = select::scratch() else {
         return Outcome::drop(Reason::DropNoBackend);
     };
@@ -167,7 +168,7 @@ fn translation(h: &Headers, s: &mut Scratch) -> bool {
 fn to_target(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome {
     let mut hop = MaybeUninit::<NextHop>::uninit();
     find_hop(
-        ctx,
+        ctx.ingress_ifindex() as u32,
         NEXT_HOPS.get_ptr_mut(s.id),
         s.backend.generation,
         h.ip_len,
@@ -471,7 +472,7 @@ pub fn reply(ctx: *mut xdp_md, h: &Headers) -> Outcome {
 fn to_client(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome {
     let dst = &s.rewrite.dst;
     let (word, shift) = filter_position(dst);
-    let slot = (word.wrapping_mul(FILTER_SLOTS_PER_WORD as u32) + shift / 3) % REPLY_HOP_SLOTS;
+    let slot = (word.wrapping_mul(FILTER_SLOTS_PER_WORD as u32) + shift / 4) % REPLY_HOP_SLOTS;
     let cache = REPLY_HOPS.get_ptr_mut(slot).map(|c| {
         // SAFETY: this CPU's slot of a per-CPU array; one packet at a time per CPU.
         let c = unsafe { &mut *c };
@@ -482,7 +483,7 @@ fn to_client(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome
         &raw mut c.hop
     });
     let mut hop = MaybeUninit::<NextHop>::uninit();
-    find_hop(ctx, cache, 0, h.ip_len, &mut hop, |out| {
+    find_hop(ctx.ingress_ifindex() as u32, cache, 0, h.ip_len, &mut hop, |out| {
         nat_next_hop(ctx.ctx, h, &s.rewrite, out)
     });
     // SAFETY: find_hop always initialises it.
@@ -547,7 +548,7 @@ pub fn error_to_target(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     s.rewrite.dst = s.backend.addr;
     let mut hop = MaybeUninit::<NextHop>::uninit();
     find_hop(
-        &ctx,
+        ctx.ingress_ifindex() as u32,
         NEXT_HOPS.get_ptr_mut(s.id),
         s.backend.generation,
         h.ip_len,

@@ -35,8 +35,9 @@ pub const TO_VIP: u32 = 1;
 pub const TO_NAT: u32 = 2;
 
 /// What the address filter says about a packet: `TO_VIP`, `TO_NAT` or `TO_OTHER`. One
-/// array read and one test for most packets that are neither; the source is looked at only
-/// while some client-preserving VIP has targets (`FILTER_F_TARGETS`).
+/// array read and a test for a VIP packet as before NAT existed, one more test for other
+/// packets; the source is looked at only while some client-preserving VIP has targets
+/// (`FILTER_F_TARGETS`).
 #[inline(always)]
 pub fn destination(h: &Headers) -> u32 {
     let (word, shift) = filter_position(&h.dst);
@@ -44,11 +45,11 @@ pub fn destination(h: &Headers) -> u32 {
         return TO_OTHER;
     };
     let w = *w;
-    if w & ((0b11 << shift) | FILTER_F_TARGETS) == 0 {
-        return TO_OTHER;
-    }
     if (w >> (shift + FILTER_VIP)) & 1 != 0 {
         return TO_VIP;
+    }
+    if w & ((1 << (shift + FILTER_NAT)) | FILTER_F_TARGETS) == 0 {
+        return TO_OTHER;
     }
     if (w >> (shift + FILTER_NAT)) & 1 != 0 {
         return TO_NAT;
@@ -153,9 +154,12 @@ pub const NO_BACKEND: u32 = 2;
 #[inline(always)]
 pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
     let fresh = how & START != 0;
-    if !fresh && remembered(s) {
-        s.vip = s.backend.vip;
-        return RESOLVED;
+    if !fresh {
+        let r = remembered(s);
+        if r != NOT_REMEMBERED {
+            s.vip = u32::from(s.backend.vip);
+            return r;
+        }
     }
     let Some((key, vip)) = find_vip(&s.flow) else {
         return NOT_VIP;
@@ -164,8 +168,11 @@ pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
     if vip.flags & VIP_F_HASH_SOURCE != 0 {
         s.flow.sport = 0;
         s.flow.dport = key.port;
-        if !fresh && remembered(s) {
-            return RESOLVED;
+        if !fresh {
+            let r = remembered(s);
+            if r != NOT_REMEMBERED {
+                return r;
+            }
         }
     }
     if choose_backend(&vip, how, s) {
@@ -174,6 +181,9 @@ pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
         NO_BACKEND
     }
 }
+
+/// `remembered`: the flow table has no usable entry.
+const NOT_REMEMBERED: u32 = u32::MAX;
 
 /// `BPF_NOEXIST`: insert only if the key is not there.
 const BPF_NOEXIST: u64 = 1;
@@ -258,10 +268,11 @@ fn flow_value_word(v: &FlowValue) -> u64 {
     u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
 }
 
-/// Looks the flow in `s.flow` up in the flow table: true, with `s` filled, when it is
-/// there and its backend still keeps flows.
+/// Looks the flow in `s.flow` up in the flow table: `RESOLVED`, with `s` filled (the entry
+/// in `s.value`, for a NAT connection's translation), when it is there and its backend
+/// still keeps flows; `NOT_REMEMBERED` otherwise.
 #[inline(always)]
-pub fn remembered(s: &mut Scratch) -> bool {
+pub fn remembered(s: &mut Scratch) -> u32 {
     // SAFETY: FlowValue is plain integers, copied out at once.
     // By reference, as for the insert.
     #[expect(
@@ -282,13 +293,13 @@ pub fn remembered(s: &mut Scratch) -> bool {
             };
             s.backend = *b;
             s.id = v.backend;
-            s.value = v;
             s.new_flow = 0;
             s.hit = 1;
-            return true;
+            s.value = v;
+            return RESOLVED;
         }
     }
-    false
+    NOT_REMEMBERED
 }
 
 /// Counts a packet of `ip_len` bytes resolved into `s` for its VIP and backend: a new flow

@@ -71,7 +71,7 @@ impl Balancer {
         if !fresh && let Some(v) = self.usable_flow(&flow)? {
             return Ok(Some(Prediction {
                 vip,
-                vip_index: self.backend(v.backend)?.vip,
+                vip_index: u32::from(self.backend(v.backend)?.vip),
                 flow,
                 hash: flow_hash(&flow),
                 maglev_backend: match vip {

@@ -48,7 +48,7 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
         let b = maps.backend(id)?;
         state.generations[id as usize] = b.generation;
         if b.state != BACKEND_UNUSED {
-            by_vip.entry(b.vip).or_default().push((id, b));
+            by_vip.entry(u32::from(b.vip)).or_default().push((id, b));
         }
     }
     let now = Instant::now();

@@ -685,10 +685,9 @@ impl<'a> Planner<'a> {
                 admin,
                 mode,
                 generation: b.generation,
-                vip: index,
+                vip: index as u16,
                 weight: b.config.weight,
                 port: lb_common::port_to_map(b.config.port),
-                reserved: [0; 2],
             };
             b.in_table = serving.contains(&b.id);
             b.ever_served |= b.in_table;
