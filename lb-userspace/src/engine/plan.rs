@@ -75,8 +75,7 @@ pub fn apply(state: &State, from: &Config, to: &Config, now: Instant) -> Result<
     }
     p.state.snat = slots;
     if p.state.map_config != cfg {
-        let snat_config = |c: &MapConfig| (c.snat_port_min, c.snat_port_max, c.snat_v4, c.snat_v6);
-        snat_changed |= snat_config(&p.state.map_config) != snat_config(&cfg);
+        snat_changed |= from.dataplane.snat_ports != to.dataplane.snat_ports;
         p.set_config(cfg);
         if (from.dataplane.source_v4, from.dataplane.source_v6)
             != (to.dataplane.source_v4, to.dataplane.source_v6)

@@ -301,6 +301,7 @@ fn data_plane(b: &mut Bench) {
     let value = FlowValue {
         backend: lab.backend_ids[0][0],
         generation: 1,
+        ..FlowValue::default()
     };
     for i in 0..entries {
         let src = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000u32 + (i >> 16)));
