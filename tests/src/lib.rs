@@ -7,6 +7,7 @@
 pub mod daemon;
 pub mod fixtures;
 pub mod lab;
+pub mod nat_fixtures;
 pub mod netns;
 pub mod packet;
 pub mod scenario;

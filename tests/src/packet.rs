@@ -385,6 +385,14 @@ impl Packet {
         self
     }
 
+    /// The frame's 5-tuple as the flow table keys it.
+    pub fn five_tuple(&self) -> lb_common::FlowKey {
+        match lb_common::parse::parse(&self.build()[..]) {
+            lb_common::parse::Parsed::Ip(h) => h.five_tuple().expect("a TCP or UDP packet"),
+            _ => panic!("not an IP packet"),
+        }
+    }
+
     /// A UDP datagram without a checksum (the field 0, as IPv4 allows).
     pub fn no_udp_checksum(mut self) -> Self {
         self.no_udp_checksum = true;
