@@ -202,6 +202,15 @@ pub const SNAT_SLOTS_PER_FAMILY: u32 = 16;
 /// Length of the `SNAT_POOL` array.
 pub const SNAT_SLOTS: u32 = 2 * SNAT_SLOTS_PER_FAMILY;
 
+/// Value of the `SNAT_POOL` array: a SNAT address (all zero: the slot is empty). Aligned to
+/// 8 bytes so the data plane copies it in two words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatAddr {
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<SnatAddr>() == 16);
+
 /// Value of the `NAT_REV` LRU map, whose key is the 5-tuple of a reply (`FlowKey`: target
 /// address and port -> SNAT address and port, or -> the client with its address
 /// preserved): what the reply is rewritten to, and the reverse half of the connection's
@@ -353,6 +362,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for NeighbourEvent {}

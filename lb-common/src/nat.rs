@@ -103,6 +103,8 @@ pub fn update(check: u16, delta: u64) -> u16 {
 }
 
 /// New addresses and ports of a packet (ports network order in memory, as in `Headers`).
+/// Aligned to 8 bytes, so addresses move in two 8-byte words, not sixteen bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rewrite {
     pub src: Addr,

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, MODE_DSR, NatReverse,
-    PROTO_TCP, PROTO_UDP, SNAT_SLOTS, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, MODE_DSR, NatReverse,
+    PROTO_TCP, PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},
@@ -77,7 +77,7 @@ static NAT_REV: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
 /// SNAT addresses by slot (`lb_common::SNAT_SLOTS_PER_FAMILY` per family; all zero: none).
 #[map]
-static SNAT_POOL: Array<Addr> = Array::with_max_entries(SNAT_SLOTS, 0);
+static SNAT_POOL: Array<SnatAddr> = Array::with_max_entries(SNAT_SLOTS, 0);
 /// This CPU's next hops towards clients, for NAT replies (`nat::ClientHop`): a cache, not
 /// pinned.
 #[map]

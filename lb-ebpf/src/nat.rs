@@ -153,7 +153,7 @@ fn translation(h: &Headers, s: &mut Scratch) -> bool {
     s.rewrite.sport = s.value.nat_port;
     if b.mode == MODE_NAT {
         match SNAT_POOL.get(u32::from(s.value.nat_slot)) {
-            Some(a) => s.rewrite.src = *a,
+            Some(a) => s.rewrite.src = a.addr,
             None => return false,
         }
     } else {
@@ -383,7 +383,7 @@ fn try_port(s: &mut Scratch, client_mode: bool, slot: u32, port: u16) -> bool {
         s.rev_key.dst = s.rev.client;
     } else {
         match SNAT_POOL.get(slot) {
-            Some(a) => s.rev_key.dst = *a,
+            Some(a) => s.rev_key.dst = a.addr,
             None => return false,
         }
     }
@@ -531,7 +531,7 @@ pub fn error_to_target(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     };
     let src = if s.backend.mode == MODE_NAT {
         match SNAT_POOL.get(u32::from(s.value.nat_slot)) {
-            Some(a) => *a,
+            Some(a) => a.addr,
             None => return Outcome::drop(Reason::DropNoSource),
         }
     } else {

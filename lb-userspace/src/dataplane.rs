@@ -17,7 +17,7 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Addr, Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse,
+    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse,
     VipInfo, VipKey, VipStats,
     hash::VIP_FILTER_WORDS,
     stats::GLOBAL_COUNTERS,
@@ -111,7 +111,7 @@ impl Limits {
             "VIP_STATS" => (s::<u32>(), s::<VipStats>(), self.max_vips),
             "BACKEND_STATS" => (s::<u32>(), s::<BackendStats>(), self.max_backends),
             "NAT_REV" => (s::<FlowKey>(), s::<NatReverse>(), self.nat_table_entries),
-            "SNAT_POOL" => (s::<u32>(), s::<Addr>(), lb_common::SNAT_SLOTS),
+            "SNAT_POOL" => (s::<u32>(), s::<lb_common::SnatAddr>(), lb_common::SNAT_SLOTS),
             _ => (0, 0, 0),
         };
         (k as u32, v as u32, n, 0)

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod fixtures;
 pub mod lab;
 pub mod nat_fixtures;
+pub mod nat_scenario;
 pub mod netns;
 pub mod packet;
 pub mod scenario;

@@ -187,7 +187,7 @@ impl Drop for Topology {
     }
 }
 
-fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
+pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     run(
         "ip",
         &[
@@ -209,7 +209,7 @@ fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
     b.ip(&["link", "set", b_name, "up"]);
 }
 
-fn addr(ns: &Netns, dev: &str, v4: &str, v6: &str) {
+pub fn addr(ns: &Netns, dev: &str, v4: &str, v6: &str) {
     ns.ip(&["addr", "add", v4, "dev", dev]);
     ns.ip(&["addr", "add", v6, "dev", dev, "nodad"]);
 }

@@ -3,7 +3,7 @@
 //! removes.
 
 use aya::maps::{Array, HashMap};
-use lb_common::{Addr, FlowKey, FlowValue, NatReverse};
+use lb_common::{Addr, FlowKey, FlowValue, NatReverse, SnatAddr};
 
 use super::{Balancer, DataplaneError, Result, ignore_missing, typed};
 
@@ -22,18 +22,20 @@ pub struct NatEntry {
 impl Balancer {
     /// The address in SNAT slot `slot` (all zero: none).
     pub fn snat_slot(&self, slot: u32) -> Result<Addr> {
-        let a: Array<_, Addr> = typed("SNAT_POOL", self.map("SNAT_POOL"))?;
-        a.get(&slot, 0).map_err(|source| DataplaneError::Map {
-            map: "SNAT_POOL",
-            source,
-        })
+        let a: Array<_, SnatAddr> = typed("SNAT_POOL", self.map("SNAT_POOL"))?;
+        a.get(&slot, 0)
+            .map(|s| s.addr)
+            .map_err(|source| DataplaneError::Map {
+                map: "SNAT_POOL",
+                source,
+            })
     }
 
     /// Writes SNAT slot `slot`; the address filter follows (packets to a SNAT address may
     /// be NAT replies).
     pub fn set_snat_slot(&mut self, slot: u32, addr: &Addr) -> Result<()> {
-        let mut a: Array<_, Addr> = typed("SNAT_POOL", self.map_mut("SNAT_POOL"))?;
-        a.set(slot, *addr, 0).map_err(|source| DataplaneError::Map {
+        let mut a: Array<_, SnatAddr> = typed("SNAT_POOL", self.map_mut("SNAT_POOL"))?;
+        a.set(slot, SnatAddr { addr: *addr }, 0).map_err(|source| DataplaneError::Map {
             map: "SNAT_POOL",
             source,
         })?;
