@@ -192,6 +192,22 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
                 rate(b.counters.packets, pb.map(|p| p.counters.packets)),
                 rate(b.counters.bytes * 8, pb.map(|p| p.counters.bytes * 8)),
             );
+            if v.nat_source.is_some() {
+                let c = &b.counters;
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+                    "",
+                    "  <- replies from it",
+                    "",
+                    "",
+                    human(c.reply_packets as f64),
+                    human(c.reply_bytes as f64),
+                    "",
+                    rate(c.reply_packets, pb.map(|p| p.counters.reply_packets)),
+                    rate(c.reply_bytes * 8, pb.map(|p| p.counters.reply_bytes * 8)),
+                );
+            }
         }
     }
     let drops: Vec<String> = now
@@ -254,10 +270,30 @@ pub fn status_text(s: &Snapshot) -> String {
             s.health_check_local_errors
         );
     }
-    for v in &s.vips {
+    for a in &s.snat {
         let _ = writeln!(
             out,
-            "\nVIP {}  name={}  hash={}  packets={} flows={}{}",
+            "SNAT {}: {} ports in use; busiest target {} with {} of {} ports ({:.1}%)",
+            a.address,
+            a.ports_in_use,
+            a.busiest_target
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            a.busiest_ports,
+            a.ports_per_target,
+            a.busiest_ports as f64 * 100.0 / a.ports_per_target.max(1) as f64
+        );
+    }
+    for v in &s.vips {
+        let nat = match v.nat_source {
+            Some(src) => format!(
+                "  forwarding=nat ({src})  replies={} connections={}",
+                v.counters.reply_packets, v.nat_connections
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "\nVIP {}  name={}  hash={}{nat}  packets={} flows={}{}",
             v.vip,
             v.name,
             v.hash,
