@@ -78,7 +78,8 @@ pub fn fold(mut sum: u64) -> u16 {
 /// `~old + new` over the 32-bit words of two addresses (the first word only for IPv4).
 #[inline(always)]
 pub fn addr_delta(old: &Addr, new: &Addr, v4: bool) -> u64 {
-    let word = |a: &Addr, i: usize| u64::from(u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
+    let word =
+        |a: &Addr, i: usize| u64::from(u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
     let mut d = u64::from(!(word(old, 0) as u32)) + word(new, 0);
     if !v4 {
         let mut i = 4;
@@ -164,7 +165,11 @@ pub fn rewrite<P: PacketWrite + ?Sized>(pkt: &mut P, h: &Headers, to: &Rewrite) 
         0
     } else {
         let n = update(check, addrs + ports);
-        if n == 0 && h.proto == PROTO_UDP { 0xffff } else { n }
+        if n == 0 && h.proto == PROTO_UDP {
+            0xffff
+        } else {
+            n
+        }
     };
     let (sp, dp) = (to.sport.to_ne_bytes(), to.dport.to_ne_bytes());
     ok && pkt.write(l4, &[sp[0], sp[1], dp[0], dp[1]]) && pkt.write(at, &new.to_ne_bytes())
@@ -322,7 +327,12 @@ pub fn rewrite_error_outer<P: PacketWrite + ?Sized>(
 fn words_delta<const N: usize>(old: &[u64; N], src: &Addr, dst: &Addr, v4: bool) -> u64 {
     let n = if v4 { 1 } else { 4 };
     let word = |a: &Addr, i: usize| {
-        u64::from(u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]]))
+        u64::from(u32::from_ne_bytes([
+            a[4 * i],
+            a[4 * i + 1],
+            a[4 * i + 2],
+            a[4 * i + 3],
+        ]))
     };
     let mut d = 0;
     let mut i = 0;
@@ -372,7 +382,14 @@ mod tests {
     }
 
     /// An IPv4 TCP or UDP frame with correct checksums.
-    fn v4_frame(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[u8]) -> Vec<u8> {
+    fn v4_frame(
+        proto: u8,
+        src: [u8; 4],
+        sport: u16,
+        dst: [u8; 4],
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let l4len = if proto == PROTO_TCP { 20 } else { 8 } + payload.len();
         let mut f = std::vec![0u8; 14 + 20 + l4len];
         f[12..14].copy_from_slice(&[8, 0]);
@@ -432,7 +449,14 @@ mod tests {
                     dport: 32768u16.to_be(),
                 };
                 assert!(rewrite(&mut f[..], &h, &to));
-                let want = v4_frame(proto, [198, 18, 0, 2], 41234, [198, 51, 100, 20], 32768, payload);
+                let want = v4_frame(
+                    proto,
+                    [198, 18, 0, 2],
+                    41234,
+                    [198, 51, 100, 20],
+                    32768,
+                    payload,
+                );
                 let mut want = want;
                 want[22] = 63;
                 let c = {

@@ -353,8 +353,18 @@ pub fn nat_next_hop(
         (words(src), words(dst))
     } else {
         (
-            [u32::from_ne_bytes([src[0], src[1], src[2], src[3]]), 0, 0, 0],
-            [u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]), 0, 0, 0],
+            [
+                u32::from_ne_bytes([src[0], src[1], src[2], src[3]]),
+                0,
+                0,
+                0,
+            ],
+            [
+                u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
+                0,
+                0,
+                0,
+            ],
         )
     };
     fib(ctx, v6, src, dst, len, out);

@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, MODE_DSR, NatReverse,
-    PROTO_TCP, PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, MODE_DSR, NatReverse, PROTO_TCP,
+    PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},

@@ -19,8 +19,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FAMILY_V6, FLOW_F_NAT, MODE_NAT,
-    MODE_NAT_CLIENT, NatReverse, PROTO_TCP, SNAT_SLOTS_PER_FAMILY, port_from_map, port_to_map,
+    Addr, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FAMILY_V6, FLOW_F_NAT, MODE_NAT, MODE_NAT_CLIENT,
+    NatReverse, PROTO_TCP, SNAT_SLOTS_PER_FAMILY,
     hash::{FILTER_SLOTS_PER_WORD, filter_position},
     icmp::{Icmp, classify},
     nat::{
@@ -28,6 +28,7 @@ use lb_common::{
         rewrite_quoted, snat_port,
     },
     parse::{Headers, TCP_FIN, TCP_RST},
+    port_from_map, port_to_map,
     resolve::{COUNT_NEW, REMEMBER, START},
     stats::Reason,
 };
@@ -297,7 +298,11 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
         (0, u32::from(cfg.snat_v4))
     };
     let client_mode = s.backend.mode == MODE_NAT_CLIENT;
-    let tport = if s.backend.port != 0 { s.backend.port } else { h.dport };
+    let tport = if s.backend.port != 0 {
+        s.backend.port
+    } else {
+        h.dport
+    };
     s.rev.client = h.src;
     s.rev.vip = h.dst;
     s.rev.client_port = h.sport;
@@ -341,8 +346,7 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
                 cfg.snat_port_max,
             ) {
                 let slot = base
-                    + (((u64::from(s.hash.wrapping_add(attempt)) * u64::from(count)) >> 32)
-                        as u32);
+                    + (((u64::from(s.hash.wrapping_add(attempt)) * u64::from(count)) >> 32) as u32);
                 if try_port(s, false, slot, port_to_map(p)) {
                     taken = true;
                     break;
@@ -483,9 +487,14 @@ fn to_client(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome
         &raw mut c.hop
     });
     let mut hop = MaybeUninit::<NextHop>::uninit();
-    find_hop(ctx.ingress_ifindex() as u32, cache, 0, h.ip_len, &mut hop, |out| {
-        nat_next_hop(ctx.ctx, h, &s.rewrite, out)
-    });
+    find_hop(
+        ctx.ingress_ifindex() as u32,
+        cache,
+        0,
+        h.ip_len,
+        &mut hop,
+        |out| nat_next_hop(ctx.ctx, h, &s.rewrite, out),
+    );
     // SAFETY: find_hop always initialises it.
     let hop = unsafe { hop.assume_init_ref() };
     rewrite_and_send(ctx, h, &s.rewrite, hop, why)
@@ -544,7 +553,11 @@ pub fn error_to_target(ctx: *mut xdp_md, h: &Headers) -> Outcome {
         sport: tport,
         dport: s.value.nat_port,
     };
-    s.rewrite.src = if s.backend.mode == MODE_NAT { src } else { h.src };
+    s.rewrite.src = if s.backend.mode == MODE_NAT {
+        src
+    } else {
+        h.src
+    };
     s.rewrite.dst = s.backend.addr;
     let mut hop = MaybeUninit::<NextHop>::uninit();
     find_hop(

@@ -5,7 +5,10 @@
 use lb_common::{
     Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, MODE_DSR, NatReverse,
     VIP_F_HASH_SOURCE, VipInfo, VipKey,
-    hash::{FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position, flow_hash, table_index},
+    hash::{
+        FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position, flow_hash,
+        table_index,
+    },
     nat::Rewrite,
     parse::Headers,
     resolve::{COUNT_NEW, REMEMBER, START},

@@ -17,10 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse,
-    VipInfo, VipKey, VipStats,
-    hash::VIP_FILTER_WORDS,
-    stats::GLOBAL_COUNTERS,
+    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse, VipInfo,
+    VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_COUNTERS,
 };
 
 use crate::programs;
@@ -111,7 +109,11 @@ impl Limits {
             "VIP_STATS" => (s::<u32>(), s::<VipStats>(), self.max_vips),
             "BACKEND_STATS" => (s::<u32>(), s::<BackendStats>(), self.max_backends),
             "NAT_REV" => (s::<FlowKey>(), s::<NatReverse>(), self.nat_table_entries),
-            "SNAT_POOL" => (s::<u32>(), s::<lb_common::SnatAddr>(), lb_common::SNAT_SLOTS),
+            "SNAT_POOL" => (
+                s::<u32>(),
+                s::<lb_common::SnatAddr>(),
+                lb_common::SNAT_SLOTS,
+            ),
             _ => (0, 0, 0),
         };
         (k as u32, v as u32, n, 0)
@@ -452,10 +454,11 @@ impl Balancer {
     /// Writes `BACKENDS[id]`; the address filter follows a client-preserving target.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut a: Array<_, Backend> = typed("BACKENDS", self.map_mut("BACKENDS"))?;
-        a.set(id, backend, 0).map_err(|source| DataplaneError::Map {
-            map: "BACKENDS",
-            source,
-        })?;
+        a.set(id, backend, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "BACKENDS",
+                source,
+            })?;
         self.backend_written(id, backend)
     }
 
@@ -639,7 +642,9 @@ where
     T::try_from(m).map_err(|source| DataplaneError::Map { map, source })
 }
 
-pub(crate) fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+pub(crate) fn ignore_missing(
+    r: Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))

@@ -92,7 +92,9 @@ pub fn render(s: &Snapshot) -> String {
             vip_reply_packets
                 .get_or_create(&l)
                 .inc_by(v.counters.reply_packets);
-            vip_reply_bytes.get_or_create(&l).inc_by(v.counters.reply_bytes);
+            vip_reply_bytes
+                .get_or_create(&l)
+                .inc_by(v.counters.reply_bytes);
             vip_nat_connections
                 .get_or_create(&l)
                 .set(v.nat_connections as i64);
@@ -226,7 +228,9 @@ pub fn render(s: &Snapshot) -> String {
         let l = vec![label("snat", &a.address.to_string())];
         snat_in_use.get_or_create(&l).set(a.ports_in_use as i64);
         snat_busiest.get_or_create(&l).set(a.busiest_ports as i64);
-        snat_capacity.get_or_create(&l).set(a.ports_per_target as i64);
+        snat_capacity
+            .get_or_create(&l)
+            .set(a.ports_per_target as i64);
     }
     r.register(
         "xlb_snat_ports_in_use",

@@ -102,8 +102,7 @@ impl Balancer {
             && how & REMEMBER != 0
             && if fresh {
                 let b = self.backend(maglev_backend)?;
-                self.flow(&flow)?
-                    .map(|v| (v.backend, v.generation))
+                self.flow(&flow)?.map(|v| (v.backend, v.generation))
                     != Some((maglev_backend, b.generation))
             } else {
                 how & COUNT_NEW != 0

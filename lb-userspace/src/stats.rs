@@ -9,7 +9,7 @@ use std::{
 use lb_common::stats::{ACTION_NAMES, ACTIONS, Kind, Reason};
 
 use crate::{
-    api::{BackendStatus, Counters, NamedCount, ReasonCount, SnatStatus, Snapshot, VipStatus},
+    api::{BackendStatus, Counters, NamedCount, ReasonCount, Snapshot, SnatStatus, VipStatus},
     config::XdpMode,
     dataplane::DataplaneError,
     engine::{Engine, ago},

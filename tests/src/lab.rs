@@ -377,8 +377,11 @@ impl Lab {
         cfg.snat_v6 = 1;
         lb.set_snat_slot(0, &addr_to_map(IpAddr::V4(SNAT_V4)).0)
             .expect("SNAT slot");
-        lb.set_snat_slot(lb_common::SNAT_SLOTS_PER_FAMILY, &addr_to_map(IpAddr::V6(SNAT_V6)).0)
-            .expect("SNAT slot");
+        lb.set_snat_slot(
+            lb_common::SNAT_SLOTS_PER_FAMILY,
+            &addr_to_map(IpAddr::V6(SNAT_V6)).0,
+        )
+        .expect("SNAT slot");
         lb.set_config(&cfg).expect("config");
         lb.set_interface_mac(LB_MAC).expect("interface MAC");
 

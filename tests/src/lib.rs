@@ -13,4 +13,5 @@ pub mod netns;
 pub mod packet;
 pub mod scenario;
 pub mod servers;
+pub mod sha256;
 pub mod topology;

@@ -19,7 +19,11 @@ fn ip(s: &str) -> IpAddr {
 
 /// The target (address, port) the lab's prediction gives `p`.
 pub fn target_of(lab: &Lab, p: &Packet) -> (IpAddr, u16) {
-    let pred = lab.lb.predict(&p.build()).unwrap().expect("a NAT VIP packet");
+    let pred = lab
+        .lb
+        .predict(&p.build())
+        .unwrap()
+        .expect("a NAT VIP packet");
     let b = lab.lb.backend(pred.backend()).unwrap();
     (
         b.ip().expect("target address"),
@@ -37,7 +41,13 @@ fn to_client(p: Packet, ttl: u8) -> Output {
     Output::Frame(p.macs(ROUTER_MAC, LB_MAC).ttl(ttl).build())
 }
 
-fn fixture(name: &'static str, input: Packet, action: u32, output: Output, reason: Reason) -> Fixture {
+fn fixture(
+    name: &'static str,
+    input: Packet,
+    action: u32,
+    output: Output,
+    reason: Reason,
+) -> Fixture {
     Fixture {
         name,
         input: input.build(),
@@ -107,10 +117,14 @@ pub fn nat_fixtures(lab: &Lab) -> Vec<Fixture> {
     ));
     out.push(fixture(
         "nat udp4 without a checksum: it stays 0",
-        Packet::udp(c4, 5301, dns, 53).payload(b"q0").no_udp_checksum(),
+        Packet::udp(c4, 5301, dns, 53)
+            .payload(b"q0")
+            .no_udp_checksum(),
         XDP_TX,
         to_target(
-            Packet::udp(snat4, 5301, t, tport).payload(b"q0").no_udp_checksum(),
+            Packet::udp(snat4, 5301, t, tport)
+                .payload(b"q0")
+                .no_udp_checksum(),
             t,
             63,
         ),
@@ -118,9 +132,16 @@ pub fn nat_fixtures(lab: &Lab) -> Vec<Fixture> {
     ));
     out.push(fixture(
         "nat udp4 reply without a checksum: it stays 0",
-        Packet::udp(t, tport, snat4, 5301).payload(b"a0").no_udp_checksum(),
+        Packet::udp(t, tport, snat4, 5301)
+            .payload(b"a0")
+            .no_udp_checksum(),
         XDP_TX,
-        to_client(Packet::udp(dns, 53, c4, 5301).payload(b"a0").no_udp_checksum(), 63),
+        to_client(
+            Packet::udp(dns, 53, c4, 5301)
+                .payload(b"a0")
+                .no_udp_checksum(),
+            63,
+        ),
         Reason::NatReturned,
     ));
 
@@ -198,7 +219,11 @@ pub fn nat_fixtures(lab: &Lab) -> Vec<Fixture> {
     ));
     let (tu, tportu) = target_of(lab, &Packet::udp(c4, 5300, dns, 53));
     let mut unreach = vec![0u8; 4];
-    unreach.extend_from_slice(&Packet::udp(snat4, 5300, tu, tportu).payload(b"query").ip_bytes());
+    unreach.extend_from_slice(
+        &Packet::udp(snat4, 5300, tu, tportu)
+            .payload(b"query")
+            .ip_bytes(),
+    );
     let mut unreach_client = vec![0u8; 4];
     unreach_client.extend_from_slice(&Packet::udp(c4, 5300, dns, 53).payload(b"query").ip_bytes());
     out.push(fixture(

@@ -29,7 +29,13 @@ pub fn nat_header() -> String {
 
 /// A NAT VIP section on `203.0.113.10:port` over `targets`, with fast TCP health checks and
 /// `extra` lines (e.g. `deregistration_delay = "5s"`).
-pub fn nat_vip(name: &str, port: u16, protocol: &str, targets: &[SocketAddr], extra: &str) -> String {
+pub fn nat_vip(
+    name: &str,
+    port: u16,
+    protocol: &str,
+    targets: &[SocketAddr],
+    extra: &str,
+) -> String {
     let list: Vec<String> = targets
         .iter()
         .map(|t| format!("{{ address = \"{}\", port = {} }}", t.ip(), t.port()))
@@ -51,7 +57,8 @@ pub fn nat_vip(name: &str, port: u16, protocol: &str, targets: &[SocketAddr], ex
 /// a partial checksum (what a local stack sends over veth) would reach the client as a
 /// wrong one. A real NIC completes checksums before the wire.
 pub fn prepare_nat(topo: &Topology) {
-    topo.lb.ip(&["addr", "add", &format!("{SNAT}/24"), "dev", "eth0"]);
+    topo.lb
+        .ip(&["addr", "add", &format!("{SNAT}/24"), "dev", "eth0"]);
     for b in &topo.backends {
         b.exec("ethtool", &["-K", "eth0", "tx", "off"]);
     }
@@ -90,7 +97,12 @@ impl BridgeHost {
             veth(&t, "eth0", h, &port);
             h.ip(&["link", "set", &port, "master", "cbr0"]);
             let a = format!("198.18.128.{}", k + 2);
-            addr(&t, "eth0", &format!("{a}/24"), &format!("2001:db8:128::{}/64", k + 2));
+            addr(
+                &t,
+                "eth0",
+                &format!("{a}/24"),
+                &format!("2001:db8:128::{}/64", k + 2),
+            );
             t.ip(&["route", "add", "default", "via", "198.18.128.1"]);
             // Complete checksums (see `prepare_nat`).
             t.exec("ethtool", &["-K", "eth0", "tx", "off"]);
@@ -119,5 +131,7 @@ impl BridgeHost {
 
 /// The targets of a bridge host: `host_address:first..first+n`.
 pub fn host_targets(host: IpAddr, first: u16, n: usize) -> Vec<SocketAddr> {
-    (0..n).map(|k| SocketAddr::new(host, first + k as u16)).collect()
+    (0..n)
+        .map(|k| SocketAddr::new(host, first + k as u16))
+        .collect()
 }

@@ -29,7 +29,10 @@ pub fn header() -> String {
         "[dataplane]\ninterface = \"eth0\"\nsource_v4 = \"198.18.0.2\"\nsource_v6 = \"2001:db8:18::2\"\n\
          flow_table_entries = {}\nmax_vips = {}\nmax_backends = {}\nmaglev_table_size = {}\nnat_table_entries = {}\n\n\
          [daemon]\nsocket = \"@SOCKET@\"\npin_dir = \"@PINS@\"\nmetrics_address = \"127.0.0.1:9469\"\n\n",
-        LIMITS.flow_table_entries, LIMITS.max_vips, LIMITS.max_backends, LIMITS.maglev_size,
+        LIMITS.flow_table_entries,
+        LIMITS.max_vips,
+        LIMITS.max_backends,
+        LIMITS.maglev_size,
         LIMITS.nat_table_entries
     )
 }

@@ -5,8 +5,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    CT_F_FIN, CT_F_REPLIED, CT_F_RST, FLOW_F_NAT, FlowKey, addr_to_map, port_from_map,
-    port_to_map, stats::Reason,
+    CT_F_FIN, CT_F_REPLIED, CT_F_RST, FLOW_F_NAT, FlowKey, addr_to_map, port_from_map, port_to_map,
+    stats::Reason,
 };
 use xlb_tests::{
     fixtures::{XDP_DROP, XDP_TX, check},
@@ -61,14 +61,22 @@ fn a_port_taken_towards_the_target_is_probed_past_and_replies_find_their_client(
     let first = Packet::tcp(a, 44000, vip, 80, SYN);
     let target = target_of(&lab, &first);
     let (action, out) = lab.run(&first.build());
-    assert_eq!((action, sport(&out)), (XDP_TX, 44000), "the client's port is kept");
+    assert_eq!(
+        (action, sport(&out)),
+        (XDP_TX, 44000),
+        "the client's port is kept"
+    );
     // Another client with the same port, to the same target: another port.
     let (action, out) = lab.run(&Packet::tcp(b, 44000, vip, 80, SYN).build());
     assert_eq!(action, XDP_TX);
     let other = sport(&out);
     assert_ne!(other, 44000);
     assert!(other >= 1024);
-    let r = lab.lb.nat_reverse(&reply_key(target, other)).unwrap().expect("entry");
+    let r = lab
+        .lb
+        .nat_reverse(&reply_key(target, other))
+        .unwrap()
+        .expect("entry");
     assert_eq!(r.client, addr_to_map(b).0);
     assert_eq!(port_from_map(r.client_port), 44000);
     // The reply to that port reaches the second client; a retransmitted SYN keeps its port.
@@ -78,7 +86,11 @@ fn a_port_taken_towards_the_target_is_probed_past_and_replies_find_their_client(
     assert_eq!(&out[30..34], &[192, 0, 2, 3], "to the second client");
     let flows_before = lab.lb.vip_stats(lab.vip("nat4-one").0).unwrap().new_flows;
     let (_, out) = lab.run(&Packet::tcp(b, 44000, vip, 80, SYN).build());
-    assert_eq!(sport(&out), other, "a retransmitted SYN keeps its translation");
+    assert_eq!(
+        sport(&out),
+        other,
+        "a retransmitted SYN keeps its translation"
+    );
     assert_eq!(
         lab.lb.vip_stats(lab.vip("nat4-one").0).unwrap().new_flows,
         flows_before,
@@ -102,7 +114,10 @@ fn with_every_port_taken_a_new_connection_is_dropped_and_counted() {
     let before = lab.counter(why(Reason::DropSnatExhausted.index()));
     let (action, _) = lab.run(&Packet::tcp(ip("192.0.2.4"), 45000, vip, 80, SYN).build());
     assert_eq!(action, XDP_DROP);
-    assert_eq!(lab.counter(why(Reason::DropSnatExhausted.index())), before + 1);
+    assert_eq!(
+        lab.counter(why(Reason::DropSnatExhausted.index())),
+        before + 1
+    );
     assert_eq!(
         lab.lb
             .flow(&Packet::tcp(ip("192.0.2.4"), 45000, vip, 80, SYN).five_tuple())
@@ -134,7 +149,10 @@ fn fin_both_ways_and_rst_are_recorded_for_the_sweeper() {
     assert_eq!(state(&lab), (FLOW_F_NAT, CT_F_REPLIED));
     lab.run(&Packet::tcp(c, 46000, vip, 80, FIN | ACK).build());
     lab.run(&Packet::tcp(target.0, target.1, snat, 46000, FIN | ACK).build());
-    assert_eq!(state(&lab), (FLOW_F_NAT | CT_F_FIN, CT_F_REPLIED | CT_F_FIN));
+    assert_eq!(
+        state(&lab),
+        (FLOW_F_NAT | CT_F_FIN, CT_F_REPLIED | CT_F_FIN)
+    );
     // The client reuses its port for a new connection: the same translation, state anew.
     lab.run(&syn.build());
     assert_eq!(state(&lab).0, FLOW_F_NAT);

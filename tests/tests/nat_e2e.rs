@@ -12,7 +12,7 @@ use std::{
 
 use xlb_tests::{
     daemon::Daemon,
-    nat_scenario::{BridgeHost, HOST_PORT, SNAT, prepare_nat, host_targets, nat_header, nat_vip},
+    nat_scenario::{BridgeHost, HOST_PORT, SNAT, host_targets, nat_header, nat_vip, prepare_nat},
     netns::Netns,
     scenario::{Scenario, on_every_backend},
     servers::{self, Sha256, connect, pattern, sha256_hex, tcp_request, udp_request},
@@ -31,7 +31,11 @@ fn distribution(client: &Netns, to: SocketAddr, n: usize) -> BTreeMap<String, us
     for i in 0..n {
         let req = format!("GET /{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let who = match tcp_request(client, None, to, req.as_bytes()) {
-            Ok(r) => String::from_utf8_lossy(&r).lines().last().unwrap_or("?").to_owned(),
+            Ok(r) => String::from_utf8_lossy(&r)
+                .lines()
+                .last()
+                .unwrap_or("?")
+                .to_owned(),
             Err(e) => format!("FAILED: {e}"),
         };
         *seen.entry(who).or_default() += 1;
@@ -124,7 +128,11 @@ fn bridge_mode_tasks_behind_host_ports_get_traffic_and_bulk_data_intact() {
     assert_eq!(seen.values().sum::<usize>(), 300, "{seen:?}");
     upload(client, vip(9000));
     let want = sha256_hex(&pattern(MB64));
-    assert_eq!(download(client, vip(9000), MB64, None), want, "download intact");
+    assert_eq!(
+        download(client, vip(9000), MB64, None),
+        want,
+        "download intact"
+    );
 
     // 20,000 sequential short connections through the one SNAT address.
     let started = Instant::now();
@@ -143,7 +151,11 @@ fn bridge_mode_tasks_behind_host_ports_get_traffic_and_bulk_data_intact() {
     assert_eq!(failures, 0);
     let st = s.daemon.status();
     let web = st.vips.iter().find(|v| v.name == "web").unwrap();
-    assert!(web.counters.new_flows >= 20_300, "{}", web.counters.new_flows);
+    assert!(
+        web.counters.new_flows >= 20_300,
+        "{}",
+        web.counters.new_flows
+    );
     assert!(web.counters.reply_packets > 0);
     // The sweeper counts the SNAT address's use (connections closed recently are still
     // tracked for their closing time).
@@ -168,7 +180,11 @@ fn a_download_survives_a_daemon_kill_and_a_removed_target_keeps_its_connection()
             std::thread::sleep(Duration::from_millis(500));
             daemon.kill9();
             daemon.restart();
-            assert_eq!(t.join().unwrap(), want, "download intact across the restart");
+            assert_eq!(
+                t.join().unwrap(),
+                want,
+                "download intact across the restart"
+            );
         });
     }
     // A target removed under load keeps its connection for the deregistration delay.
@@ -195,10 +211,18 @@ fn a_download_survives_a_daemon_kill_and_a_removed_target_keeps_its_connection()
             assert!(Instant::now() < deadline, "no bulk target busy");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let (code, out, err) =
-            daemon.cli(&["backend", "del", "203.0.113.10:9000/tcp", &target.to_string()]);
+        let (code, out, err) = daemon.cli(&[
+            "backend",
+            "del",
+            "203.0.113.10:9000/tcp",
+            &target.to_string(),
+        ]);
         assert_eq!(code, 0, "{out}{err}");
-        assert_eq!(t.join().unwrap(), want, "the removed target's download completes");
+        assert_eq!(
+            t.join().unwrap(),
+            want,
+            "the removed target's download completes"
+        );
         target
     });
     let st = s.daemon.status();
@@ -225,7 +249,16 @@ fn awsvpc_tasks_with_their_own_addresses_and_exact_counters() {
     let config = nat_header()
         + &nat_vip("web", 80, "tcp", &targets, "")
         + &nat_vip("dns", 53, "udp", &targets, "")
-        + &nat_vip("bulk", 9000, "tcp", &targets.iter().map(|t| SocketAddr::new(t.ip(), 9000)).collect::<Vec<_>>(), "");
+        + &nat_vip(
+            "bulk",
+            9000,
+            "tcp",
+            &targets
+                .iter()
+                .map(|t| SocketAddr::new(t.ip(), 9000))
+                .collect::<Vec<_>>(),
+            "",
+        );
     let mut servers = on_every_backend(&topo, 3000, servers::http_server);
     servers.extend(on_every_backend(&topo, 3000, servers::udp_identity_server));
     servers.extend(on_every_backend(&topo, 9000, servers::bulk_server));
@@ -258,10 +291,17 @@ fn awsvpc_tasks_with_their_own_addresses_and_exact_counters() {
     assert_eq!(dns.counters.packets, n);
     assert_eq!(dns.counters.bytes, n * (20 + 8 + 100));
     assert_eq!(dns.counters.reply_packets, n);
-    assert_eq!(dns.counters.reply_bytes, n * (20 + 8 + 9), "answers are backend-N");
+    assert_eq!(
+        dns.counters.reply_bytes,
+        n * (20 + 8 + 9),
+        "answers are backend-N"
+    );
     let per: u64 = dns.backends.iter().map(|b| b.counters.reply_packets).sum();
     assert_eq!(per, n);
-    assert_eq!(dns.backends.iter().map(|b| b.counters.packets).sum::<u64>(), n);
+    assert_eq!(
+        dns.backends.iter().map(|b| b.counters.packets).sum::<u64>(),
+        n
+    );
 }
 
 #[test]
@@ -274,7 +314,8 @@ fn client_preserving_nat_through_the_target_gateway() {
     topo.router.ip(&["link", "set", "lb", "master", "lbbr"]);
     topo.router.ip(&["link", "set", "lbbr", "up"]);
     addr(&topo.router, "lbbr", "198.18.0.1/24", "2001:db8:18::1/64");
-    topo.router.ip(&["route", "replace", "203.0.113.0/24", "via", "198.18.0.2"]);
+    topo.router
+        .ip(&["route", "replace", "203.0.113.0/24", "via", "198.18.0.2"]);
     let target = Netns::new("tgt");
     veth(&target, "eth0", &topo.router, "tgt");
     topo.router.ip(&["link", "set", "tgt", "master", "lbbr"]);
@@ -293,7 +334,10 @@ fn client_preserving_nat_through_the_target_gateway() {
         e
     };
     let _server = servers::peer_server(&target, "0.0.0.0:3000".parse().unwrap(), "");
-    let _ping = target.command("ping").args(["-c", "1", "-W", "1", "198.18.0.2"]).output();
+    let _ping = target
+        .command("ping")
+        .args(["-c", "1", "-W", "1", "198.18.0.2"])
+        .output();
     let config = nat_header()
         + &nat_vip(
             "web",
@@ -319,6 +363,6 @@ fn client_preserving_nat_through_the_target_gateway() {
         );
     }
     let st = s.daemon.status();
-    assert_eq!(st.vips[0].counters.reply_packets > 0, true);
+    assert!(st.vips[0].counters.reply_packets > 0);
     drop(target);
 }

@@ -141,10 +141,17 @@ fn dataplane(d: &file::DataplaneFile) -> Result<DataplaneSettings, ConfigError> 
     let pool: Vec<(&str, IpAddr)> = snat_v4
         .iter()
         .map(|a| ("dataplane.snat_v4", IpAddr::V4(*a)))
-        .chain(snat_v6.iter().map(|a| ("dataplane.snat_v6", IpAddr::V6(*a))))
+        .chain(
+            snat_v6
+                .iter()
+                .map(|a| ("dataplane.snat_v6", IpAddr::V6(*a))),
+        )
         .collect();
     let per_family = lb_common::SNAT_SLOTS_PER_FAMILY as usize;
-    for (field, list) in [("dataplane.snat_v4", snat_v4.len()), ("dataplane.snat_v6", snat_v6.len())] {
+    for (field, list) in [
+        ("dataplane.snat_v4", snat_v4.len()),
+        ("dataplane.snat_v6", snat_v6.len()),
+    ] {
         if list > per_family {
             return Err(top.err(
                 field,
@@ -193,9 +200,7 @@ fn dataplane(d: &file::DataplaneFile) -> Result<DataplaneSettings, ConfigError> 
         source_v6: d.source_v6,
         snat_v4,
         snat_v6,
-        snat_ports: d
-            .snat_ports
-            .map_or(DEFAULT_SNAT_PORTS, |r| (r.0, r.1)),
+        snat_ports: d.snat_ports.map_or(DEFAULT_SNAT_PORTS, |r| (r.0, r.1)),
         limits,
     })
 }

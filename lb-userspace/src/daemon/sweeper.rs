@@ -283,7 +283,14 @@ mod tests {
                 ..Backend::default()
             })
         };
-        sweep(now, entries, backend, &vips, &["198.18.0.2".parse().unwrap()], 64512)
+        sweep(
+            now,
+            entries,
+            backend,
+            &vips,
+            &["198.18.0.2".parse().unwrap()],
+            64512,
+        )
     }
 
     #[test]
@@ -296,14 +303,27 @@ mod tests {
         assert_eq!(s.usage.snat[0].busiest_ports, 1);
         // Idle past 350 s (327 clock units): removed; the other direction's time counts.
         assert_eq!(run(&[entry(0, CT_F_REPLIED, t, t)], t + 330).steps.len(), 1);
-        assert!(run(&[entry(0, CT_F_REPLIED, t, t + 300)], t + 330).steps.is_empty());
+        assert!(
+            run(&[entry(0, CT_F_REPLIED, t, t + 300)], t + 330)
+                .steps
+                .is_empty()
+        );
         // Closed both ways, or reset: 10 s.
         let fin = entry(CT_F_FIN, CT_F_FIN | CT_F_REPLIED, t, t);
         assert!(run(&[fin], t + 5).steps.is_empty());
         assert_eq!(run(&[fin], t + 11).steps.len(), 1);
-        assert_eq!(run(&[entry(CT_F_RST, CT_F_REPLIED, t, t)], t + 11).steps.len(), 1);
+        assert_eq!(
+            run(&[entry(CT_F_RST, CT_F_REPLIED, t, t)], t + 11)
+                .steps
+                .len(),
+            1
+        );
         // One FIN only: a half-closed connection keeps its idle timeout.
-        assert!(run(&[entry(CT_F_FIN, CT_F_REPLIED, t, t)], t + 11).steps.is_empty());
+        assert!(
+            run(&[entry(CT_F_FIN, CT_F_REPLIED, t, t)], t + 11)
+                .steps
+                .is_empty()
+        );
         // Never answered: 60 s.
         assert_eq!(run(&[entry(0, 0, t, t)], t + 60).steps.len(), 1);
     }

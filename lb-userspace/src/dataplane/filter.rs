@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use aya::maps::Array;
 use lb_common::{
     Addr, BACKEND_UNUSED, Backend, MODE_NAT_CLIENT, SNAT_SLOTS,
-    hash::{FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, VIP_FILTER_WORDS, filter_position},
+    hash::{
+        FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, VIP_FILTER_WORDS, filter_position,
+    },
 };
 
 use super::{Balancer, DataplaneError, Result, typed};
@@ -46,8 +48,16 @@ impl Balancer {
 
     /// Every address the filter must let through, with its bit.
     fn filter_entries(&self) -> Result<Vec<(Addr, u32)>> {
-        let mut all: Vec<(Addr, u32)> = self.vips()?.iter().map(|(k, _)| (k.addr, FILTER_VIP)).collect();
-        all.extend(self.vip_addresses()?.iter().map(|(k, _)| (k.addr, FILTER_VIP)));
+        let mut all: Vec<(Addr, u32)> = self
+            .vips()?
+            .iter()
+            .map(|(k, _)| (k.addr, FILTER_VIP))
+            .collect();
+        all.extend(
+            self.vip_addresses()?
+                .iter()
+                .map(|(k, _)| (k.addr, FILTER_VIP)),
+        );
         all.extend(self.filter.snat.values().map(|a| (*a, FILTER_NAT)));
         all.extend(self.filter.targets.values().map(|a| (*a, FILTER_TARGET)));
         Ok(all)

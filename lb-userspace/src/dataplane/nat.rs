@@ -35,10 +35,11 @@ impl Balancer {
     /// be NAT replies).
     pub fn set_snat_slot(&mut self, slot: u32, addr: &Addr) -> Result<()> {
         let mut a: Array<_, SnatAddr> = typed("SNAT_POOL", self.map_mut("SNAT_POOL"))?;
-        a.set(slot, SnatAddr { addr: *addr }, 0).map_err(|source| DataplaneError::Map {
-            map: "SNAT_POOL",
-            source,
-        })?;
+        a.set(slot, SnatAddr { addr: *addr }, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "SNAT_POOL",
+                source,
+            })?;
         let old = if *addr == [0; 16] {
             self.filter.snat.remove(&slot)
         } else {

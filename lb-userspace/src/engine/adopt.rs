@@ -63,7 +63,11 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
             name: vid.to_string(),
             id: vid,
             hash: HashMode::from_vip_flags(info.flags),
-            forwarding: if nat { Forwarding::Nat } else { Forwarding::Dsr },
+            forwarding: if nat {
+                Forwarding::Nat
+            } else {
+                Forwarding::Dsr
+            },
             nat_source: if info.flags & VIP_F_NAT_CLIENT != 0 {
                 NatSource::Client
             } else {

@@ -30,7 +30,10 @@ pub enum Step {
     SetSnat(u32, Addr),
     /// Ends a NAT connection (the sweeper): its forward entry `conn` if it is still the
     /// connection's, then its reverse entry `reply`, which frees the port.
-    RemoveNat { reply: FlowKey, conn: Option<FlowKey> },
+    RemoveNat {
+        reply: FlowKey,
+        conn: Option<FlowKey>,
+    },
 }
 
 /// The maps as the controller uses them: written by [`execute`], read back when a
@@ -139,7 +142,11 @@ impl Maps for Balancer {
     fn snat(&self, slot: u32) -> Result<Addr, DataplaneError> {
         Balancer::snat_slot(self, slot)
     }
-    fn remove_nat(&mut self, reply: &FlowKey, conn: Option<&FlowKey>) -> Result<(), DataplaneError> {
+    fn remove_nat(
+        &mut self,
+        reply: &FlowKey,
+        conn: Option<&FlowKey>,
+    ) -> Result<(), DataplaneError> {
         if let Some(c) = conn {
             Balancer::remove_flow(self, c)?;
         }

@@ -301,10 +301,8 @@ fn data_plane(b: &mut Bench) {
     let nat_vip: IpAddr = "203.0.113.92".parse().unwrap();
     let nat_syn = Packet::tcp(c4, 41000, nat_vip, 80, SYN).build();
     let nat_ack = Packet::tcp(c4, 41000, nat_vip, 80, ACK).build();
-    let (nat_target, nat_tport) = xlb_tests::nat_fixtures::target_of(
-        &lab,
-        &Packet::tcp(c4, 41000, nat_vip, 80, SYN),
-    );
+    let (nat_target, nat_tport) =
+        xlb_tests::nat_fixtures::target_of(&lab, &Packet::tcp(c4, 41000, nat_vip, 80, SYN));
     let snat = IpAddr::V4(xlb_tests::lab::SNAT_V4);
     let nat_reply = Packet::tcp(nat_target, nat_tport, snat, 41000, ACK).build();
     {

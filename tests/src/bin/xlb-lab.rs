@@ -36,7 +36,9 @@ fn main() {
     xlb_tests::netns::cleanup_on_signal();
     let started = Instant::now();
 
-    step("building the lab: client, router, load balancer, 3 backends, a container host (network namespaces)");
+    step(
+        "building the lab: client, router, load balancer, 3 backends, a container host (network namespaces)",
+    );
     let mut topo = Topology::new(4);
     // The fourth backend namespace is the container host of the NAT VIP: nothing of xlb
     // runs there, so it leaves the DSR preparation of the others.
@@ -120,14 +122,25 @@ fn main() {
     show(&nat_traffic(&topo));
     step("stopping task-2 (its health check fails), then draining task-3 (`xlb backend drain`)");
     drop(tasks.servers.remove(1));
-    wait(&daemon, "task-2 leaving the table", |s| !nat_target(s, 1).takes_new_flows);
-    let (code, out, err) = daemon.cli(&["backend", "drain", &format!("{NAT_VIP}:80/tcp"), "198.51.100.14:32770"]);
+    wait(&daemon, "task-2 leaving the table", |s| {
+        !nat_target(s, 1).takes_new_flows
+    });
+    let (code, out, err) = daemon.cli(&[
+        "backend",
+        "drain",
+        &format!("{NAT_VIP}:80/tcp"),
+        "198.51.100.14:32770",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
     print!("    {out}");
     show(&nat_traffic(&topo));
     step("SNAT ports in use (`xlb status`)");
     let status = daemon.cli(&["status"]).1;
-    for line in status.lines().filter(|l| l.starts_with("SNAT ") || l.contains("forwarding=nat") || l.contains(":3276")) {
+    for line in status.lines().filter(|l| {
+        l.starts_with("SNAT ")
+            || l.contains("forwarding=nat")
+            || l.trim_start().starts_with("198.51.100.14:")
+    }) {
         println!("    {line}");
     }
 
@@ -202,7 +215,11 @@ fn nat_traffic(topo: &Topology) -> BTreeMap<String, (usize, usize)> {
     for i in 0..CONNECTIONS {
         let req = format!("GET /n/{i} HTTP/1.1\r\nHost: {NAT_VIP}\r\nConnection: close\r\n\r\n");
         let who = match tcp_request(&topo.client, None, vip, req.as_bytes()) {
-            Ok(r) => String::from_utf8_lossy(&r).lines().last().unwrap_or("?").to_owned(),
+            Ok(r) => String::from_utf8_lossy(&r)
+                .lines()
+                .last()
+                .unwrap_or("?")
+                .to_owned(),
             Err(_) => "NO ANSWER".to_owned(),
         };
         seen.entry(who).or_default().0 += 1;
