@@ -43,7 +43,9 @@ pub fn nat_vip(
     let check = if protocol == "udp" {
         "protocol = \"none\"\n".to_owned()
     } else {
-        "interval = \"300ms\"\ntimeout = \"200ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 2\njitter = \"0s\"\n".to_owned()
+        // Fast, but not so fast that a loaded test machine fails checks (a target that turns
+        // unhealthy loses its connections to others, as with DSR).
+        "interval = \"300ms\"\ntimeout = \"250ms\"\nhealthy_threshold = 2\nunhealthy_threshold = 4\njitter = \"0s\"\n".to_owned()
     };
     format!(
         "[[vip]]\nname = \"{name}\"\naddress = \"203.0.113.10\"\nport = {port}\nprotocol = \"{protocol}\"\nforwarding = \"nat\"\n{extra}\nbackends = [ {} ]\n[vip.health_check]\n{check}\n",

@@ -21,6 +21,14 @@ use xlb_tests::{
 
 const MB64: usize = 64 << 20;
 
+/// These tests move hundreds of megabytes and tens of thousands of connections: one at a
+/// time, so that on a small machine none starves another's health checks.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn vip(port: u16) -> SocketAddr {
     SocketAddr::new("203.0.113.10".parse().unwrap(), port)
 }
@@ -118,6 +126,7 @@ fn bridge_layout(extra: &str) -> (Scenario, BridgeHost) {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn bridge_mode_tasks_behind_host_ports_get_traffic_and_bulk_data_intact() {
+    let _one = one_at_a_time();
     let (s, _tasks) = bridge_layout("deregistration_delay = \"10s\"");
     let client = &s.topo.client;
     let seen = distribution(client, vip(80), 300);
@@ -169,6 +178,7 @@ fn bridge_mode_tasks_behind_host_ports_get_traffic_and_bulk_data_intact() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_download_survives_a_daemon_kill_and_a_removed_target_keeps_its_connection() {
+    let _one = one_at_a_time();
     let (mut s, _tasks) = bridge_layout("deregistration_delay = \"8s\"");
     let want = sha256_hex(&pattern(MB64));
     let slow = Some(Duration::from_millis(2));
@@ -241,6 +251,7 @@ fn a_download_survives_a_daemon_kill_and_a_removed_target_keeps_its_connection()
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn awsvpc_tasks_with_their_own_addresses_and_exact_counters() {
+    let _one = one_at_a_time();
     let topo = Topology::new(3);
     prepare_nat(&topo);
     let targets: Vec<SocketAddr> = (1..=3)
@@ -307,6 +318,7 @@ fn awsvpc_tasks_with_their_own_addresses_and_exact_counters() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn client_preserving_nat_through_the_target_gateway() {
+    let _one = one_at_a_time();
     // The target sits on the load balancer's own segment, its default route via the LB.
     let topo = Topology::new(1);
     topo.router.ip(&["link", "add", "lbbr", "type", "bridge"]);

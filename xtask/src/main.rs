@@ -24,13 +24,15 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 6] = [
+const DEBIAN_TOOLS: [(&str, &str); 7] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
     ("tc", "iproute2"),
+    // The NAT tests' and the lab's container host publishes its tasks by nftables DNAT.
+    ("nft", "nftables"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
