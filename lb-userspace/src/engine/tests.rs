@@ -502,3 +502,54 @@ fn fingerprints_do_not_depend_on_backend_ids() {
     assert_ne!(id_of(&a, "198.51.100.11"), id_of(&b, "198.51.100.11"));
     assert_eq!(a.vips()[&vip()].fingerprint, b.vips()[&vip()].fingerprint);
 }
+
+/// A NAT VIP over two tasks of one host, SNAT addresses `snat`.
+fn nat_config(snat: &str) -> Config {
+    let text = format!(
+        "[dataplane]\nsnat_v4 = {snat}\nmax_vips = 4\nmax_backends = 64\nflow_table_entries = 1024\nmaglev_table_size = 1009\nnat_table_entries = 1024\n\
+         [[vip]]\naddress = \"203.0.113.20\"\nport = 80\nforwarding = \"nat\"\nhealth_check = {{ protocol = \"none\" }}\n\
+         backends = [ {{ address = \"198.51.100.20\", port = 32768 }}, {{ address = \"198.51.100.20\", port = 32769 }} ]\n"
+    );
+    Config::parse(&text, "test").unwrap()
+}
+
+#[test]
+fn nat_targets_of_one_address_are_two_backends_and_snat_slots_come_first() {
+    let c = nat_config("\"198.18.0.10\"");
+    let mut e = Engine::new(MemoryMaps::new(LIMITS), c.dataplane.clone());
+    let plan = plan::apply(e.state(), e.config(), &c, Instant::now()).unwrap();
+    let snat = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetSnat(0, _)))
+        .expect("SNAT slot written");
+    let config = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetConfig(c) if c.snat_v4 == 1))
+        .expect("configuration counts it");
+    let first_backend = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetBackend(..)))
+        .unwrap();
+    assert!(snat < config && config < first_backend, "{:?}", plan.steps);
+    e.apply(&c).unwrap();
+    let vip: VipId = "203.0.113.20:80/tcp".parse().unwrap();
+    let backends = &e.vips()[&vip].backends;
+    assert_eq!(backends.len(), 2);
+    for (t, b) in backends {
+        assert_eq!(b.entry.mode, lb_common::MODE_NAT);
+        assert_eq!(lb_common::port_from_map(b.entry.port), t.port);
+    }
+    // Appending an address is a change; removing one that connections may name is not.
+    e.apply(&nat_config("[\"198.18.0.10\", \"198.18.0.11\"]"))
+        .unwrap();
+    assert!(matches!(
+        e.apply(&nat_config("\"198.18.0.11\"")),
+        Err(EngineError::Immutable {
+            what: "dataplane.snat_v4",
+            ..
+        })
+    ));
+}
