@@ -54,18 +54,33 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
     h as u32
 }
 
-/// Words of the VIP address filter (`VIP_FILTER`): 65,536 bits, 8 KiB.
+/// Words of the address filter (`VIP_FILTER`): 1,024 words of 64 bits, 8 KiB.
 pub const VIP_FILTER_WORDS: u32 = 1024;
+/// Addresses per filter word: each has four bits, three used (`FILTER_VIP`, `FILTER_NAT`,
+/// `FILTER_TARGET` above its shift, a multiple of 4, so the shift is a mask and a shift of
+/// the hash); the fourth bit of the last one, bit 63, is `FILTER_F_TARGETS`.
+pub const FILTER_SLOTS_PER_WORD: u64 = 16;
+/// Filter bit (above an address's shift): the address has a VIP.
+pub const FILTER_VIP: u32 = 0;
+/// Filter bit: the address is a SNAT address: packets to it may be NAT replies.
+pub const FILTER_NAT: u32 = 1;
+/// Filter bit: the address is the target of a client-preserving NAT VIP: packets from it
+/// may be NAT replies.
+pub const FILTER_TARGET: u32 = 2;
+/// Bit 63 of every filter word, set while any address has `FILTER_TARGET`: only then are
+/// packets' sources looked up too, so other traffic pays nothing for that mode.
+pub const FILTER_F_TARGETS: u64 = 1 << 63;
 
-/// The bit of the VIP address filter that stands for `addr`: bit `b % 64` of word
-/// `b / 64`. The filter has the bit of every address that has a VIP set, so a packet whose
-/// destination's bit is clear is not for a VIP and is passed without a hash-map lookup.
-/// Two multiplications; distinct addresses share a bit rarely (a false positive only costs
-/// that lookup).
+/// Where the address filter (`VIP_FILTER`) keeps the bits of `addr`: word `word`, bits
+/// `shift + FILTER_*`. A packet whose destination has none of its bits set (and whose
+/// word has no `FILTER_F_TARGETS`) is neither for a VIP nor a NAT reply: it is passed with
+/// one array read. Two multiplications; distinct addresses share bits rarely (a false
+/// positive only costs a lookup).
 #[inline(always)]
-pub fn vip_filter_bit(addr: &crate::maps::Addr) -> u32 {
+pub fn filter_position(addr: &crate::maps::Addr) -> (u32, u32) {
     let h = absorb(absorb(K2, le64(addr, 0)), le64(addr, 8));
-    (h >> 48) as u32
+    let word = (h >> 54) as u32;
+    ((word), ((h >> 48) as u32 & 0xf) << 2)
 }
 
 /// The flow-table key (and hash input) of a packet to a VIP: its 5-tuple, or for a
@@ -194,11 +209,11 @@ mod tests {
     }
 
     #[test]
-    fn the_vip_filter_tells_neighbouring_addresses_apart() {
+    fn the_filter_tells_neighbouring_addresses_apart() {
         extern crate std;
         // A /24 of VIPs and the v6 addresses next to each other: nearly every address has
-        // a bit of its own, so other traffic to the same subnet rarely takes the lookup.
-        let mut bits = std::collections::BTreeSet::new();
+        // bits of its own, so other traffic to the same subnet rarely takes the lookup.
+        let mut slots = std::collections::BTreeSet::new();
         for last in 0..=255u8 {
             let mut v4 = [0u8; 16];
             v4[..4].copy_from_slice(&[203, 0, 113, last]);
@@ -207,11 +222,11 @@ mod tests {
             v6[2..4].copy_from_slice(&[0x0d, 0xb8]);
             v6[15] = last;
             for a in [v4, v6] {
-                let b = vip_filter_bit(&a);
-                assert!(b < VIP_FILTER_WORDS * 64);
-                bits.insert(b);
+                let (word, shift) = filter_position(&a);
+                assert!(word < VIP_FILTER_WORDS && shift + FILTER_TARGET < 63 && shift % 4 == 0);
+                slots.insert((word, shift));
             }
         }
-        assert!(bits.len() >= 505, "{} distinct bits of 512", bits.len());
+        assert!(slots.len() >= 495, "{} distinct slots of 512", slots.len());
     }
 }

@@ -20,6 +20,7 @@ pub mod encap;
 pub mod hash;
 pub mod icmp;
 pub mod maps;
+pub mod nat;
 pub mod parse;
 pub mod resolve;
 pub mod stats;

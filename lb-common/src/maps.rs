@@ -51,6 +51,11 @@ const _: () = assert!(size_of::<VipKey>() == 20);
 /// `VipInfo::flags`: hash on the source address only (client affinity) instead of the
 /// 5-tuple, so every connection of one client reaches the same backend.
 pub const VIP_F_HASH_SOURCE: u32 = 1;
+/// `VipInfo::flags`: the VIP forwards by NAT (its backends' `mode` says how; the data plane
+/// reads that). Kept for the controller, which adopts a VIP's settings from the maps.
+pub const VIP_F_NAT: u32 = 2;
+/// `VipInfo::flags`: a NAT VIP that preserves the client's address. The controller's.
+pub const VIP_F_NAT_CLIENT: u32 = 4;
 
 /// Value of the `VIPS` map.
 #[repr(C)]
@@ -86,33 +91,48 @@ pub const ADMIN_F_DRAINED: u8 = 1;
 /// `Backend::admin`: the backend was removed and is serving out its deregistration delay.
 pub const ADMIN_F_REMOVING: u8 = 2;
 
+/// `Backend::mode`: direct server return: packets are encapsulated to the backend, which
+/// answers the client itself.
+pub const MODE_DSR: u8 = 0;
+/// `Backend::mode`: full NAT: destination rewritten to the target's address and port, source
+/// to a SNAT address of this host and an allocated port; replies come back here.
+pub const MODE_NAT: u8 = 1;
+/// `Backend::mode`: NAT preserving the client's address: only the destination is rewritten;
+/// the target routes its replies through this host, which rewrites their source back.
+pub const MODE_NAT_CLIENT: u8 = 2;
+
 /// Value of the `BACKENDS` array, indexed by backend id. Id 0 is never used, so an all-zero
 /// Maglev entry means "no backend".
 ///
-/// A backend id belongs to one (VIP, backend address) pair; its counters in
+/// A backend id belongs to one (VIP, backend address and port) pair; its counters in
 /// `BACKEND_STATS` are indexed by the same id. The data plane reads `addr`, `family`,
-/// `state` and `generation`; `admin`, `vip` and `weight` are the controller's, kept here so
-/// a restarted controller finds its whole state in the pinned maps.
+/// `state`, `mode`, `port` and `generation`; `admin`, `vip` and `weight` are the
+/// controller's, kept here so a restarted controller finds its whole state in the pinned
+/// maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
-    /// Outer destination of the encapsulated packets.
+    /// Outer destination of the encapsulated packets (DSR), or the target's address (NAT).
     pub addr: Addr,
     pub family: u8,
     /// `BACKEND_*`.
     pub state: u8,
     /// `ADMIN_F_*` bits.
     pub admin: u8,
-    /// Must be zero.
-    pub reserved: u8,
+    /// `MODE_*`: how packets reach this backend.
+    pub mode: u8,
     /// Bumped every time the id is given to a new backend, so flows remembered for the
     /// previous owner of the id are not sent to the new one.
     pub generation: u32,
-    /// `VipInfo::index` of the VIP this backend serves.
-    pub vip: u32,
+    /// `VipInfo::index` of the VIP this backend serves (`max_vips` is at most 4,096).
+    pub vip: u16,
+    /// NAT: the target's port (network order in memory); 0 keeps the packet's destination
+    /// port (any-port VIPs). Always 0 for DSR.
+    pub port: u16,
     /// Maglev weight.
     pub weight: u32,
 }
+// 32 bytes, as before ports: the data plane copies it on every packet.
 const _: () = assert!(size_of::<Backend>() == 32);
 
 impl Backend {
@@ -145,15 +165,81 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
-/// Value of the `FLOWS` map: the backend a flow was sent to.
-#[repr(C)]
+/// `FlowValue::state`: the entry is a NAT connection's forward entry, with a reverse entry
+/// in `NAT_REV` (SNAT port and slot, or the client's own address and port, are valid).
+pub const FLOW_F_NAT: u8 = 1;
+/// `FlowValue::state` / `NatReverse::state`: a FIN was seen in this direction.
+pub const CT_F_FIN: u8 = 2;
+/// `FlowValue::state` / `NatReverse::state`: an RST was seen in this direction.
+pub const CT_F_RST: u8 = 4;
+/// `NatReverse::state`: the target has answered at least once.
+pub const CT_F_REPLIED: u8 = 8;
+
+/// Value of the `FLOWS` map: the backend a flow was sent to, and for a NAT connection its
+/// translation and liveness (the forward half of its connection-tracking entry).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
     /// `Backend::generation` when the flow was remembered.
     pub generation: u32,
+    /// NAT: the source port the target sees (network order in memory): the SNAT port, or
+    /// the client's own port when the client's address is preserved.
+    pub nat_port: u16,
+    /// Full NAT: the `SNAT_POOL` slot of the source address the target sees.
+    pub nat_slot: u8,
+    /// `FLOW_F_NAT` and the `CT_F_*` bits seen from the client.
+    pub state: u8,
+    /// NAT: `nat_clock()` of the last packet from the client.
+    pub last_seen: u32,
 }
-const _: () = assert!(size_of::<FlowValue>() == 8);
+const _: () = assert!(size_of::<FlowValue>() == 16);
+
+/// Slots of `SNAT_POOL` per address family: IPv4 addresses are slots `0..16`, IPv6 ones
+/// `16..32`. Addresses are only ever appended, so a slot keeps its address while
+/// connections name it.
+pub const SNAT_SLOTS_PER_FAMILY: u32 = 16;
+/// Length of the `SNAT_POOL` array.
+pub const SNAT_SLOTS: u32 = 2 * SNAT_SLOTS_PER_FAMILY;
+
+/// Value of the `SNAT_POOL` array: a SNAT address (all zero: the slot is empty). Aligned to
+/// 8 bytes so the data plane copies it in two words.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatAddr {
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<SnatAddr>() == 16);
+
+/// Value of the `NAT_REV` LRU map, whose key is the 5-tuple of a reply (`FlowKey`: target
+/// address and port -> SNAT address and port, or -> the client with its address
+/// preserved): what the reply is rewritten to, and the reverse half of the connection's
+/// tracking entry.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    /// The client: destination of the rewritten reply.
+    pub client: Addr,
+    /// The address the client sent to (the VIP): source of the rewritten reply.
+    pub vip: Addr,
+    /// Network order in memory.
+    pub client_port: u16,
+    /// The port the client sent to (network order in memory).
+    pub vip_port: u16,
+    /// The backend id of the target (counters, the sweeper).
+    pub backend: u32,
+    /// `Backend::generation` of the target when the entry was made.
+    pub generation: u32,
+    /// `VipInfo::index` of the VIP (its reply counters).
+    pub vip_index: u32,
+    /// `nat_clock()` of the last reply, or of the entry's creation.
+    pub last_seen: u32,
+    /// `CT_F_*` bits seen from the target.
+    pub state: u8,
+    /// Must be zero.
+    pub reserved: [u8; 3],
+}
+const _: () = assert!(size_of::<NatReverse>() == 56);
 
 /// `DataplaneConfig::flags`: `source_v4` is set.
 pub const CFG_F_SOURCE_V4: u32 = 1;
@@ -180,8 +266,17 @@ pub struct DataplaneConfig {
     pub mac: [u8; 6],
     /// Must be zero.
     pub reserved: [u8; 2],
+    /// The SNAT ports to allocate from, inclusive, in host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// How many IPv4 SNAT addresses `SNAT_POOL` holds (slots `0..snat_v4`).
+    pub snat_v4: u8,
+    /// How many IPv6 SNAT addresses it holds (slots `16..16 + snat_v6`).
+    pub snat_v6: u8,
+    /// Must be zero.
+    pub reserved2: [u8; 2],
 }
-const _: () = assert!(size_of::<DataplaneConfig>() == 32);
+const _: () = assert!(size_of::<DataplaneConfig>() == 40);
 
 /// Entry 0 of the `BENCH` array: the frame the benchmark entry point (`xlb_balancer_bench`)
 /// restores before each run, given by its length and its L2 header.
@@ -234,18 +329,26 @@ pub struct VipStats {
     /// saw it (a restart elsewhere, an ECMP change). Maglev still sends them to the same
     /// backend unless the VIP's backends changed meanwhile.
     pub midflow_misses: u64,
+    /// NAT: replies from targets rewritten and sent back to clients.
+    pub reply_packets: u64,
+    /// NAT: bytes of those replies (IP length as received from the target).
+    pub reply_bytes: u64,
 }
-const _: () = assert!(size_of::<VipStats>() == 48);
+const _: () = assert!(size_of::<VipStats>() == 64);
 
 /// Per-CPU counters of one backend (`BACKEND_STATS`, indexed by backend id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendStats {
+    /// Packets (and their IP bytes as received) sent to the backend.
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// NAT: packets (and bytes) received from the target and sent back to clients.
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
 }
-const _: () = assert!(size_of::<BackendStats>() == 24);
+const _: () = assert!(size_of::<BackendStats>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -258,6 +361,8 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for NeighbourEvent {}

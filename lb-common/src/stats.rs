@@ -139,6 +139,22 @@ reasons! {
     /// Answered: a VIP packet too big once encapsulated, answered with "fragmentation
     /// needed" / "packet too big" so the client lowers its path MTU.
     TooBigSignalled = "too_big_signalled", Reply;
+    /// Forwarded: a reply from a NAT target, rewritten (source the VIP, destination the
+    /// client) and sent back to the client.
+    NatReturned = "nat_returned", Forward;
+    /// Forwarded: an ICMP error about a NAT flow from the target's side, translated
+    /// (outer and quoted headers) and sent to the client.
+    IcmpErrorToClient = "icmp_error_to_client", Forward;
+    /// Passed: to a SNAT address (or from a client-preserving target) but of no NAT
+    /// connection: this host's own traffic, left to the kernel unchanged.
+    PassNotNat = "not_nat_flow", Pass;
+    /// Dropped: a new NAT connection found no free (SNAT address, port) towards its target
+    /// after every attempt (with the client's address preserved: its own port is taken
+    /// towards that target).
+    DropSnatExhausted = "snat_exhausted", Drop;
+    /// Dropped: a TCP RST or an ICMP error for a NAT VIP without a NAT entry: there is no
+    /// translation to send it with.
+    DropNatNoEntry = "nat_no_entry", Drop;
 }
 
 // The table's order is the counter layout: each reason's index is its place in `ALL`.

@@ -87,6 +87,8 @@ pub fn encapsulate_and_send(
         return Outcome::drop(Reason::DropNoSource);
     }
     let outer_len = if v6_outer { IPV6_HLEN } else { IPV4_HLEN } as u16;
+    // Read before any subprogram call: kept as a pointer into the context across one, the
+    // field's address is a "modified ctx ptr", which the verifier refuses to dereference.
     let ingress = ctx.ingress_ifindex() as u32;
     let job = Encap {
         cfg,
@@ -97,15 +99,47 @@ pub fn encapsulate_and_send(
         outer_total: h.ip_len.saturating_add(outer_len),
     };
     let mut hop = MaybeUninit::<NextHop>::uninit();
+    find_hop(
+        ingress,
+        NEXT_HOPS.get_ptr_mut(id),
+        backend.generation,
+        job.outer_total,
+        &mut hop,
+        |out| next_hop(ctx.ctx, &job, out),
+    );
+    // SAFETY: find_hop always initialises it.
+    let hop = unsafe { hop.assume_init_ref() };
+    if let Err(o) = usable(hop, outer_len, h.family) {
+        return o;
+    }
+    if !rewrite(ctx.ctx, &job, hop) {
+        return Outcome::drop(Reason::DropEncapFailed);
+    }
+    send(ingress, hop, h.vlan, Reason::Forwarded)
+}
+
+/// Fills `hop` with the next hop for a packet of `total` bytes: from this CPU's cache slot
+/// `cache` when it is fresh for `generation` and the ingress interface (`ingress`, read by
+/// the caller before any subprogram call) and the packet fits
+/// its MTU, otherwise from the FIB (`lookup`), caching a successful answer and asking the
+/// controller to resolve an unresolved neighbour.
+#[inline(always)]
+pub fn find_hop(
+    ingress: u32,
+    cache: Option<*mut CachedHop>,
+    generation: u32,
+    total: u16,
+    hop: &mut MaybeUninit<NextHop>,
+    lookup: impl FnOnce(&mut MaybeUninit<NextHop>),
+) {
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_jiffies64() };
-    let cache = NEXT_HOPS.get_ptr_mut(id);
     // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
     match cache.map(|c| unsafe { &mut *c }) {
         // Only packets known to fit are answered from the cache; a bigger one asks the FIB,
         // which decides whether it is too big (so a kernel or an MTU the cache reads
         // wrongly can cost a lookup, never a false "too big").
-        Some(c) if c.fresh(now, backend.generation, ingress) && job.outer_total <= c.mtu => {
+        Some(c) if c.fresh(now, generation, ingress) && total <= c.mtu => {
             hop.write(NextHop {
                 rc: BPF_FIB_LKUP_RET_SUCCESS,
                 ifindex: c.ifindex,
@@ -117,14 +151,14 @@ pub fn encapsulate_and_send(
             });
         }
         c => {
-            next_hop(ctx.ctx, &job, &mut hop);
-            // SAFETY: next_hop always initialises it.
+            lookup(hop);
+            // SAFETY: the lookup always initialises it.
             let fresh = unsafe { hop.assume_init_ref() };
             if let Some(c) = c {
-                if fresh.rc == BPF_FIB_LKUP_RET_SUCCESS && fresh.mtu >= job.outer_total {
+                if fresh.rc == BPF_FIB_LKUP_RET_SUCCESS && fresh.mtu >= total {
                     *c = CachedHop {
                         looked_up: now,
-                        generation: backend.generation,
+                        generation,
                         ingress,
                         ifindex: fresh.ifindex,
                         mtu: fresh.mtu,
@@ -138,37 +172,43 @@ pub fn encapsulate_and_send(
             }
         }
     }
-    // SAFETY: initialised on both arms above.
-    let hop = unsafe { hop.assume_init_ref() };
+}
+
+/// What a next hop's answer means for the packet: `Ok` to send it, else the outcome.
+/// `overhead` is what the balancer adds to the packet (encapsulation), taken off the MTU
+/// it announces for a packet that is too big.
+#[inline(always)]
+pub fn usable(hop: &NextHop, overhead: u16, family: u8) -> Result<(), Outcome> {
     match hop.rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(()),
         // Dropped: handed to the kernel, the encapsulated packet (whose source is this
         // host's own address) would be dropped there as a martian (IPv4), or not forwarded
         // (IPv6 forwarding is on only for the interface). The controller has been asked to
         // resolve the neighbour (`ask_for_neighbour`); the sender's retransmission finds it.
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Outcome::drop(Reason::DropNoNeigh),
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
-            // Answered by the program's entry (`icmp::too_big`), not here: at the bottom of
-            // this call chain the answer's stack frame would not fit.
-            return Outcome {
-                mtu: announced_mtu(hop.mtu, outer_len, h.family),
-                ..Outcome::drop(Reason::DropTooBig)
-            };
-        }
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return Outcome::drop(Reason::DropFwdDisabled),
-        _ => return Outcome::drop(Reason::DropNoRoute),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Outcome::drop(Reason::DropNoNeigh)),
+        // Answered by the program's entry (`icmp::too_big`), not here: at the bottom of
+        // this call chain the answer's stack frame would not fit.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Err(Outcome {
+            mtu: announced_mtu(hop.mtu, overhead, family),
+            ..Outcome::drop(Reason::DropTooBig)
+        }),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Outcome::drop(Reason::DropFwdDisabled)),
+        _ => Err(Outcome::drop(Reason::DropNoRoute)),
     }
-    if !rewrite(ctx.ctx, &job, hop) {
-        return Outcome::drop(Reason::DropEncapFailed);
-    }
-    if hop.ifindex == ingress || h.vlan {
-        // A tagged packet goes back out its trunk with its tag (see the README).
-        return Outcome::new(xdp_action::XDP_TX, Reason::Forwarded);
+}
+
+/// Sends a rewritten packet to its next hop: `XDP_TX` when it leaves by the interface it
+/// came in on (`ingress`; or is VLAN-tagged: a tagged packet goes back out its trunk with
+/// its tag), a redirect otherwise; counted under `why`.
+#[inline(always)]
+pub fn send(ingress: u32, hop: &NextHop, vlan: bool, why: Reason) -> Outcome {
+    if hop.ifindex == ingress || vlan {
+        return Outcome::new(xdp_action::XDP_TX, why);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
-        Outcome::new(action, Reason::Forwarded)
+        Outcome::new(action, why)
     } else {
         Outcome::drop(Reason::DropNoRoute)
     }
@@ -249,6 +289,12 @@ pub struct CachedHop {
 const _: () = assert!(size_of::<CachedHop>() == 40);
 
 impl CachedHop {
+    /// Marks the slot as never looked up (it is about to serve another destination).
+    #[inline(always)]
+    pub fn invalidate(&mut self) {
+        self.looked_up = 0;
+    }
+
     #[inline(always)]
     fn fresh(&self, now: u64, generation: u32, ingress: u32) -> bool {
         self.looked_up != 0
@@ -259,14 +305,14 @@ impl CachedHop {
 }
 
 /// The answer of the FIB about the way to a backend.
-struct NextHop {
+pub struct NextHop {
     /// `BPF_FIB_LKUP_RET_*`.
     rc: u32,
     ifindex: u32,
     /// The route's MTU (on `SUCCESS` too: the kernel reports it since 5.12).
     mtu: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
     /// From the FIB (not from the cache): the next hop's family (`AF_INET`, or `AF_INET6`
     /// for an IPv4 route with an IPv6 gateway) and address (the gateway or the destination),
     /// set for `SUCCESS` and `NO_NEIGH`.
@@ -280,7 +326,6 @@ struct NextHop {
 #[inline(never)]
 fn next_hop(ctx: *mut xdp_md, job: &Encap, out: &mut MaybeUninit<NextHop>) {
     let (cfg, backend, v6, outer_total) = (job.cfg, job.backend, job.v6_outer, job.outer_total);
-    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
     let (src, dst) = if v6 {
         (words(&cfg.source_v6), words(&backend.addr))
     } else {
@@ -290,12 +335,59 @@ fn next_hop(ctx: *mut xdp_md, job: &Encap, out: &mut MaybeUninit<NextHop>) {
             [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0],
         )
     };
+    fib(ctx, v6, src, dst, outer_total, out);
+}
+
+/// Asks the FIB for the next hop of the packet `h` rewritten (NAT) to the addresses of
+/// `to`, as if it had arrived on the ingress interface.
+#[inline(never)]
+pub fn nat_next_hop(
+    ctx: *mut xdp_md,
+    h: &Headers,
+    to: &lb_common::nat::Rewrite,
+    out: &mut MaybeUninit<NextHop>,
+) {
+    let (v6, len) = (h.family == FAMILY_V6, h.ip_len);
+    let (src, dst) = (&to.src, &to.dst);
+    let (src, dst) = if v6 {
+        (words(src), words(dst))
+    } else {
+        (
+            [
+                u32::from_ne_bytes([src[0], src[1], src[2], src[3]]),
+                0,
+                0,
+                0,
+            ],
+            [
+                u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]),
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    fib(ctx, v6, src, dst, len, out);
+}
+
+/// The FIB lookup itself, as if a packet of `len` bytes from `src` to `dst` had arrived on
+/// the ingress interface.
+#[inline(always)]
+fn fib(
+    ctx: *mut xdp_md,
+    v6: bool,
+    src: [u32; 4],
+    dst: [u32; 4],
+    len: u16,
+    out: &mut MaybeUninit<NextHop>,
+) {
+    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
     let mut fib = FibParams {
         family: if v6 { AF_INET6 } else { AF_INET },
         l4_protocol: 0,
         sport: 0,
         dport: 0,
-        tot_len: outer_total,
+        tot_len: len,
         ifindex: ingress,
         flowinfo: 0,
         src,

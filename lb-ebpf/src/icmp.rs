@@ -36,6 +36,11 @@ pub const ERROR: u32 = 2;
 /// Anything else: pass it.
 pub const OTHER: u32 = 0;
 
+/// `steer_error`'s answer for an error about a NAT flow: the caller translates it
+/// (`nat::error_to_target`, with the flow resolved in the scratch slot). Not an XDP action:
+/// it never leaves the program.
+pub const NAT_ERROR: Outcome = Outcome::new(u32::MAX, Reason::IcmpErrorSteered);
+
 /// What to do with an ICMP or ICMPv6 packet: `ECHO`, `ERROR` or `OTHER`. The caller then
 /// calls the handler itself, so this frame is not under the handler's (the verifier allows
 /// 512 bytes of stack for the deepest chain of frames).
@@ -68,13 +73,19 @@ pub fn steer_error(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     };
     s.flow = flow;
     s.midflow = 0;
-    match select::resolve(lb_common::resolve::ICMP_ERROR, s) {
+    let resolved = select::resolve(lb_common::resolve::ICMP_ERROR, s);
+    match resolved {
         select::RESOLVED => {}
         select::NOT_VIP => return Outcome::pass(Reason::PassNotVip),
         _ => return Outcome::drop(Reason::DropNoBackend),
     }
     if let Some(why) = admit::refusal(ctx.ctx, h, admit::FORWARD) {
         return Outcome::drop(why);
+    }
+    if s.backend.mode != lb_common::MODE_DSR {
+        // Translated by the caller (`nat::error_to_target`): from here its frame, and the
+        // rewrite's under it, would not fit the 512 bytes of stack.
+        return NAT_ERROR;
     }
     let o = deliver(&ctx, h, s);
     if o.why == Reason::Forwarded {

@@ -15,6 +15,7 @@ mod admit;
 mod bench;
 mod forward;
 mod icmp;
+mod nat;
 mod select;
 
 use aya_ebpf::{
@@ -25,8 +26,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, PROTO_TCP, PROTO_UDP, VipInfo,
-    VipKey, VipStats,
+    Backend, BackendStats, DataplaneConfig, FlowKey, FlowValue, MODE_DSR, NatReverse, PROTO_TCP,
+    PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
     parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},
@@ -68,6 +69,20 @@ static MAGLEV: Array<[u32; 2]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// Flow table: flow key -> backend, least recently used evicted first.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+/// NAT connections' reverse halves: a reply's 5-tuple (target -> SNAT address and port, or
+/// -> the client) -> the client and VIP it is rewritten to (`lb_common::NatReverse`). The
+/// forward halves are `FLOWS` entries.
+#[map]
+static NAT_REV: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(1, BPF_F_NO_COMMON_LRU);
+/// SNAT addresses by slot (`lb_common::SNAT_SLOTS_PER_FAMILY` per family; all zero: none).
+#[map]
+static SNAT_POOL: Array<SnatAddr> = Array::with_max_entries(SNAT_SLOTS, 0);
+/// This CPU's next hops towards clients, for NAT replies (`nat::ClientHop`): a cache, not
+/// pinned.
+#[map]
+static REPLY_HOPS: PerCpuArray<nat::ClientHop> =
+    PerCpuArray::with_max_entries(nat::REPLY_HOP_SLOTS, 0);
 /// Run-time settings (entry 0).
 #[map]
 static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
@@ -168,15 +183,35 @@ fn balance(ctx: &XdpContext) -> Outcome {
     let is_icmp = h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6;
     match h.l4 {
         L4::Ports => {
-            let o = vip_packet(ctx.ctx, h);
-            if o.why == Reason::DropTooBig && o.mtu != 0 {
-                return icmp::too_big(ctx.ctx, h, o.mtu);
+            let o = match select::destination(h) {
+                select::TO_VIP => vip_packet(ctx.ctx, h),
+                // From here, not from `vip_packet`: under its frame, the reply's chain of
+                // frames would not fit the verifier's 512 bytes of stack.
+                select::TO_NAT => nat::reply(ctx.ctx, h),
+                _ => return Outcome::pass(Reason::PassNotVip),
+            };
+            if o.why == Reason::DropTooBig {
+                if o.mtu != 0 {
+                    return icmp::too_big(ctx.ctx, h, o.mtu);
+                }
+                if o.action == NAT_FORWARD.action {
+                    // For the same reason, a NAT VIP's packet is translated from here.
+                    let o = nat::forward(ctx.ctx, h);
+                    if o.why == Reason::DropTooBig && o.mtu != 0 {
+                        return icmp::too_big(ctx.ctx, h, o.mtu);
+                    }
+                    return o;
+                }
             }
             o
         }
         L4::Other if is_icmp => match icmp::kind(ctx.ctx, h) {
             icmp::ECHO => icmp::echo_reply(ctx.ctx, h),
-            icmp::ERROR => icmp::steer_error(ctx.ctx, h),
+            icmp::ERROR => match icmp::steer_error(ctx.ctx, h) {
+                o if o.action == icmp::NAT_ERROR.action => nat::error_to_target(ctx.ctx, h),
+                o => o,
+            },
+            _ if select::destination(h) == select::TO_NAT => nat::error_to_client(ctx.ctx, h),
             _ => Outcome::pass(Reason::PassNotVip),
         },
         L4::Fragment if h.proto == PROTO_TCP || h.proto == PROTO_UDP => {
@@ -190,17 +225,16 @@ fn balance(ctx: &XdpContext) -> Outcome {
     }
 }
 
-/// A TCP or UDP packet: to its VIP's backend if it is for a VIP, passed otherwise.
+/// A TCP or UDP packet whose destination may have a VIP (`select::destination`): to its
+/// VIP's backend if it is for a VIP, dropped or passed otherwise (`no_vip`).
 ///
 /// Which backend is decided by `select::resolve` (the flow table, the VIP, Maglev: the
-/// order is written there once). A VIP packet a router would not forward (`admit`) is
-/// dropped before anything is remembered for it.
+/// order is written there once); a NAT backend's packets are then translated by `nat`. A
+/// VIP packet a router would not forward (`admit`) is dropped before anything is
+/// remembered for it.
 #[inline(never)]
 fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let ctx = XdpContext::new(ctx);
-    if !select::may_be_vip(&h.dst) {
-        return Outcome::pass(Reason::PassNotVip);
-    }
     let Some(s) = select::scratch() else {
         return Outcome::drop(Reason::DropNoBackend);
     };
@@ -214,12 +248,21 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
         };
     }
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
-    match select::resolve(lb_common::resolve::how(h), s) {
+    let how = lb_common::resolve::how(h);
+    match select::resolve(how, s) {
+        select::RESOLVED if s.backend.mode != MODE_DSR => NAT_FORWARD,
         select::RESOLVED => deliver(&ctx, h, s),
         select::NOT_VIP => no_vip(ctx.ctx, h),
         _ => Outcome::drop(Reason::DropNoBackend),
     }
 }
+
+/// `vip_packet`'s answer for a NAT VIP's packet resolved into the scratch slot: the caller
+/// hands it to `nat::forward` (under `vip_packet`'s frame, the translation's chain of
+/// frames did not fit the verifier's 512 bytes of stack). Not an XDP action: it never
+/// leaves the program. It carries the `too_big` reason without an MTU so that DSR packets
+/// pay nothing for it: the caller tests that reason anyway.
+const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
 
 /// Encapsulates the packet to the backend resolved into `s` and sends it, and counts it
 /// for its VIP and backend: the one place those counters move.

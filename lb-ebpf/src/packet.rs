@@ -200,6 +200,15 @@ fn load_data(ctx: *mut xdp_md) -> usize {
     unsafe { core::ptr::read_volatile(&raw const (*ctx).data) as usize }
 }
 
+impl lb_common::nat::PacketWrite for XdpPacket {
+    /// The inherent `XdpPacket::write`: the packet is written through the context's
+    /// pointers, so `&mut` is only the trait's.
+    #[inline(always)]
+    fn write<const N: usize>(&mut self, offset: usize, bytes: &[u8; N]) -> bool {
+        XdpPacket::write(self, offset, bytes)
+    }
+}
+
 impl PacketBytes for XdpPacket {
     #[inline(always)]
     fn len(&self) -> usize {

@@ -3,9 +3,14 @@
 //! by userspace's `Balancer::predict`.
 
 use lb_common::{
-    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, VIP_F_HASH_SOURCE, VipInfo,
-    VipKey,
-    hash::{flow_hash, table_index, vip_filter_bit},
+    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, MODE_DSR, NatReverse,
+    VIP_F_HASH_SOURCE, VipInfo, VipKey,
+    hash::{
+        FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position, flow_hash,
+        table_index,
+    },
+    nat::Rewrite,
+    parse::Headers,
     resolve::{COUNT_NEW, REMEMBER, START},
 };
 
@@ -14,14 +19,49 @@ use crate::{
     VIPS,
 };
 
-/// False when no VIP has the address `dst` (its bit in `VIP_FILTER` is clear); true when
-/// one may.
+/// False when no VIP has the address `dst` (its VIP bit in `VIP_FILTER` is clear); true
+/// when one may.
 #[inline(always)]
 pub fn may_be_vip(dst: &Addr) -> bool {
-    let bit = vip_filter_bit(dst);
+    let (word, shift) = filter_position(dst);
     VIP_FILTER
-        .get(bit >> 6)
-        .is_some_and(|word| (word >> (bit & 63)) & 1 != 0)
+        .get(word)
+        .is_some_and(|w| (w >> (shift + FILTER_VIP)) & 1 != 0)
+}
+
+/// `destination`: neither for a VIP nor a NAT reply: passed untouched.
+pub const TO_OTHER: u32 = 0;
+/// `destination`: the destination may have a VIP.
+pub const TO_VIP: u32 = 1;
+/// `destination`: a NAT reply, maybe: to a SNAT address, or from a client-preserving
+/// target.
+pub const TO_NAT: u32 = 2;
+
+/// What the address filter says about a packet: `TO_VIP`, `TO_NAT` or `TO_OTHER`. One
+/// array read and a test for a VIP packet as before NAT existed, one more test for other
+/// packets; the source is looked at only while some client-preserving VIP has targets
+/// (`FILTER_F_TARGETS`).
+#[inline(always)]
+pub fn destination(h: &Headers) -> u32 {
+    let (word, shift) = filter_position(&h.dst);
+    let Some(w) = VIP_FILTER.get(word) else {
+        return TO_OTHER;
+    };
+    let w = *w;
+    if (w >> (shift + FILTER_VIP)) & 1 != 0 {
+        return TO_VIP;
+    }
+    if w & ((1 << (shift + FILTER_NAT)) | FILTER_F_TARGETS) == 0 {
+        return TO_OTHER;
+    }
+    if (w >> (shift + FILTER_NAT)) & 1 != 0 {
+        return TO_NAT;
+    }
+    let (word, shift) = filter_position(&h.src);
+    match VIP_FILTER.get(word) {
+        Some(w) if (w >> (shift + FILTER_TARGET)) & 1 != 0 => TO_NAT,
+        _ => TO_OTHER,
+    }
 }
 
 /// The VIP the flow `f` (a 5-tuple) is addressed to: the exact port first, then (only when
@@ -74,6 +114,18 @@ pub struct Scratch {
     /// 1 for a TCP packet without SYN (it should belong to a known flow).
     pub midflow: u8,
     pub reserved: u8,
+    /// The flow-table entry found on a hit (a NAT connection's translation).
+    pub value: FlowValue,
+    /// NAT: the connection's 5-tuple (the forward entry's key; `flow` is the client's key
+    /// for a source-affinity VIP).
+    pub conn: FlowKey,
+    /// NAT: the reverse entry's key and value being made or read.
+    pub rev_key: FlowKey,
+    pub rev: NatReverse,
+    /// NAT: the packet's new addresses and ports (of an ICMP error: its outer addresses).
+    pub rewrite: Rewrite,
+    /// NAT: an ICMP error's quoted packet's new addresses and ports.
+    pub quoted: Rewrite,
 }
 
 /// This CPU's scratch slot.
@@ -105,9 +157,12 @@ pub const NO_BACKEND: u32 = 2;
 #[inline(always)]
 pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
     let fresh = how & START != 0;
-    if !fresh && remembered(s) {
-        s.vip = s.backend.vip;
-        return RESOLVED;
+    if !fresh {
+        let r = remembered(s);
+        if r != NOT_REMEMBERED {
+            s.vip = u32::from(s.backend.vip);
+            return r;
+        }
     }
     let Some((key, vip)) = find_vip(&s.flow) else {
         return NOT_VIP;
@@ -116,8 +171,11 @@ pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
     if vip.flags & VIP_F_HASH_SOURCE != 0 {
         s.flow.sport = 0;
         s.flow.dport = key.port;
-        if !fresh && remembered(s) {
-            return RESOLVED;
+        if !fresh {
+            let r = remembered(s);
+            if r != NOT_REMEMBERED {
+                return r;
+            }
         }
     }
     if choose_backend(&vip, how, s) {
@@ -126,6 +184,9 @@ pub fn resolve(how: u32, s: &mut Scratch) -> u32 {
         NO_BACKEND
     }
 }
+
+/// `remembered`: the flow table has no usable entry.
+const NOT_REMEMBERED: u32 = u32::MAX;
 
 /// `BPF_NOEXIST`: insert only if the key is not there.
 const BPF_NOEXIST: u64 = 1;
@@ -154,12 +215,15 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
     s.id = id;
     s.hit = 0;
     s.new_flow = 0;
-    if how & REMEMBER == 0 {
+    // A NAT connection's entry is made with its translation (`nat::establish`); only a
+    // source-affinity VIP's per-client entry is remembered here.
+    if how & REMEMBER == 0 || (b.mode != MODE_DSR && vip.flags & VIP_F_HASH_SOURCE == 0) {
         return true;
     }
     let value = FlowValue {
         backend: id,
         generation: b.generation,
+        ..FlowValue::default()
     };
     // By reference on purpose (clippy: needless borrow): by value, LLVM copies the key
     // from the scratch slot to the stack before the helper call.
@@ -207,10 +271,11 @@ fn flow_value_word(v: &FlowValue) -> u64 {
     u64::from_ne_bytes([a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]])
 }
 
-/// Looks the flow in `s.flow` up in the flow table: true, with `s` filled, when it is
-/// there and its backend still keeps flows.
+/// Looks the flow in `s.flow` up in the flow table: `RESOLVED`, with `s` filled (the entry
+/// in `s.value`, for a NAT connection's translation), when it is there and its backend
+/// still keeps flows; `NOT_REMEMBERED` otherwise.
 #[inline(always)]
-pub fn remembered(s: &mut Scratch) -> bool {
+pub fn remembered(s: &mut Scratch) -> u32 {
     // SAFETY: FlowValue is plain integers, copied out at once.
     // By reference, as for the insert.
     #[expect(
@@ -233,10 +298,11 @@ pub fn remembered(s: &mut Scratch) -> bool {
             s.id = v.backend;
             s.new_flow = 0;
             s.hit = 1;
-            return true;
+            s.value = v;
+            return RESOLVED;
         }
     }
-    false
+    NOT_REMEMBERED
 }
 
 /// Counts a packet of `ip_len` bytes resolved into `s` for its VIP and backend: a new flow

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use lb_common::stats::{Kind, Reason};
 
 use crate::{
-    config::{HashMode, VipId, XdpMode},
+    config::{Forwarding, HashMode, NatSource, Target, VipId, XdpMode},
     engine::{BackendState, Event, Health},
 };
 
@@ -39,30 +39,34 @@ pub enum Request {
         vip: VipId,
         name: Option<String>,
         hash: HashMode,
+        #[serde(default)]
+        forwarding: Option<Forwarding>,
+        #[serde(default)]
+        nat_source: Option<NatSource>,
     },
     VipDel {
         vip: VipId,
     },
     BackendAdd {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
         weight: Option<u32>,
     },
     BackendDel {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
     },
     BackendDrain {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
     },
     BackendUndrain {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
     },
     BackendWeight {
         vip: VipId,
-        address: IpAddr,
+        address: Target,
         weight: u32,
     },
     /// Detach the balancer, remove every pin, and stop the daemon.
@@ -115,12 +119,18 @@ pub struct Counters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// NAT: replies from targets sent back to clients.
+    #[serde(default)]
+    pub reply_packets: u64,
+    #[serde(default)]
+    pub reply_bytes: u64,
 }
 
 /// The state of one backend as `xlb status` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BackendStatus {
-    pub address: IpAddr,
+    /// The backend's address, with the target's port for NAT (`198.51.100.20:32768`).
+    pub address: Target,
     pub id: u32,
     pub weight: u32,
     pub health: Health,
@@ -144,6 +154,14 @@ pub struct VipStatus {
     pub name: String,
     pub vip: VipId,
     pub hash: HashMode,
+    #[serde(default = "dsr")]
+    pub forwarding: Forwarding,
+    /// NAT: what source targets see.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<NatSource>,
+    /// NAT connections being tracked (reverse entries at the sweeper's last pass).
+    #[serde(default)]
+    pub nat_connections: u64,
     /// Every backend is unhealthy and all of them take traffic.
     pub fail_open: bool,
     pub counters: Counters,
@@ -160,6 +178,23 @@ pub struct VipStatus {
     /// With `[announce]`: whether this host announces the VIP, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<crate::announce::Why>,
+}
+
+fn dsr() -> Forwarding {
+    Forwarding::Dsr
+}
+
+/// The use of one SNAT address, as the sweeper last counted it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnatStatus {
+    pub address: IpAddr,
+    /// Connections using it (one port each, per target).
+    pub ports_in_use: u64,
+    /// Ports it can give each target (`dataplane.snat_ports`).
+    pub ports_per_target: u64,
+    /// The most ports it uses towards one target, and which.
+    pub busiest_target: Option<Target>,
+    pub busiest_ports: u64,
 }
 
 /// A named global counter (packets by XDP action).
@@ -263,6 +298,9 @@ pub struct Snapshot {
     /// ports), since the daemon started; they count neither for nor against backends.
     #[serde(default)]
     pub health_check_local_errors: u64,
+    /// SNAT addresses and their use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat: Vec<SnatStatus>,
 }
 
 /// The host's announcing, as `xlb status` shows it.

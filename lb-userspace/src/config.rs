@@ -32,6 +32,12 @@ pub const DEFAULT_DEREGISTRATION_DELAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_WEIGHT: u32 = 100;
 /// Largest backend weight.
 pub const MAX_WEIGHT: u32 = 1_000_000;
+/// Default idle timeout of a NAT VIP's TCP connections (as AWS NLB).
+pub const DEFAULT_IDLE_TCP: Duration = Duration::from_secs(350);
+/// Default idle timeout of a NAT VIP's UDP flows (as AWS NLB).
+pub const DEFAULT_IDLE_UDP: Duration = Duration::from_secs(120);
+/// Default SNAT port range.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 
 /// Where a configuration error is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,8 +216,18 @@ impl HealthCheck {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackendConfig {
     pub address: IpAddr,
+    /// NAT: the target's port (0: the packet's own, for an any-port VIP). Always 0 for DSR.
+    #[serde(default)]
+    pub port: u16,
     pub weight: u32,
     pub health: HealthCheck,
+}
+
+impl BackendConfig {
+    /// The backend's identity within its VIP: address and port.
+    pub fn target(&self) -> Target {
+        Target::new(self.address, self.port)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -220,6 +236,15 @@ pub struct VipConfig {
     pub name: String,
     pub id: VipId,
     pub hash: HashMode,
+    /// DSR or NAT.
+    #[serde(default = "dsr")]
+    pub forwarding: Forwarding,
+    /// NAT: what source targets see.
+    #[serde(default = "snat")]
+    pub nat_source: NatSource,
+    /// NAT: how long a connection may be idle before its entries are removed.
+    #[serde(default)]
+    pub idle_timeout: Duration,
     /// How long a removed backend keeps serving its existing flows.
     pub deregistration_delay: Duration,
     /// The VIP's health check (global settings with the VIP's own on top); backends without
@@ -270,7 +295,51 @@ pub struct DataplaneSettings {
     pub maglev_variant: MaglevVariant,
     pub source_v4: Option<Ipv4Addr>,
     pub source_v6: Option<Ipv6Addr>,
+    /// SNAT addresses of full-NAT VIPs, in slot order (only ever appended to at run time).
+    #[serde(default)]
+    pub snat_v4: Vec<Ipv4Addr>,
+    #[serde(default)]
+    pub snat_v6: Vec<Ipv6Addr>,
+    /// SNAT ports, inclusive.
+    #[serde(default = "default_snat_ports")]
+    pub snat_ports: (u16, u16),
     pub limits: Limits,
+}
+
+fn dsr() -> Forwarding {
+    Forwarding::Dsr
+}
+
+fn snat() -> NatSource {
+    NatSource::Snat
+}
+
+fn default_snat_ports() -> (u16, u16) {
+    DEFAULT_SNAT_PORTS
+}
+
+impl VipConfig {
+    /// Whether the VIP forwards by NAT.
+    pub fn is_nat(&self) -> bool {
+        self.forwarding == Forwarding::Nat
+    }
+
+    /// The `Backend::mode` of its backends.
+    pub fn backend_mode(&self) -> u8 {
+        self.forwarding.backend_mode(self.nat_source)
+    }
+
+    /// The `VipInfo::flags` of the VIP.
+    pub fn vip_flags(&self) -> u32 {
+        let mut f = self.hash.vip_flags();
+        if self.is_nat() {
+            f |= lb_common::VIP_F_NAT;
+            if self.nat_source == NatSource::Client {
+                f |= lb_common::VIP_F_NAT_CLIENT;
+            }
+        }
+        f
+    }
 }
 
 /// The `[daemon]` section, validated.
@@ -341,6 +410,10 @@ impl Config {
                 max_vips: Some(i64::from(l.max_vips)),
                 max_backends: Some(i64::from(l.max_backends)),
                 maglev_variant: Some(d.maglev_variant),
+                snat_v4: (!d.snat_v4.is_empty()).then(|| file::Addresses(d.snat_v4.clone())),
+                snat_v6: (!d.snat_v6.is_empty()).then(|| file::Addresses(d.snat_v6.clone())),
+                snat_ports: Some(file::PortRange(d.snat_ports.0, d.snat_ports.1)),
+                nat_table_entries: Some(i64::from(l.nat_table_entries)),
             },
             daemon: file::DaemonFile {
                 socket: Some(self.daemon.socket.clone()),
@@ -383,6 +456,9 @@ impl VipConfig {
             port: Some(i64::from(self.id.port)),
             protocol: Some(self.id.protocol),
             hash: Some(self.hash),
+            forwarding: Some(self.forwarding),
+            nat_source: self.is_nat().then_some(self.nat_source),
+            idle_timeout: self.is_nat().then_some(self.idle_timeout),
             deregistration_delay: Some(self.deregistration_delay),
             min_serving: self.min_serving.map(i64::from),
             on_fail_open: Some(self.on_fail_open),
@@ -392,8 +468,24 @@ impl VipConfig {
                 .iter()
                 .map(|b| file::BackendFile {
                     address: Some(b.address),
+                    port: self.is_nat().then_some(i64::from(b.port)),
                     weight: Some(i64::from(b.weight)),
-                    health_check: (b.health != self.health).then(|| b.health.to_file()),
+                    health_check: if b.health == self.health {
+                        None
+                    } else if b.health
+                        == (HealthCheck {
+                            port: b.health.port,
+                            ..self.health.clone()
+                        })
+                    {
+                        // Only the port differs (a NAT target's own port is probed).
+                        Some(file::HealthFile {
+                            port: Some(i64::from(b.health.port)),
+                            ..file::HealthFile::default()
+                        })
+                    } else {
+                        Some(b.health.to_file())
+                    },
                 })
                 .collect(),
         }

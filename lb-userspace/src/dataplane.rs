@@ -17,10 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Addr, Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, VipInfo,
-    VipKey, VipStats,
-    hash::{VIP_FILTER_WORDS, vip_filter_bit},
-    stats::GLOBAL_COUNTERS,
+    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse, VipInfo,
+    VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_COUNTERS,
 };
 
 use crate::programs;
@@ -28,8 +26,12 @@ use crate::programs;
 /// Name of the balancer's XDP program in its object.
 pub const PROGRAM: &str = "xlb_balancer";
 
+mod filter;
+mod nat;
+pub use nat::NatEntry;
+
 /// Every map of the balancer, as named in the object (and in the pin directory).
-pub const MAPS: [&str; 10] = [
+pub const MAPS: [&str; 12] = [
     "VIPS",
     "VIP_ADDRS",
     "VIP_FILTER",
@@ -40,6 +42,8 @@ pub const MAPS: [&str; 10] = [
     "GLOBAL_STATS",
     "VIP_STATS",
     "BACKEND_STATS",
+    "NAT_REV",
+    "SNAT_POOL",
 ];
 
 /// Sizes fixed when the maps are created. Changing any of them needs fresh maps.
@@ -53,6 +57,14 @@ pub struct Limits {
     pub flow_table_entries: u32,
     /// Maglev table size M (a prime).
     pub maglev_size: u32,
+    /// NAT connections the tracking table holds (`NAT_REV`; their forward halves are in
+    /// the flow table).
+    #[serde(default = "default_nat_entries")]
+    pub nat_table_entries: u32,
+}
+
+fn default_nat_entries() -> u32 {
+    Limits::default().nat_table_entries
 }
 
 impl Default for Limits {
@@ -62,6 +74,7 @@ impl Default for Limits {
             max_backends: 16_384,
             flow_table_entries: 1_000_000,
             maglev_size: 65_537,
+            nat_table_entries: 262_144,
         }
     }
 }
@@ -95,6 +108,12 @@ impl Limits {
             "GLOBAL_STATS" => (s::<u32>(), s::<u64>(), GLOBAL_COUNTERS),
             "VIP_STATS" => (s::<u32>(), s::<VipStats>(), self.max_vips),
             "BACKEND_STATS" => (s::<u32>(), s::<BackendStats>(), self.max_backends),
+            "NAT_REV" => (s::<FlowKey>(), s::<NatReverse>(), self.nat_table_entries),
+            "SNAT_POOL" => (
+                s::<u32>(),
+                s::<lb_common::SnatAddr>(),
+                lb_common::SNAT_SLOTS,
+            ),
             _ => (0, 0, 0),
         };
         (k as u32, v as u32, n, 0)
@@ -152,6 +171,9 @@ pub struct Balancer {
     ebpf: Ebpf,
     limits: Limits,
     tables: MaglevTables,
+    /// What the address filter is derived from besides the VIP maps: the SNAT addresses
+    /// and the targets of client-preserving VIPs (`filter.rs`), as written to the maps.
+    filter: filter::Sources,
 }
 
 impl Balancer {
@@ -181,7 +203,8 @@ impl Balancer {
             .map_max_entries("FLOWS", limits.flow_table_entries)
             .map_max_entries("VIP_STATS", limits.max_vips)
             .map_max_entries("BACKEND_STATS", limits.max_backends)
-            .map_max_entries("NEXT_HOPS", limits.max_backends);
+            .map_max_entries("NEXT_HOPS", limits.max_backends)
+            .map_max_entries("NAT_REV", limits.nat_table_entries);
         for (map, path) in &pins {
             loader.map_pin_path(map, path.as_path());
         }
@@ -193,7 +216,9 @@ impl Balancer {
             ebpf,
             limits,
             tables,
+            filter: filter::Sources::default(),
         };
+        lb.read_filter_sources()?;
         // Derived from VIP_ADDRS, so it is made right here whatever was pinned (maps pinned
         // by a version without the filter included) before the program can be attached.
         lb.rebuild_vip_filter()?;
@@ -320,13 +345,13 @@ impl Balancer {
         program_mut(&mut self.ebpf).expect("the balancer object has its program")
     }
 
-    fn map(&self, name: &'static str) -> &aya::maps::Map {
+    pub(crate) fn map(&self, name: &'static str) -> &aya::maps::Map {
         self.ebpf
             .map(name)
             .expect("the balancer object defines every map in MAPS")
     }
 
-    fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
+    pub(crate) fn map_mut(&mut self, name: &'static str) -> &mut aya::maps::Map {
         self.ebpf
             .map_mut(name)
             .expect("the balancer object defines every map in MAPS")
@@ -413,81 +438,7 @@ impl Balancer {
             map: "VIP_ADDRS",
             source,
         })?;
-        self.refresh_vip_filter(&addr_key.addr)
-    }
-
-    /// The addresses the VIP filter must let through: those in `VIPS` and in `VIP_ADDRS`
-    /// (either alone would do when both are consistent; together a crash between their
-    /// writes never hides a VIP).
-    fn vip_filter_addresses(&self) -> Result<Vec<Addr>> {
-        let mut all: Vec<Addr> = self.vips()?.iter().map(|(k, _)| k.addr).collect();
-        all.extend(self.vip_addresses()?.iter().map(|(k, _)| k.addr));
-        Ok(all)
-    }
-
-    /// Sets the VIP filter word of `addr`: its bit is set while the address has a VIP (and
-    /// stays set while another address shares it). Called after `VIP_ADDRS` changed, which
-    /// the controller does after adding a VIP's entry and after removing it, so a new VIP's
-    /// packets find its bit once it is complete and a removed one's bit goes only after it
-    /// is gone.
-    fn refresh_vip_filter(&mut self, addr: &Addr) -> Result<()> {
-        let word = vip_filter_bit(addr) >> 6;
-        let value = self
-            .vip_filter_addresses()?
-            .iter()
-            .map(vip_filter_bit)
-            .filter(|bit| bit >> 6 == word)
-            .fold(0u64, |w, bit| w | 1 << (bit & 63));
-        self.set_vip_filter_word(word, value)
-    }
-
-    /// Writes the whole VIP filter from the maps (at load).
-    fn rebuild_vip_filter(&mut self) -> Result<()> {
-        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for addr in self.vip_filter_addresses()? {
-            let bit = vip_filter_bit(&addr);
-            words[(bit >> 6) as usize] |= 1 << (bit & 63);
-        }
-        let current = self.vip_filter()?;
-        for (i, w) in words.into_iter().enumerate() {
-            if current.get(i) != Some(&w) {
-                self.set_vip_filter_word(i as u32, w)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn set_vip_filter_word(&mut self, word: u32, value: u64) -> Result<()> {
-        let mut a: Array<_, u64> = typed("VIP_FILTER", self.map_mut("VIP_FILTER"))?;
-        a.set(word, value, 0).map_err(|source| DataplaneError::Map {
-            map: "VIP_FILTER",
-            source,
-        })
-    }
-
-    /// Whether the VIP filter lets packets to `addr` on to the lookups (as the kernel reads
-    /// it).
-    pub fn may_be_vip(&self, addr: &Addr) -> Result<bool> {
-        let bit = vip_filter_bit(addr);
-        let a: Array<_, u64> = typed("VIP_FILTER", self.map("VIP_FILTER"))?;
-        let word = a
-            .get(&(bit >> 6), 0)
-            .map_err(|source| DataplaneError::Map {
-                map: "VIP_FILTER",
-                source,
-            })?;
-        Ok((word >> (bit & 63)) & 1 != 0)
-    }
-
-    /// The VIP filter's words.
-    pub fn vip_filter(&self) -> Result<Vec<u64>> {
-        let a: Array<_, u64> = typed("VIP_FILTER", self.map("VIP_FILTER"))?;
-        a.iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| DataplaneError::Map {
-                map: "VIP_FILTER",
-                source,
-            })
+        self.refresh_filter(&[addr_key.addr])
     }
 
     pub fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>> {
@@ -500,12 +451,15 @@ impl Balancer {
             })
     }
 
+    /// Writes `BACKENDS[id]`; the address filter follows a client-preserving target.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut a: Array<_, Backend> = typed("BACKENDS", self.map_mut("BACKENDS"))?;
-        a.set(id, backend, 0).map_err(|source| DataplaneError::Map {
-            map: "BACKENDS",
-            source,
-        })
+        a.set(id, backend, 0)
+            .map_err(|source| DataplaneError::Map {
+                map: "BACKENDS",
+                source,
+            })?;
+        self.backend_written(id, backend)
     }
 
     pub fn backend(&self, id: u32) -> Result<Backend> {
@@ -588,6 +542,8 @@ impl Balancer {
             flow_hits: a.flow_hits + v.flow_hits,
             flow_misses: a.flow_misses + v.flow_misses,
             midflow_misses: a.midflow_misses + v.midflow_misses,
+            reply_packets: a.reply_packets + v.reply_packets,
+            reply_bytes: a.reply_bytes + v.reply_bytes,
         }))
     }
 
@@ -604,6 +560,8 @@ impl Balancer {
                 packets: a.packets + v.packets,
                 bytes: a.bytes + v.bytes,
                 new_flows: a.new_flows + v.new_flows,
+                reply_packets: a.reply_packets + v.reply_packets,
+                reply_bytes: a.reply_bytes + v.reply_bytes,
             }))
     }
 
@@ -677,14 +635,16 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ProgramError> {
     p.try_into()
 }
 
-fn typed<T, M>(map: &'static str, m: M) -> Result<T>
+pub(crate) fn typed<T, M>(map: &'static str, m: M) -> Result<T>
 where
     T: TryFrom<M, Error = aya::maps::MapError>,
 {
     T::try_from(m).map_err(|source| DataplaneError::Map { map, source })
 }
 
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+pub(crate) fn ignore_missing(
+    r: Result<(), aya::maps::MapError>,
+) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))

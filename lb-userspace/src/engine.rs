@@ -15,7 +15,6 @@ pub mod state;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::IpAddr,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -24,7 +23,7 @@ pub use plan::{MAGLEV_SEED, Plan};
 pub use state::{BackendRecord, BackendState, Change, Event, Health, State, VipRecord};
 
 use crate::{
-    config::{Config, ConfigError, DaemonSettings, DataplaneSettings, VipId},
+    config::{Config, ConfigError, DaemonSettings, DataplaneSettings, Target, VipId},
     dataplane::Balancer,
 };
 
@@ -38,7 +37,7 @@ pub enum EngineError {
     #[error("no VIP {0}")]
     NoSuchVip(VipId),
     #[error("VIP {vip} has no backend {backend}")]
-    NoSuchBackend { vip: VipId, backend: IpAddr },
+    NoSuchBackend { vip: VipId, backend: Target },
     #[error(
         "{what} cannot change while running ({from} -> {to}); restart the daemon after `xlb teardown` (this drops remembered flows)"
     )]
@@ -139,7 +138,7 @@ impl<M: Maps> Engine<M> {
     pub fn set_health(
         &mut self,
         vid: &VipId,
-        addr: IpAddr,
+        addr: Target,
         health: Health,
         reason: &str,
     ) -> Result<()> {
@@ -156,7 +155,7 @@ impl<M: Maps> Engine<M> {
     }
 
     /// Drains (`true`) or undrains a backend; false if it already was.
-    pub fn set_drained(&mut self, vid: &VipId, addr: IpAddr, drained: bool) -> Result<bool> {
+    pub fn set_drained(&mut self, vid: &VipId, addr: Target, drained: bool) -> Result<bool> {
         let plan = plan::set_drained(&self.state, &self.config, vid, addr, drained)?;
         Ok(!self.run(plan, "xlb backend")?.is_empty())
     }

@@ -9,7 +9,7 @@ use std::{net::IpAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use xlb::{
     api::{self, ClientError, Request, Response},
-    config::{self, Config, HashMode, VipId, XdpMode},
+    config::{self, Config, Forwarding, HashMode, NatSource, Target, VipId, XdpMode},
     daemon, decap, stats,
 };
 
@@ -193,6 +193,12 @@ enum VipCommand {
         /// What the flow hash covers: the 5-tuple, or the source address (affinity).
         #[arg(long, value_enum, default_value_t = HashMode::FiveTuple)]
         hash: HashMode,
+        /// dsr (backends run `xlb decap`) or nat (targets as ADDRESS:PORT, nothing on them).
+        #[arg(long, value_enum)]
+        forwarding: Option<Forwarding>,
+        /// NAT: snat (a SNAT address of this host) or client (the client's own address).
+        #[arg(long, value_enum)]
+        nat_source: Option<NatSource>,
     },
     /// Remove a VIP (its connections end).
     Del {
@@ -205,13 +211,15 @@ enum VipCommand {
 
 #[derive(Subcommand)]
 enum BackendCommand {
-    /// Add a backend to a VIP; it takes traffic once its health check passes.
+    /// Add a backend to a VIP; it takes traffic once its health check passes. A NAT VIP's
+    /// target is ADDRESS:PORT (`198.51.100.20:32768`, `[2001:db8::20]:3000`; the port
+    /// defaults to the VIP's).
     #[command(
-        after_help = "Example:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50"
+        after_help = "Examples:\n  xlb backend add 203.0.113.10:80/tcp 198.51.100.23 --weight 50\n  xlb backend add 203.0.113.20:80/tcp 198.51.100.20:32768"
     )]
     Add {
         #[command(flatten)]
-        target: Target,
+        which: Which,
         /// Share of new flows, 0-1000000 (default 100; 0 takes no new flows).
         #[arg(long)]
         weight: Option<u32>,
@@ -219,22 +227,22 @@ enum BackendCommand {
     /// Remove a backend: it keeps its existing flows for the VIP's deregistration delay.
     Del {
         #[command(flatten)]
-        target: Target,
+        which: Which,
     },
     /// Stop sending new flows to a backend; existing flows stay. Survives daemon restarts.
     Drain {
         #[command(flatten)]
-        target: Target,
+        which: Which,
     },
     /// Let a drained backend take new flows again.
     Undrain {
         #[command(flatten)]
-        target: Target,
+        which: Which,
     },
     /// Change a backend's weight (0: no new flows).
     Weight {
         #[command(flatten)]
-        target: Target,
+        which: Which,
         /// The new weight, 0-1000000.
         weight: u32,
     },
@@ -242,11 +250,12 @@ enum BackendCommand {
 
 /// A backend of a VIP, as the backend commands name it.
 #[derive(Args)]
-struct Target {
+struct Which {
     /// The VIP: ADDRESS:PORT/PROTOCOL (203.0.113.10:80/tcp).
     vip: VipId,
-    /// The backend's address.
-    address: IpAddr,
+    /// The backend: ADDRESS, or ADDRESS:PORT for a NAT VIP's target (198.51.100.20:32768,
+    /// [2001:db8::20]:3000).
+    address: Target,
 }
 
 #[derive(Subcommand)]
@@ -404,10 +413,23 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Vip {
-            cmd: VipCommand::Add { vip, name, hash },
+            cmd:
+                VipCommand::Add {
+                    vip,
+                    name,
+                    hash,
+                    forwarding,
+                    nat_source,
+                },
             ..
         } => {
-            print_changes(request(Request::VipAdd { vip, name, hash })?);
+            print_changes(request(Request::VipAdd {
+                vip,
+                name,
+                hash,
+                forwarding,
+                nat_source,
+            })?);
             Ok(())
         }
         Command::Vip {
@@ -454,7 +476,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Backend { cmd: b, .. } => {
             let req = match b {
                 BackendCommand::Add {
-                    target: Target { vip, address },
+                    which: Which { vip, address },
                     weight,
                 } => Request::BackendAdd {
                     vip,
@@ -462,16 +484,16 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     weight,
                 },
                 BackendCommand::Del {
-                    target: Target { vip, address },
+                    which: Which { vip, address },
                 } => Request::BackendDel { vip, address },
                 BackendCommand::Drain {
-                    target: Target { vip, address },
+                    which: Which { vip, address },
                 } => Request::BackendDrain { vip, address },
                 BackendCommand::Undrain {
-                    target: Target { vip, address },
+                    which: Which { vip, address },
                 } => Request::BackendUndrain { vip, address },
                 BackendCommand::Weight {
-                    target: Target { vip, address },
+                    which: Which { vip, address },
                     weight,
                 } => Request::BackendWeight {
                     vip,

@@ -76,6 +76,11 @@ pub fn render(s: &Snapshot) -> String {
     let be_weight: Family<Labels, Gauge> = family();
     let be_new_flows_ok: Family<Labels, Gauge> = family();
     let be_state: Family<Labels, Gauge> = family();
+    let be_reply_packets: Family<Labels, Counter> = family();
+    let be_reply_bytes: Family<Labels, Counter> = family();
+    let vip_reply_packets: Family<Labels, Counter> = family();
+    let vip_reply_bytes: Family<Labels, Counter> = family();
+    let vip_nat_connections: Family<Labels, Gauge> = family();
 
     for v in &s.vips {
         let l: Labels = vec![label("vip", &v.vip.to_string()), label("vip_name", &v.name)];
@@ -99,6 +104,17 @@ pub fn render(s: &Snapshot) -> String {
             fl.push(label("fingerprint", f));
             vip_table.get_or_create(&fl).set(1);
         }
+        if v.forwarding == crate::config::Forwarding::Nat {
+            vip_reply_packets
+                .get_or_create(&l)
+                .inc_by(v.counters.reply_packets);
+            vip_reply_bytes
+                .get_or_create(&l)
+                .inc_by(v.counters.reply_bytes);
+            vip_nat_connections
+                .get_or_create(&l)
+                .set(v.nat_connections as i64);
+        }
         for b in &v.backends {
             let mut bl = l.clone();
             bl.push(label("backend", &b.address.to_string()));
@@ -109,6 +125,14 @@ pub fn render(s: &Snapshot) -> String {
                 .get_or_create(&bl)
                 .set(i64::from(b.health == Health::Healthy));
             be_weight.get_or_create(&bl).set(i64::from(b.weight));
+            if v.forwarding == crate::config::Forwarding::Nat {
+                be_reply_packets
+                    .get_or_create(&bl)
+                    .inc_by(b.counters.reply_packets);
+                be_reply_bytes
+                    .get_or_create(&bl)
+                    .inc_by(b.counters.reply_bytes);
+            }
             be_new_flows_ok
                 .get_or_create(&bl)
                 .set(i64::from(b.takes_new_flows));
@@ -205,6 +229,59 @@ pub fn render(s: &Snapshot) -> String {
         "xlb_backend_state",
         "1 for the backend's administrative state",
         be_state,
+    );
+    r.register(
+        "xlb_backend_reply_packets",
+        "NAT: packets received from the target and sent back to clients",
+        be_reply_packets,
+    );
+    r.register_with_unit(
+        "xlb_backend_reply",
+        "NAT: bytes (IP length, as received) from the target sent back to clients",
+        Unit::Bytes,
+        be_reply_bytes,
+    );
+    r.register(
+        "xlb_vip_reply_packets",
+        "NAT: replies from the VIP's targets sent back to clients",
+        vip_reply_packets,
+    );
+    r.register_with_unit(
+        "xlb_vip_reply",
+        "NAT: bytes of replies from the VIP's targets sent back to clients",
+        Unit::Bytes,
+        vip_reply_bytes,
+    );
+    r.register(
+        "xlb_vip_nat_connections",
+        "NAT: connections tracked for the VIP at the sweeper's last pass",
+        vip_nat_connections,
+    );
+    let snat_in_use: Family<Labels, Gauge> = family();
+    let snat_busiest: Family<Labels, Gauge> = family();
+    let snat_capacity: Family<Labels, Gauge> = family();
+    for a in &s.snat {
+        let l = vec![label("snat", &a.address.to_string())];
+        snat_in_use.get_or_create(&l).set(a.ports_in_use as i64);
+        snat_busiest.get_or_create(&l).set(a.busiest_ports as i64);
+        snat_capacity
+            .get_or_create(&l)
+            .set(a.ports_per_target as i64);
+    }
+    r.register(
+        "xlb_snat_ports_in_use",
+        "Ports of the SNAT address in use (one per connection, per target)",
+        snat_in_use,
+    );
+    r.register(
+        "xlb_snat_busiest_target_ports",
+        "Ports of the SNAT address in use towards its busiest target (compare with xlb_snat_ports_per_target)",
+        snat_busiest,
+    );
+    r.register(
+        "xlb_snat_ports_per_target",
+        "Ports the SNAT address can give each target",
+        snat_capacity,
     );
 
     let all_failing: Gauge = Gauge::default();

@@ -71,7 +71,7 @@ impl Balancer {
         if !fresh && let Some(v) = self.usable_flow(&flow)? {
             return Ok(Some(Prediction {
                 vip,
-                vip_index: self.backend(v.backend)?.vip,
+                vip_index: u32::from(self.backend(v.backend)?.vip),
                 flow,
                 hash: flow_hash(&flow),
                 maglev_backend: match vip {
@@ -102,11 +102,8 @@ impl Balancer {
             && how & REMEMBER != 0
             && if fresh {
                 let b = self.backend(maglev_backend)?;
-                self.flow(&flow)?
-                    != Some(FlowValue {
-                        backend: maglev_backend,
-                        generation: b.generation,
-                    })
+                self.flow(&flow)?.map(|v| (v.backend, v.generation))
+                    != Some((maglev_backend, b.generation))
             } else {
                 how & COUNT_NEW != 0
             };

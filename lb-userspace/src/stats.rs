@@ -9,11 +9,19 @@ use std::{
 use lb_common::stats::{ACTION_NAMES, ACTIONS, Kind, Reason};
 
 use crate::{
-    api::{BackendStatus, Counters, NamedCount, ReasonCount, Snapshot, VipStatus},
+    api::{BackendStatus, Counters, NamedCount, ReasonCount, Snapshot, SnatStatus, VipStatus},
     config::XdpMode,
     dataplane::DataplaneError,
     engine::{Engine, ago},
 };
+
+/// What the NAT sweeper last counted (`daemon::sweeper`): connections per VIP, use of
+/// each SNAT address.
+#[derive(Clone, Debug, Default)]
+pub struct NatUse {
+    pub connections: std::collections::BTreeMap<crate::config::VipId, u64>,
+    pub snat: Vec<SnatStatus>,
+}
 
 /// Sum of the reasons of one kind.
 pub fn total(s: &Snapshot, kind: Kind) -> u64 {
@@ -29,6 +37,7 @@ pub fn snapshot(
     engine: &Engine,
     interface: &str,
     xdp_mode: Option<XdpMode>,
+    nat: &NatUse,
 ) -> Result<Snapshot, DataplaneError> {
     let lb = engine.maps();
     let now = Instant::now();
@@ -54,6 +63,8 @@ pub fn snapshot(
                     packets: c.packets,
                     bytes: c.bytes,
                     new_flows: c.new_flows,
+                    reply_packets: c.reply_packets,
+                    reply_bytes: c.reply_bytes,
                 },
             });
         }
@@ -61,11 +72,16 @@ pub fn snapshot(
             name: v.config.name.clone(),
             vip: *id,
             hash: v.config.hash,
+            forwarding: v.config.forwarding,
+            nat_source: v.config.is_nat().then_some(v.config.nat_source),
+            nat_connections: nat.connections.get(id).copied().unwrap_or(0),
             fail_open: v.fail_open,
             counters: Counters {
                 packets: s.packets,
                 bytes: s.bytes,
                 new_flows: s.new_flows,
+                reply_packets: s.reply_packets,
+                reply_bytes: s.reply_bytes,
             },
             flow_hits: s.flow_hits,
             flow_misses: s.flow_misses,
@@ -108,6 +124,7 @@ pub fn snapshot(
         all_checks_failing: engine.state().all_checks_failing,
         health_check_local_errors: crate::health::LOCAL_ERRORS
             .load(std::sync::atomic::Ordering::Relaxed),
+        snat: nat.snat.clone(),
     })
 }
 
@@ -178,6 +195,22 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
                 rate(b.counters.packets, pb.map(|p| p.counters.packets)),
                 rate(b.counters.bytes * 8, pb.map(|p| p.counters.bytes * 8)),
             );
+            if v.nat_source.is_some() {
+                let c = &b.counters;
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:<40} {:<13} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}",
+                    "",
+                    "  <- replies from it",
+                    "",
+                    "",
+                    human(c.reply_packets as f64),
+                    human(c.reply_bytes as f64),
+                    "",
+                    rate(c.reply_packets, pb.map(|p| p.counters.reply_packets)),
+                    rate(c.reply_bytes * 8, pb.map(|p| p.counters.reply_bytes * 8)),
+                );
+            }
         }
     }
     let drops: Vec<String> = now
@@ -259,10 +292,30 @@ pub fn status_text(s: &Snapshot) -> String {
             }
         );
     }
-    for v in &s.vips {
+    for a in &s.snat {
         let _ = writeln!(
             out,
-            "\nVIP {}  name={}  hash={}  packets={} flows={}{}",
+            "SNAT {}: {} ports in use; busiest target {} with {} of {} ports ({:.1}%)",
+            a.address,
+            a.ports_in_use,
+            a.busiest_target
+                .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            a.busiest_ports,
+            a.ports_per_target,
+            a.busiest_ports as f64 * 100.0 / a.ports_per_target.max(1) as f64
+        );
+    }
+    for v in &s.vips {
+        let nat = match v.nat_source {
+            Some(src) => format!(
+                "  forwarding=nat ({src})  replies={} connections={}",
+                v.counters.reply_packets, v.nat_connections
+            ),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "\nVIP {}  name={}  hash={}{nat}  packets={} flows={}{}",
             v.vip,
             v.name,
             v.hash,

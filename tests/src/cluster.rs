@@ -43,7 +43,7 @@ pub fn lb_config(i: usize, backends: usize, vip_extra: &str) -> String {
         .collect();
     format!(
         "[dataplane]\ninterface = \"eth0\"\nsource_v4 = \"{}\"\n\
-         flow_table_entries = {}\nmax_vips = {}\nmax_backends = {}\nmaglev_table_size = {}\n\n\
+         flow_table_entries = {}\nmax_vips = {}\nmax_backends = {}\nmaglev_table_size = {}\nnat_table_entries = {}\n\n\
          [daemon]\nsocket = \"@SOCKET@\"\npin_dir = \"@PINS@\"\nmetrics_address = \"127.0.0.1:9469\"\n\n\
          [announce]\ntable = 4242\nprotocol = 250\nwarm_up = \"1s\"\n\n\
          [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\n{vip_extra}\nbackends = [ {} ]\n\
@@ -54,6 +54,7 @@ pub fn lb_config(i: usize, backends: usize, vip_extra: &str) -> String {
         LIMITS.max_vips,
         LIMITS.max_backends,
         LIMITS.maglev_size,
+        LIMITS.nat_table_entries,
         list.join(", ")
     )
 }

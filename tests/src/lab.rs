@@ -28,6 +28,9 @@ use crate::{
 pub const SOURCE_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 pub const SOURCE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 0x10);
 pub const REDIRECT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x02];
+/// The lab's SNAT addresses (slot 0 and slot 16 of the pool).
+pub const SNAT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const SNAT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
 
 /// Maglev table size used by the fixtures (the production default).
 pub const M: u32 = 65_537;
@@ -40,6 +43,10 @@ pub struct LabVip {
     pub proto: u8,
     pub flags: u32,
     pub backends: Vec<IpAddr>,
+    /// `lb_common::MODE_*` of the backends.
+    pub mode: u8,
+    /// NAT: the targets' ports, by backend (empty: all 0).
+    pub ports: Vec<u16>,
 }
 
 /// The VIPs every fixture lab has, by id (= index).
@@ -57,6 +64,8 @@ pub fn lab_vips() -> Vec<LabVip> {
                 v4("198.51.100.22"),
                 v4("198.51.100.23"),
             ],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "dns4",
@@ -65,6 +74,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_UDP,
             flags: 0,
             backends: vec![v4("198.51.100.24"), v4("198.51.100.25")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "web6",
@@ -73,6 +84,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("2001:db8:100::21"), v4("2001:db8:100::22")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "web4-over-6",
@@ -81,6 +94,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("2001:db8:100::31"), v4("2001:db8:100::32")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "any-port",
@@ -89,6 +104,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("198.51.100.41"), v4("198.51.100.42")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "affinity",
@@ -101,6 +118,8 @@ pub fn lab_vips() -> Vec<LabVip> {
                 v4("198.51.100.52"),
                 v4("198.51.100.53"),
             ],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "dns6",
@@ -109,6 +128,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_UDP,
             flags: 0,
             backends: vec![v4("2001:db8:100::61")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "empty",
@@ -117,6 +138,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "unroutable",
@@ -125,6 +148,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("192.0.2.200")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "other-side",
@@ -133,6 +158,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("198.18.0.5")],
+            mode: 0,
+            ports: vec![],
         },
         LabVip {
             name: "unresolved",
@@ -141,6 +168,8 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("198.51.100.99")],
+            mode: 0,
+            ports: vec![],
         },
         // A v6 VIP pointing at a v4 backend: the controller refuses this configuration; the
         // data plane must still not forward it if the maps ever say so.
@@ -151,6 +180,59 @@ pub fn lab_vips() -> Vec<LabVip> {
             proto: PROTO_TCP,
             flags: 0,
             backends: vec![v4("198.51.100.71")],
+            mode: 0,
+            ports: vec![],
+        },
+        // NAT: two tasks of one host (same address, two ports), full NAT.
+        LabVip {
+            name: "nat4",
+            addr: v4("203.0.113.90"),
+            port: 80,
+            proto: PROTO_TCP,
+            flags: lb_common::VIP_F_NAT,
+            backends: vec![v4("198.51.100.31"), v4("198.51.100.31")],
+            mode: lb_common::MODE_NAT,
+            ports: vec![32768, 32769],
+        },
+        LabVip {
+            name: "nat4udp",
+            addr: v4("203.0.113.90"),
+            port: 53,
+            proto: PROTO_UDP,
+            flags: lb_common::VIP_F_NAT,
+            backends: vec![v4("198.51.100.32")],
+            mode: lb_common::MODE_NAT,
+            ports: vec![5353],
+        },
+        LabVip {
+            name: "nat6",
+            addr: v4("2001:db8:203::90"),
+            port: 443,
+            proto: PROTO_TCP,
+            flags: lb_common::VIP_F_NAT,
+            backends: vec![v4("2001:db8:100::41")],
+            mode: lb_common::MODE_NAT,
+            ports: vec![8443],
+        },
+        LabVip {
+            name: "nat-client",
+            addr: v4("203.0.113.91"),
+            port: 80,
+            proto: PROTO_TCP,
+            flags: lb_common::VIP_F_NAT | lb_common::VIP_F_NAT_CLIENT,
+            backends: vec![v4("198.51.100.33")],
+            mode: lb_common::MODE_NAT_CLIENT,
+            ports: vec![3000],
+        },
+        LabVip {
+            name: "nat4-one",
+            addr: v4("203.0.113.92"),
+            port: 80,
+            proto: PROTO_TCP,
+            flags: lb_common::VIP_F_NAT,
+            backends: vec![v4("198.51.100.34")],
+            mode: lb_common::MODE_NAT,
+            ports: vec![8080],
         },
     ]
 }
@@ -272,10 +354,11 @@ impl Lab {
         }
 
         let limits = Limits {
-            max_vips: 16,
+            max_vips: 24,
             max_backends: 256,
             flow_table_entries: entries,
             maglev_size: M,
+            nat_table_entries: entries,
         };
         let mut lb = Balancer::load(limits, None).expect("load the balancer");
         let ifindex = ns.ifindex("fx0");
@@ -288,6 +371,17 @@ impl Lab {
         if vips.iter().any(|v| v.port == 0) {
             cfg.flags |= CFG_F_WILDCARD_VIPS;
         }
+        cfg.snat_port_min = 1024;
+        cfg.snat_port_max = 65535;
+        cfg.snat_v4 = 1;
+        cfg.snat_v6 = 1;
+        lb.set_snat_slot(0, &addr_to_map(IpAddr::V4(SNAT_V4)).0)
+            .expect("SNAT slot");
+        lb.set_snat_slot(
+            lb_common::SNAT_SLOTS_PER_FAMILY,
+            &addr_to_map(IpAddr::V6(SNAT_V6)).0,
+        )
+        .expect("SNAT slot");
         lb.set_config(&cfg).expect("config");
         lb.set_interface_mac(LB_MAC).expect("interface MAC");
 
@@ -295,15 +389,17 @@ impl Lab {
         let mut backend_ids = Vec::new();
         for (vid, v) in vips.iter().enumerate() {
             let mut ids = Vec::new();
-            for b in &v.backends {
+            for (j, b) in v.backends.iter().enumerate() {
                 let (addr, family) = addr_to_map(*b);
                 let backend = Backend {
                     addr,
                     family,
                     state: BACKEND_ACTIVE,
                     generation: 1,
-                    vip: vid as u32,
+                    vip: vid as u16,
                     weight: 1,
+                    mode: v.mode,
+                    port: lb_common::port_to_map(v.ports.get(j).copied().unwrap_or(0)),
                     ..Backend::default()
                 };
                 lb.set_backend(next_id, &backend).expect("backend");

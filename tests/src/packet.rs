@@ -163,6 +163,8 @@ pub struct Packet {
     trailer: Vec<u8>,
     /// Cut the finished frame to this many bytes.
     truncate: Option<usize>,
+    /// Send a UDP datagram without a checksum (0, allowed for IPv4).
+    no_udp_checksum: bool,
 }
 
 /// MAC of the client-facing router in fixtures (the source of received frames).
@@ -181,6 +183,7 @@ impl Packet {
             payload: Vec::new(),
             trailer: Vec::new(),
             truncate: None,
+            no_udp_checksum: false,
         }
     }
 
@@ -382,6 +385,20 @@ impl Packet {
         self
     }
 
+    /// The frame's 5-tuple as the flow table keys it.
+    pub fn five_tuple(&self) -> lb_common::FlowKey {
+        match lb_common::parse::parse(&self.build()[..]) {
+            lb_common::parse::Parsed::Ip(h) => h.five_tuple().expect("a TCP or UDP packet"),
+            _ => panic!("not an IP packet"),
+        }
+    }
+
+    /// A UDP datagram without a checksum (the field 0, as IPv4 allows).
+    pub fn no_udp_checksum(mut self) -> Self {
+        self.no_udp_checksum = true;
+        self
+    }
+
     /// Sets the IPv4 TTL or IPv6 hop limit.
     pub fn ttl(mut self, value: u8) -> Self {
         match &mut self.l3 {
@@ -506,6 +523,9 @@ impl Packet {
             let mut c = checksum(ones_sum(&seg, pseudo));
             if c == 0 && matches!(self.l4, L4::Udp { .. }) {
                 c = 0xffff;
+            }
+            if self.no_udp_checksum && matches!(self.l4, L4::Udp { .. }) {
+                c = 0;
             }
             seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }

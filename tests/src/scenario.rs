@@ -20,15 +20,20 @@ pub const LIMITS: Limits = Limits {
     max_backends: 64,
     flow_table_entries: 65_536,
     maglev_size: 65_537,
+    nat_table_entries: 65_536,
 };
 
 /// The `[dataplane]` and `[daemon]` sections of scenario configurations.
 pub fn header() -> String {
     format!(
         "[dataplane]\ninterface = \"eth0\"\nsource_v4 = \"198.18.0.2\"\nsource_v6 = \"2001:db8:18::2\"\n\
-         flow_table_entries = {}\nmax_vips = {}\nmax_backends = {}\nmaglev_table_size = {}\n\n\
+         flow_table_entries = {}\nmax_vips = {}\nmax_backends = {}\nmaglev_table_size = {}\nnat_table_entries = {}\n\n\
          [daemon]\nsocket = \"@SOCKET@\"\npin_dir = \"@PINS@\"\nmetrics_address = \"127.0.0.1:9469\"\n\n",
-        LIMITS.flow_table_entries, LIMITS.max_vips, LIMITS.max_backends, LIMITS.maglev_size
+        LIMITS.flow_table_entries,
+        LIMITS.max_vips,
+        LIMITS.max_backends,
+        LIMITS.maglev_size,
+        LIMITS.nat_table_entries
     )
 }
 
@@ -180,7 +185,7 @@ pub fn backend_index_by_id(
         .backends
         .iter()
         .map(|b| {
-            let IpAddr::V4(a) = b.address else {
+            let IpAddr::V4(a) = b.address.address else {
                 panic!("v4 backends")
             };
             (b.id, usize::from(a.octets()[3]) - 10)

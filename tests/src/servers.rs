@@ -14,6 +14,7 @@ use std::{
 };
 
 use crate::netns::Netns;
+pub use crate::sha256::{Sha256, sha256_hex};
 
 /// A server thread that stops when dropped.
 pub struct Server {
@@ -328,4 +329,55 @@ pub fn udp_request(client: &Netns, dst: SocketAddr, payload: &[u8]) -> std::io::
     let mut buf = [0u8; 2048];
     let (n, _) = sock.recv_from(&mut buf)?;
     Ok(buf[..n].to_vec())
+}
+
+/// The bulk-transfer server: a first line `UP\n` is followed by the client's data until it
+/// half-closes, answered with the data's SHA-256 in hex; `DOWN <n>\n` is answered with `n`
+/// bytes of `pattern` (sent in 64 KiB pieces), then the connection closes.
+pub fn bulk_server(ns: &Netns, addr: SocketAddr, _name: &str) -> Server {
+    serve_tcp(ns, addr, move |mut c| {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while line.len() < 64 {
+            match c.read(&mut b) {
+                Ok(1) if b[0] == b'\n' => break,
+                Ok(1) => line.push(b[0]),
+                _ => return,
+            }
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        if line == "UP" {
+            let mut sha = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sha.update(&buf[..n]),
+                    Err(_) => return,
+                }
+            }
+            let _ = c.write_all(format!("{}\n", sha.hex()).as_bytes());
+        } else if let Some(n) = line
+            .strip_prefix("DOWN ")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            let data = pattern(n);
+            for piece in data.chunks(64 * 1024) {
+                if c.write_all(piece).is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = c.shutdown(Shutdown::Write);
+    })
+}
+
+/// Answers every connection with the address and port it came from (`peer 192.0.2.2:40000`)
+/// and closes it: shows what source a target sees.
+pub fn peer_server(ns: &Netns, addr: SocketAddr, _name: &str) -> Server {
+    serve_tcp(ns, addr, move |mut c| {
+        let peer = c.peer_addr().map(|p| p.to_string()).unwrap_or_default();
+        let _ = c.write_all(format!("peer {peer}\n").as_bytes());
+        let _ = c.shutdown(Shutdown::Write);
+    })
 }

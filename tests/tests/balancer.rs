@@ -311,7 +311,7 @@ fn route_neighbour_and_mtu_changes_reach_packets_within_a_second() {
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
-    use lb_common::{VipInfo, VipKey, hash::vip_filter_bit};
+    use lb_common::{VipInfo, VipKey, hash::filter_position};
 
     let mut lab = Lab::new();
     let addr: std::net::IpAddr = "203.0.113.99".parse().unwrap();
@@ -321,8 +321,8 @@ fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
         proto: 0,
         ..key
     };
-    let bit = vip_filter_bit(&key.addr);
-    let is_set = |lab: &Lab| lab.lb.vip_filter().unwrap()[(bit >> 6) as usize] >> (bit & 63) & 1;
+    let (word, shift) = filter_position(&key.addr);
+    let is_set = |lab: &Lab| lab.lb.vip_filter().unwrap()[word as usize] >> shift & 1;
     let p = Packet::tcp(client4(), 47000, addr, 80, SYN);
     let (action, out) = lab.run(&p.build());
     assert_eq!(
@@ -352,7 +352,7 @@ fn vips_added_and_removed_at_run_time_pass_the_address_filter() {
         .vip_addresses()
         .unwrap()
         .iter()
-        .any(|(k, _)| vip_filter_bit(&k.addr) == bit);
+        .any(|(k, _)| filter_position(&k.addr) == (word, shift));
     assert_eq!(is_set(&lab), u64::from(shared));
 }
 
@@ -517,6 +517,7 @@ fn a_syn_takes_the_current_choice_and_overwrites_its_entry() {
             &FlowValue {
                 backend: old,
                 generation: 1,
+                ..FlowValue::default()
             },
         )
         .unwrap();

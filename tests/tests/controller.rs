@@ -277,7 +277,7 @@ fn refused_applies_change_nothing() {
                     v.vip.to_string(),
                     v.backends
                         .iter()
-                        .map(|b| (b.address, b.id, b.weight))
+                        .map(|b| (b.address.address, b.id, b.weight))
                         .collect(),
                 )
             })

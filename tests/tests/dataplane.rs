@@ -64,7 +64,7 @@ fn backend_new_flows(s: &Snapshot) -> Vec<(String, u64)> {
         .backends
         .iter()
         .map(|b| {
-            let IpAddr::V4(a) = b.address else {
+            let IpAddr::V4(a) = b.address.address else {
                 panic!("v4 backends")
             };
             (
@@ -100,7 +100,7 @@ fn a_port_reused_after_a_drain_reaches_another_backend() {
             st.vips[0]
                 .backends
                 .iter()
-                .any(|b| b.address == IpAddr::V4(drained) && !b.takes_new_flows)
+                .any(|b| b.address.address == IpAddr::V4(drained) && !b.takes_new_flows)
         },
     );
     let before = backend_new_flows(&s.daemon.status());

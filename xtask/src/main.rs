@@ -24,7 +24,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 12] = [
+const DEBIAN_TOOLS: [(&str, &str); 13] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -40,6 +40,8 @@ const DEBIAN_TOOLS: [(&str, &str); 12] = [
     ("dockerd", "docker.io"),
     ("iptables", "iptables"),
     ("busybox", "busybox-static"),
+    // The NAT tests' and the lab's container host publishes its tasks by nftables DNAT.
+    ("nft", "nftables"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

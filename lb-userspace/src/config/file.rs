@@ -14,7 +14,9 @@ use std::{
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::types::{HashMode, MaglevVariant, OnFailOpen, ProbeKind, Protocol, XdpMode};
+use super::types::{
+    Forwarding, HashMode, MaglevVariant, NatSource, OnFailOpen, ProbeKind, Protocol, XdpMode,
+};
 use crate::words::{invalid, quote};
 
 /// A whole configuration file.
@@ -73,6 +75,16 @@ pub struct DataplaneFile {
     pub max_backends: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev_variant: Option<MaglevVariant>,
+    /// SNAT addresses of full-NAT VIPs: one address or a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_v4: Option<Addresses<Ipv4Addr>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snat_v6: Option<Addresses<Ipv6Addr>>,
+    /// SNAT ports, `"MIN-MAX"`.
+    #[serde(default, with = "parsed", skip_serializing_if = "Option::is_none")]
+    pub snat_ports: Option<PortRange>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_table_entries: Option<i64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +111,12 @@ pub struct VipFile {
     pub protocol: Option<Protocol>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<HashMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<Forwarding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_source: Option<NatSource>,
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
     #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
     pub deregistration_delay: Option<Duration>,
     /// With `[announce]`: backends that must serve for the VIP to be announced.
@@ -118,6 +136,9 @@ pub struct VipFile {
 pub struct BackendFile {
     #[serde(default, with = "parsed", skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
+    /// NAT VIPs: the target's port (default: the VIP's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +245,78 @@ impl Serialize for Listen {
 impl<'de> Deserialize<'de> for Listen {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(invalid)
+    }
+}
+
+/// One address or a list of them (`"198.51.100.1"` or `["198.51.100.1", "198.51.100.2"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses<T>(pub Vec<T>);
+
+impl<T: fmt::Display> Serialize for Addresses<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let [one] = &self.0[..] {
+            return s.collect_str(one);
+        }
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        list.serialize(s)
+    }
+}
+
+impl<'de, T: Noun> Deserialize<'de> for Addresses<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let texts = match OneOrMany::deserialize(d)
+            .map_err(|_| invalid("is not an address or a list of addresses"))?
+        {
+            OneOrMany::One(t) => vec![t],
+            OneOrMany::Many(v) => v,
+        };
+        texts
+            .iter()
+            .map(|t| t.parse::<T>().map_err(|e| invalid(T::not_one(t, e))))
+            .collect::<Result<_, _>>()
+            .map(Addresses)
+    }
+}
+
+/// An inclusive port range, written `"1024-65535"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange(pub u16, pub u16);
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{} is not a port range like \"1024-65535\"", quote(s));
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let (a, b) = (
+            a.trim().parse::<u16>().map_err(|_| bad())?,
+            b.trim().parse::<u16>().map_err(|_| bad())?,
+        );
+        if a == 0 || a > b {
+            return Err(format!(
+                "{} must run from a port of 1 or more to one at least as high",
+                quote(s)
+            ));
+        }
+        Ok(PortRange(a, b))
+    }
+}
+
+impl Noun for PortRange {
+    fn not_one(_: &str, err: String) -> String {
+        err
     }
 }
 

@@ -419,3 +419,119 @@ fn https_and_grpc_checks() {
         "vip[0].health_check.ca_file: \"ca.pem\" must be an absolute path"
     );
 }
+
+const NAT: &str = r#"
+[dataplane]
+interface = "eth0"
+snat_v4 = ["198.18.0.10", "198.18.0.11"]
+snat_v6 = "2001:db8:18::10"
+snat_ports = "20000-29999"
+nat_table_entries = 4096
+
+[[vip]]
+name = "tasks"
+address = "203.0.113.20"
+port = 80
+forwarding = "nat"
+idle_timeout = "60s"
+backends = [
+  { address = "198.51.100.20", port = 32768 },
+  { address = "198.51.100.20", port = 32769, health_check = { protocol = "http" } },
+  { address = "198.51.100.21" },
+]
+
+[[vip]]
+address = "203.0.113.21"
+port = 53
+protocol = "udp"
+forwarding = "nat"
+nat_source = "client"
+health_check = { protocol = "none" }
+backends = [ { address = "198.51.100.30", port = 5353 } ]
+"#;
+
+#[test]
+fn nat_vips_take_targets_with_ports_and_round_trip() {
+    let c = parse(NAT).unwrap();
+    let d = &c.dataplane;
+    assert_eq!(d.snat_v4.len(), 2);
+    assert_eq!(d.snat_v6.len(), 1);
+    assert_eq!(d.snat_ports, (20000, 29999));
+    assert_eq!(d.limits.nat_table_entries, 4096);
+    let tasks = &c.vips[0];
+    assert_eq!(tasks.forwarding, Forwarding::Nat);
+    assert_eq!(tasks.nat_source, NatSource::Snat);
+    assert_eq!(tasks.idle_timeout, std::time::Duration::from_secs(60));
+    let ports: Vec<u16> = tasks.backends.iter().map(|b| b.port).collect();
+    assert_eq!(
+        ports,
+        [32768, 32769, 80],
+        "a target's port defaults to the VIP's"
+    );
+    // Health checks probe the target's own port.
+    let probes: Vec<u16> = tasks.backends.iter().map(|b| b.health.port).collect();
+    assert_eq!(probes, [32768, 32769, 80]);
+    assert_eq!(c.vips[1].nat_source, NatSource::Client);
+    assert_eq!(c.vips[1].idle_timeout, std::time::Duration::from_secs(120));
+    let saved = c.to_toml();
+    assert_eq!(Config::parse(&saved, "saved").unwrap(), c, "{saved}");
+}
+
+#[test]
+fn nat_settings_are_refused_where_they_do_not_apply() {
+    let dsr_port = parse(&GOOD.replacen(
+        "{ address = \"198.51.100.21\"",
+        "{ address = \"198.51.100.21\", port = 8080",
+        1,
+    ))
+    .unwrap_err();
+    assert!(
+        dsr_port
+            .to_string()
+            .contains("backends[0].port: a backend port needs forwarding"),
+        "{dsr_port}"
+    );
+    let dup = parse(&NAT.replace("port = 32769, health", "port = 32768, health")).unwrap_err();
+    assert!(
+        dup.to_string()
+            .contains("duplicate target 198.51.100.20:32768"),
+        "{dup}"
+    );
+    let no_snat =
+        parse(&NAT.replace("snat_v4 = [\"198.18.0.10\", \"198.18.0.11\"]\n", "")).unwrap_err();
+    assert!(
+        no_snat.to_string().contains("needs dataplane.snat_v4"),
+        "{no_snat}"
+    );
+    let family = parse(&NAT.replace("198.51.100.30", "2001:db8::30")).unwrap_err();
+    assert!(
+        family.to_string().contains("must be of the family"),
+        "{family}"
+    );
+    let snat_vip = parse(&NAT.replace("\"198.18.0.11\"]", "\"203.0.113.20\"]")).unwrap_err();
+    assert!(
+        snat_vip.to_string().contains("it is a VIP address"),
+        "{snat_vip}"
+    );
+    let source = parse(&GOOD.replacen("port = 80\n", "port = 80\nnat_source = \"client\"\n", 1))
+        .unwrap_err();
+    assert!(
+        source.to_string().contains("applies to NAT VIPs only"),
+        "{source}"
+    );
+}
+
+#[test]
+fn targets_parse_with_and_without_ports() {
+    let t: Target = "198.51.100.20:32768".parse().unwrap();
+    assert_eq!(
+        (t.address.to_string(), t.port),
+        ("198.51.100.20".to_owned(), 32768)
+    );
+    assert_eq!(t.to_string(), "198.51.100.20:32768");
+    let t: Target = "[2001:db8::20]:3000".parse().unwrap();
+    assert_eq!(t.to_string(), "[2001:db8::20]:3000");
+    let t: Target = "2001:db8::20".parse().unwrap();
+    assert_eq!((t.port, t.to_string()), (0, "2001:db8::20".to_owned()));
+    assert!("198.51.100.20:99999".parse::<Target>().is_err());
+}

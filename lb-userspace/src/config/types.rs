@@ -30,6 +30,30 @@ words! {
 }
 
 words! {
+    /// How a VIP's packets reach its backends.
+    pub enum Forwarding expecting "\"dsr\" or \"nat\"" {
+        /// Direct server return: encapsulated to the backend (which runs `xlb decap` and
+        /// has the VIP on loopback) and answered by it directly.
+        Dsr = "dsr",
+        /// NAT: rewritten to the target's address and port; replies come back through
+        /// this host. Nothing is installed on the targets.
+        Nat = "nat",
+    }
+}
+
+words! {
+    /// The source address a NAT VIP's targets see.
+    pub enum NatSource expecting "\"snat\" or \"client\"" {
+        /// A SNAT address of this host and an allocated port (full NAT): targets need
+        /// only a route to the SNAT addresses.
+        Snat = "snat",
+        /// The client's own address and port: targets must route their replies through
+        /// this host (it is their gateway).
+        Client = "client",
+    }
+}
+
+words! {
     /// Transport protocol of a VIP.
     pub enum Protocol expecting "tcp or udp" {
         Tcp = "tcp",
@@ -78,6 +102,84 @@ impl Protocol {
             PROTO_UDP => Some(Protocol::Udp),
             _ => None,
         }
+    }
+}
+
+impl Forwarding {
+    /// The `Backend::mode` of a VIP's backends.
+    pub fn backend_mode(self, source: NatSource) -> u8 {
+        match (self, source) {
+            (Forwarding::Dsr, _) => lb_common::MODE_DSR,
+            (Forwarding::Nat, NatSource::Snat) => lb_common::MODE_NAT,
+            (Forwarding::Nat, NatSource::Client) => lb_common::MODE_NAT_CLIENT,
+        }
+    }
+
+    /// The forwarding and NAT source a `Backend::mode` says.
+    pub fn from_backend_mode(mode: u8) -> (Self, NatSource) {
+        match mode {
+            lb_common::MODE_NAT => (Forwarding::Nat, NatSource::Snat),
+            lb_common::MODE_NAT_CLIENT => (Forwarding::Nat, NatSource::Client),
+            _ => (Forwarding::Dsr, NatSource::Snat),
+        }
+    }
+}
+
+/// A backend as a VIP knows it: an address, and for NAT VIPs the target's port (0: the
+/// VIP's own port for a DSR backend, the packet's port for an any-port NAT VIP). Displays
+/// as `198.51.100.20` (port 0), `198.51.100.20:32768` or `[2001:db8::20]:32768`; that is
+/// also how it is written on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub address: std::net::IpAddr,
+    pub port: u16,
+}
+
+impl Target {
+    pub fn new(address: std::net::IpAddr, port: u16) -> Self {
+        Self { address, port }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.port == 0 {
+            f.pad(&self.address.to_string())
+        } else {
+            f.pad(&SocketAddr::new(self.address, self.port).to_string())
+        }
+    }
+}
+
+impl FromStr for Target {
+    type Err = String;
+
+    /// Parses `ADDR`, `ADDR:PORT` or `[V6]:PORT` (a bare IPv6 address has no port).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<std::net::IpAddr>() {
+            return Ok(Self::new(a, 0));
+        }
+        s.parse::<SocketAddr>()
+            .map(|sa| Self::new(sa.ip(), sa.port()))
+            .map_err(|_| {
+                format!(
+                    "{} is not ADDRESS or ADDRESS:PORT (e.g. 198.51.100.20, 198.51.100.20:32768, [2001:db8::20]:32768)",
+                    quote(s)
+                )
+            })
+    }
+}
+
+impl serde::Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

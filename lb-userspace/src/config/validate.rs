@@ -10,11 +10,15 @@ use std::{
 
 use super::{
     AnnounceSettings, BackendConfig, Config, ConfigError, DEFAULT_DEREGISTRATION_DELAY,
-    DEFAULT_METRICS, DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_WEIGHT, DaemonSettings,
-    DataplaneSettings, HealthCheck, Location, MAX_WEIGHT, VipConfig, VipId,
+    DEFAULT_IDLE_TCP, DEFAULT_IDLE_UDP, DEFAULT_METRICS, DEFAULT_PIN_DIR, DEFAULT_SNAT_PORTS,
+    DEFAULT_SOCKET, DEFAULT_WEIGHT, DaemonSettings, DataplaneSettings, HealthCheck, Location,
+    MAX_WEIGHT, VipConfig, VipId,
     file::{self, File, HealthFile, Listen},
     health_defaults,
-    types::{DEFAULT_MAGLEV_VARIANT, HashMode, OnFailOpen, ProbeKind, Protocol, XdpMode},
+    types::{
+        DEFAULT_MAGLEV_VARIANT, Forwarding, HashMode, NatSource, OnFailOpen, ProbeKind, Protocol,
+        XdpMode,
+    },
 };
 use crate::{
     dataplane::Limits,
@@ -128,7 +132,44 @@ fn dataplane(d: &file::DataplaneFile) -> Result<DataplaneSettings, ConfigError> 
             i64::from(defaults.maglev_size),
             (3, 16_777_259),
         )?,
+        nat_table_entries: top.int_in(
+            "dataplane.nat_table_entries",
+            d.nat_table_entries,
+            i64::from(defaults.nat_table_entries),
+            (1, 1 << 26),
+        )?,
     };
+    let snat_v4 = d.snat_v4.clone().map(|a| a.0).unwrap_or_default();
+    let snat_v6 = d.snat_v6.clone().map(|a| a.0).unwrap_or_default();
+    let pool: Vec<(&str, IpAddr)> = snat_v4
+        .iter()
+        .map(|a| ("dataplane.snat_v4", IpAddr::V4(*a)))
+        .chain(
+            snat_v6
+                .iter()
+                .map(|a| ("dataplane.snat_v6", IpAddr::V6(*a))),
+        )
+        .collect();
+    let per_family = lb_common::SNAT_SLOTS_PER_FAMILY as usize;
+    for (field, list) in [
+        ("dataplane.snat_v4", snat_v4.len()),
+        ("dataplane.snat_v6", snat_v6.len()),
+    ] {
+        if list > per_family {
+            return Err(top.err(
+                field,
+                format!("{list} addresses is more than the {per_family} a family can have"),
+            ));
+        }
+    }
+    for (i, (field, a)) in pool.iter().enumerate() {
+        if let Some(why) = not_a_backend(*a) {
+            return Err(top.err(field, format!("{a} cannot be a SNAT address: it is {why}")));
+        }
+        if pool[..i].iter().any(|(_, b)| b == a) {
+            return Err(top.err(field, format!("{a} is listed twice")));
+        }
+    }
     let m = limits.maglev_size;
     if m > maglev::MAX_TABLE_SIZE {
         return Err(top.err(
@@ -160,6 +201,9 @@ fn dataplane(d: &file::DataplaneFile) -> Result<DataplaneSettings, ConfigError> 
         maglev_variant: d.maglev_variant.unwrap_or(DEFAULT_MAGLEV_VARIANT),
         source_v4: d.source_v4,
         source_v6: d.source_v6,
+        snat_v4,
+        snat_v6,
+        snat_ports: d.snat_ports.map_or(DEFAULT_SNAT_PORTS, |r| (r.0, r.1)),
         limits,
     })
 }
@@ -287,6 +331,19 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
     // An any-port VIP's checks need a port of their own (required above unless they are
     // off); 80 stands in where they are off.
     let check_port = if port == 0 { 80 } else { port };
+    let forwarding = v.forwarding.unwrap_or(Forwarding::Dsr);
+    let nat = forwarding == Forwarding::Nat;
+    for (field, set) in [
+        ("nat_source", v.nat_source.is_some()),
+        ("idle_timeout", v.idle_timeout.is_some()),
+    ] {
+        if set && !nat {
+            return Err(at.err(
+                field,
+                "applies to NAT VIPs only; set forwarding = \"nat\" (this VIP is \"dsr\")",
+            ));
+        }
+    }
     let backends = v
         .backends
         .iter()
@@ -301,13 +358,26 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
                 i64::from(DEFAULT_WEIGHT),
                 (0, i64::from(MAX_WEIGHT)),
             )?;
+            let target_port = match (nat, b.port) {
+                (false, Some(_)) => {
+                    return Err(bat.err(
+                        "port",
+                        "a backend port needs forwarding = \"nat\": a DSR backend receives the VIP's own port",
+                    ));
+                }
+                (false, None) => 0,
+                (true, p) => bat.int_in("port", p, i64::from(port), (if port == 0 { 0 } else { 1 }, 65_535))? as u16,
+            };
             let h = b.health_check.clone().unwrap_or_default().over(&vip_health);
             // An error in settings the backend inherits is the VIP's.
             let hat = if b.health_check.is_some() { bat } else { at };
+            // A NAT target is probed on its own port unless a port is configured.
+            let probe_port = if target_port != 0 { target_port } else { check_port };
             Ok(BackendConfig {
                 address,
+                port: target_port,
                 weight,
-                health: health(hat, "health_check", &h, check_port)?,
+                health: health(hat, "health_check", &h, probe_port)?,
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -316,12 +386,30 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
         .min_serving
         .map(|n| at.int_in("min_serving", Some(n), 0, (0, 1_000_000)))
         .transpose()?;
+    let idle_default = match id.protocol {
+        Protocol::Tcp => DEFAULT_IDLE_TCP,
+        Protocol::Udp => DEFAULT_IDLE_UDP,
+    };
+    let idle_timeout = if nat {
+        v.idle_timeout.unwrap_or(idle_default)
+    } else {
+        Duration::ZERO
+    };
+    if nat && idle_timeout < Duration::from_secs(1) {
+        return Err(at.err(
+            "idle_timeout",
+            format!("{idle_timeout:?} is shorter than the 1s minimum"),
+        ));
+    }
     Ok(VipConfig {
         name,
         id,
         min_serving,
         on_fail_open: v.on_fail_open.unwrap_or(OnFailOpen::StayAnnounced),
         hash: v.hash.unwrap_or(HashMode::FiveTuple),
+        forwarding,
+        nat_source: v.nat_source.unwrap_or(NatSource::Snat),
+        idle_timeout,
         deregistration_delay: v
             .deregistration_delay
             .unwrap_or(DEFAULT_DEREGISTRATION_DELAY),
@@ -456,6 +544,26 @@ impl Config {
         let limits = self.dataplane.limits;
         let mut seen: BTreeMap<VipId, usize> = BTreeMap::new();
         let vip_addresses: HashSet<IpAddr> = self.vips.iter().map(|v| v.id.address).collect();
+        let d = &self.dataplane;
+        let snat: HashSet<IpAddr> = d
+            .snat_v4
+            .iter()
+            .map(|a| IpAddr::V4(*a))
+            .chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a)))
+            .collect();
+        for a in &snat {
+            if vip_addresses.contains(a) {
+                let field = if a.is_ipv4() {
+                    "dataplane.snat_v4"
+                } else {
+                    "dataplane.snat_v6"
+                };
+                return Err(Scope::Top.err(
+                    field,
+                    format!("{a} cannot be a SNAT address: it is a VIP address"),
+                ));
+            }
+        }
         let mut total_backends = 0usize;
         for (i, v) in self.vips.iter().enumerate() {
             let id = v.id;
@@ -475,6 +583,38 @@ impl Config {
                         "address",
                         format!("{baddr} cannot be a backend: it is a VIP address (its packets would come back here)"),
                     ));
+                }
+                if snat.contains(&baddr) {
+                    return Err(bat.err(
+                        "address",
+                        format!("{baddr} cannot be a backend: it is a SNAT address of this load balancer"),
+                    ));
+                }
+                if v.is_nat() {
+                    if baddr.is_ipv4() != id.address.is_ipv4() {
+                        return Err(bat.err(
+                            "address",
+                            format!("NAT target {baddr} must be of the family of VIP {id}: NAT does not translate between IPv4 and IPv6"),
+                        ));
+                    }
+                    let (missing, field) = if baddr.is_ipv4() {
+                        (self.dataplane.snat_v4.is_empty(), "dataplane.snat_v4")
+                    } else {
+                        (self.dataplane.snat_v6.is_empty(), "dataplane.snat_v6")
+                    };
+                    if missing && v.nat_source == NatSource::Snat {
+                        return Err(bat.err(
+                            "address",
+                            format!("NAT target {baddr} needs {field} (the source address targets see), or nat_source = \"client\""),
+                        ));
+                    }
+                    if !addrs.insert((baddr, b.port)) {
+                        return Err(bat.err(
+                            "port",
+                            format!("duplicate target {} in VIP {id}", b.target()),
+                        ));
+                    }
+                    continue;
                 }
                 if id.address.is_ipv6() && baddr.is_ipv4() {
                     return Err(bat.err(
@@ -503,7 +643,7 @@ impl Config {
                     }
                     _ => {}
                 }
-                if !addrs.insert(baddr) {
+                if !addrs.insert((baddr, 0)) {
                     return Err(
                         bat.err("address", format!("duplicate backend {baddr} in VIP {id}"))
                     );

@@ -5,7 +5,7 @@
 use crate::{
     api::{Request, Response},
     config::{
-        Config, File, ProbeKind,
+        Config, File, ProbeKind, Target,
         file::{BackendFile, HealthFile, VipFile},
     },
     engine::{Change, EngineError},
@@ -91,11 +91,11 @@ impl Daemon {
             },
             Request::BackendDrain { vip, address } | Request::BackendUndrain { vip, address } => {
                 let drain = matches!(req, Request::BackendDrain { .. });
-                let r = self
-                    .engine
-                    .lock()
-                    .expect("engine lock")
-                    .set_drained(&vip, address, drain);
+                let r = {
+                    let mut engine = self.engine.lock().expect("engine lock");
+                    let address = resolve_target(engine.vips().get(&vip), address);
+                    engine.set_drained(&vip, address, drain)
+                };
                 match r {
                     Ok(changed) => {
                         self.after_change(None);
@@ -172,6 +172,27 @@ impl Daemon {
     }
 }
 
+/// Whether a backend of the running configuration (file schema: NAT backends have their
+/// port) is `t`; a target without a port names the backend of that address on the VIP's
+/// port, or its only one.
+fn same(b: &BackendFile, t: Target) -> bool {
+    b.address == Some(t.address) && (t.port == 0 || b.port == Some(i64::from(t.port)))
+}
+
+/// The backend of a VIP that `t` names (see `same`): `t` itself, or for a target given
+/// without a port the VIP's only backend with that address.
+fn resolve_target(vip: Option<&crate::engine::VipRecord>, t: Target) -> Target {
+    let Some(v) = vip else { return t };
+    if t.port != 0 || v.backends.contains_key(&t) {
+        return t;
+    }
+    let mut same = v.backends.keys().filter(|k| k.address == t.address);
+    match (same.next(), same.next()) {
+        (Some(only), None) => *only,
+        _ => t,
+    }
+}
+
 /// Makes a run-time change to the running configuration (in the file schema).
 fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
     // The running configuration in the file schema names every VIP's address, port and
@@ -187,7 +208,13 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
             .ok_or_else(|| format!("no VIP {vip}"))
     };
     match req {
-        Request::VipAdd { vip, name, hash } => {
+        Request::VipAdd {
+            vip,
+            name,
+            hash,
+            forwarding,
+            nat_source,
+        } => {
             if find(f, vip).is_ok() {
                 return Err(format!("VIP {vip} already exists"));
             }
@@ -197,6 +224,8 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
                 port: Some(i64::from(vip.port)),
                 protocol: Some(vip.protocol),
                 hash: Some(hash),
+                forwarding,
+                nat_source,
                 // An any-port VIP has no port to probe until one is configured.
                 health_check: (vip.port == 0).then(|| HealthFile {
                     protocol: Some(ProbeKind::None),
@@ -216,11 +245,12 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
         } => {
             let i = find(f, vip)?;
             let v = &mut f.vips[i];
-            if v.backends.iter().any(|b| b.address == Some(address)) {
+            if v.backends.iter().any(|b| same(b, address)) {
                 return Err(format!("VIP {vip} already has backend {address}"));
             }
             v.backends.push(BackendFile {
-                address: Some(address),
+                address: Some(address.address),
+                port: (address.port != 0).then_some(i64::from(address.port)),
                 weight: weight.map(i64::from),
                 health_check: None,
             });
@@ -231,7 +261,7 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
             let j = v
                 .backends
                 .iter()
-                .position(|b| b.address == Some(address))
+                .position(|b| same(b, address))
                 .ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
             v.backends.remove(j);
         }
@@ -244,7 +274,7 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
             let b = f.vips[i]
                 .backends
                 .iter_mut()
-                .find(|b| b.address == Some(address))
+                .find(|b| same(b, address))
                 .ok_or_else(|| format!("VIP {vip} has no backend {address}"))?;
             b.weight = Some(i64::from(weight));
         }

@@ -22,6 +22,7 @@ mod page;
 pub mod pins;
 pub mod saved;
 mod slots;
+pub mod sweeper;
 pub use slots::Throttled;
 
 use std::{
@@ -77,6 +78,8 @@ struct Daemon {
     announcer: Option<Arc<announce::Announcer>>,
     /// Counters sampled every two seconds, for the status page's rates and sparklines.
     history: Mutex<page::History>,
+    /// What the NAT sweeper last counted.
+    nat_use: Mutex<crate::stats::NatUse>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -240,6 +243,7 @@ async fn serve(
             .clone()
             .map(|a| Arc::new(announce::Announcer::new(a))),
         history: Mutex::new(page::History::default()),
+        nat_use: Mutex::new(crate::stats::NatUse::default()),
     });
     daemon.after_change(Some(file_hash(&text)));
 
@@ -302,6 +306,7 @@ async fn serve(
     if let Some(a) = &daemon.announcer {
         tokio::spawn(announce::run(daemon.clone(), a.clone()));
     }
+    tokio::spawn(sweeper::run(daemon.clone()));
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -341,7 +346,12 @@ impl Daemon {
     fn snapshot(&self) -> Result<crate::api::Snapshot, crate::dataplane::DataplaneError> {
         let mut s = {
             let engine = self.engine.lock().expect("engine lock");
-            crate::stats::snapshot(&engine, &self.iface, self.xdp_mode)?
+            crate::stats::snapshot(
+                &engine,
+                &self.iface,
+                self.xdp_mode,
+                &self.nat_use.lock().expect("nat lock"),
+            )?
         };
         if let Some(a) = &self.announcer {
             let decisions = a.decisions.lock().expect("decisions lock").clone();
@@ -425,7 +435,7 @@ impl Daemon {
                 .flat_map(|(vid, v)| {
                     v.backends.values().map(|b| Probe {
                         vip: *vid,
-                        backend: b.config.address,
+                        backend: b.config.target(),
                         check: b.config.health.clone(),
                         current: b.health,
                     })

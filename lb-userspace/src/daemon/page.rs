@@ -9,13 +9,17 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     fmt::Write as _,
-    net::IpAddr,
     time::SystemTime,
 };
 
 use lb_common::stats::Kind;
 
-use crate::{api::Snapshot, config::VipId, engine::Health, stats::human};
+use crate::{
+    api::Snapshot,
+    config::{Target, VipId},
+    engine::Health,
+    stats::human,
+};
 
 /// Samples kept per target: two minutes at one sample every two seconds.
 pub const SAMPLES: usize = 60;
@@ -32,7 +36,7 @@ pub struct History {
 struct Sample {
     /// Milliseconds since the Unix epoch.
     at: u64,
-    targets: BTreeMap<(VipId, IpAddr), u64>,
+    targets: BTreeMap<(VipId, Target), u64>,
     vips: BTreeMap<VipId, u64>,
 }
 
@@ -60,7 +64,7 @@ impl History {
     }
 
     /// Packets per second of a target between successive samples, oldest first.
-    fn target_rates(&self, key: &(VipId, IpAddr)) -> Vec<f64> {
+    fn target_rates(&self, key: &(VipId, Target)) -> Vec<f64> {
         self.rates(|s| s.targets.get(key).copied())
     }
 

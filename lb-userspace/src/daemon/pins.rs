@@ -14,7 +14,10 @@ use crate::{config::XdpMode, dataplane::Balancer};
 /// Version of the layout of pinned maps; part of the pin path. Bump it with any change to
 /// a map's key, value or meaning, so a new daemon never misreads old pins.
 /// 2: CONFIG holds the interface MAC, GLOBAL_STATS has the router-check reasons.
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: NAT: FLOWS values of 16 bytes, BACKENDS with mode and port, CONFIG with the SNAT
+/// settings, VIP_STATS/BACKEND_STATS with reply counters, NAT_REV and SNAT_POOL, the
+/// address filter with four bits per address, the NAT reasons.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// The pin directory of an interface: `<pin_dir>/v<layout>/<interface>`.
 pub fn pin_path(pin_dir: &Path, iface: &str) -> PathBuf {

@@ -8,14 +8,18 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use lb_common::{ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_UNUSED, Backend};
+use lb_common::{
+    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_UNUSED, Backend, SNAT_SLOTS,
+    VIP_F_NAT, VIP_F_NAT_CLIENT, addr_from_map, port_from_map,
+};
 
 use super::{
     execute::{Maps, Step},
     state::{BackendRecord, Health, State, VipRecord, fingerprint},
 };
 use crate::config::{
-    BackendConfig, DEFAULT_DEREGISTRATION_DELAY, HashMode, HealthCheck, VipConfig, VipId,
+    BackendConfig, DEFAULT_DEREGISTRATION_DELAY, DEFAULT_IDLE_TCP, DEFAULT_IDLE_UDP, Forwarding,
+    HashMode, HealthCheck, NatSource, Protocol, Target, VipConfig, VipId,
 };
 
 /// The state the maps hold, and the writes that repair what a crash between two writes
@@ -28,12 +32,23 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
         mac: [0; 6],
         ..maps.config()?
     };
+    for slot in 0..SNAT_SLOTS {
+        let a = maps.snat(slot)?;
+        if a != [0; 16] {
+            let family = if slot < lb_common::SNAT_SLOTS_PER_FAMILY {
+                lb_common::FAMILY_V4
+            } else {
+                lb_common::FAMILY_V6
+            };
+            state.snat[slot as usize] = addr_from_map(&a, family);
+        }
+    }
     let mut by_vip: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
     for id in 1..limits.max_backends {
         let b = maps.backend(id)?;
         state.generations[id as usize] = b.generation;
         if b.state != BACKEND_UNUSED {
-            by_vip.entry(b.vip).or_default().push((id, b));
+            by_vip.entry(u32::from(b.vip)).or_default().push((id, b));
         }
     }
     let now = Instant::now();
@@ -43,10 +58,26 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
             continue;
         };
         let health = HealthCheck::default_for_port(if vid.port == 0 { 80 } else { vid.port });
+        let nat = info.flags & VIP_F_NAT != 0;
         let mut config = VipConfig {
             name: vid.to_string(),
             id: vid,
             hash: HashMode::from_vip_flags(info.flags),
+            forwarding: if nat {
+                Forwarding::Nat
+            } else {
+                Forwarding::Dsr
+            },
+            nat_source: if info.flags & VIP_F_NAT_CLIENT != 0 {
+                NatSource::Client
+            } else {
+                NatSource::Snat
+            },
+            idle_timeout: match (nat, vid.protocol) {
+                (false, _) => std::time::Duration::ZERO,
+                (true, Protocol::Tcp) => DEFAULT_IDLE_TCP,
+                (true, Protocol::Udp) => DEFAULT_IDLE_UDP,
+            },
             deregistration_delay: DEFAULT_DEREGISTRATION_DELAY,
             health: health.clone(),
             backends: Vec::new(),
@@ -57,11 +88,18 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
         let named: BTreeSet<u32> = table.iter().copied().collect();
         let mut backends = BTreeMap::new();
         for (id, b) in by_vip.remove(&info.index).unwrap_or_default() {
-            let Some(addr) = b.ip() else { continue };
+            let Some(address) = b.ip() else { continue };
+            let port = port_from_map(b.port);
+            let addr = Target::new(address, port);
             let bc = BackendConfig {
-                address: addr,
+                address,
+                port,
                 weight: b.weight,
-                health: health.clone(),
+                health: if port != 0 {
+                    HealthCheck::default_for_port(port)
+                } else {
+                    health.clone()
+                },
             };
             let removing = b.admin & ADMIN_F_REMOVING != 0;
             if !removing {
@@ -89,9 +127,9 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
                 },
             );
         }
-        let addresses: BTreeMap<u32, IpAddr> = backends
+        let addresses: BTreeMap<u32, Target> = backends
             .values()
-            .map(|b| (b.id, b.config.address))
+            .map(|b| (b.id, b.config.target()))
             .collect();
         let fail_open = backends
             .values()

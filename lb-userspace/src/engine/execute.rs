@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, sync::Arc};
 
-use lb_common::{Backend, DataplaneConfig, VipInfo, VipKey, addr_to_map};
+use lb_common::{Addr, Backend, DataplaneConfig, FlowKey, VipInfo, VipKey, addr_to_map};
 
 use crate::dataplane::{Balancer, DataplaneError, Limits};
 
@@ -26,6 +26,14 @@ pub enum Step {
     /// `VIP_ADDRS[address]`: how many VIPs the address has (0 removes it); the address
     /// filter follows it.
     SetVipAddress(IpAddr, u32),
+    /// `SNAT_POOL[slot]` (all zero: empty); the address filter follows it.
+    SetSnat(u32, Addr),
+    /// Ends a NAT connection (the sweeper): its forward entry `conn` if it is still the
+    /// connection's, then its reverse entry `reply`, which frees the port.
+    RemoveNat {
+        reply: FlowKey,
+        conn: Option<FlowKey>,
+    },
 }
 
 /// The maps as the controller uses them: written by [`execute`], read back when a
@@ -48,6 +56,9 @@ pub trait Maps {
     fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, Self::Error>;
     fn set_vip_address(&mut self, key: &VipKey, count: u32) -> Result<(), Self::Error>;
     fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>, Self::Error>;
+    fn set_snat(&mut self, slot: u32, addr: &Addr) -> Result<(), Self::Error>;
+    fn snat(&self, slot: u32) -> Result<Addr, Self::Error>;
+    fn remove_nat(&mut self, reply: &FlowKey, conn: Option<&FlowKey>) -> Result<(), Self::Error>;
 }
 
 /// The `VIP_ADDRS` key of an address.
@@ -73,6 +84,8 @@ pub fn execute<M: Maps>(maps: &mut M, steps: &[Step]) -> Result<(), M::Error> {
             Step::SetVip(k, info) => maps.set_vip(k, info)?,
             Step::RemoveVip(k) => maps.remove_vip(k)?,
             Step::SetVipAddress(a, n) => maps.set_vip_address(&address_key(*a), *n)?,
+            Step::SetSnat(slot, a) => maps.set_snat(*slot, a)?,
+            Step::RemoveNat { reply, conn } => maps.remove_nat(reply, conn.as_ref())?,
         }
     }
     Ok(())
@@ -123,6 +136,22 @@ impl Maps for Balancer {
     fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>, DataplaneError> {
         Balancer::vip_addresses(self)
     }
+    fn set_snat(&mut self, slot: u32, addr: &Addr) -> Result<(), DataplaneError> {
+        Balancer::set_snat_slot(self, slot, addr)
+    }
+    fn snat(&self, slot: u32) -> Result<Addr, DataplaneError> {
+        Balancer::snat_slot(self, slot)
+    }
+    fn remove_nat(
+        &mut self,
+        reply: &FlowKey,
+        conn: Option<&FlowKey>,
+    ) -> Result<(), DataplaneError> {
+        if let Some(c) = conn {
+            Balancer::remove_flow(self, c)?;
+        }
+        Balancer::remove_nat_reverse(self, reply)
+    }
 }
 
 /// Maps in memory, for tests of the planner and the engine without root.
@@ -134,6 +163,9 @@ pub struct MemoryMaps {
     pub tables: Vec<Vec<u32>>,
     pub vips: std::collections::BTreeMap<VipKey, VipInfo>,
     pub vip_addresses: std::collections::BTreeMap<VipKey, u32>,
+    pub snat: Vec<Addr>,
+    /// NAT connections removed (reply keys), in order.
+    pub nat_removed: Vec<FlowKey>,
     /// Every write so far, in order.
     pub writes: usize,
     /// Fail (as a crash would stop) once this many writes have been made.
@@ -154,6 +186,8 @@ impl MemoryMaps {
             tables: vec![vec![0; limits.maglev_size as usize]; 2 * limits.max_vips as usize],
             vips: Default::default(),
             vip_addresses: Default::default(),
+            snat: vec![[0; 16]; lb_common::SNAT_SLOTS as usize],
+            nat_removed: Vec::new(),
             writes: 0,
             fail_after: None,
         }
@@ -228,5 +262,18 @@ impl Maps for MemoryMaps {
     }
     fn vip_addresses(&self) -> Result<Vec<(VipKey, u32)>, Stopped> {
         Ok(self.vip_addresses.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_snat(&mut self, slot: u32, addr: &Addr) -> Result<(), Stopped> {
+        self.write()?;
+        self.snat[slot as usize] = *addr;
+        Ok(())
+    }
+    fn snat(&self, slot: u32) -> Result<Addr, Stopped> {
+        Ok(self.snat[slot as usize])
+    }
+    fn remove_nat(&mut self, reply: &FlowKey, _: Option<&FlowKey>) -> Result<(), Stopped> {
+        self.write()?;
+        self.nat_removed.push(*reply);
+        Ok(())
     }
 }

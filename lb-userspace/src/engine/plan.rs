@@ -19,7 +19,7 @@ use std::{
 use lb_common::{
     ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
     BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CFG_F_WILDCARD_VIPS,
-    DataplaneConfig as MapConfig, VipInfo, addr_to_map,
+    DataplaneConfig as MapConfig, SNAT_SLOTS_PER_FAMILY, VipInfo, addr_to_map,
 };
 
 use super::{
@@ -29,8 +29,8 @@ use super::{
 };
 use crate::{
     config::{
-        BackendConfig, Config, ConfigError, DataplaneSettings, HealthCheck, ProbeKind, VipConfig,
-        VipId,
+        BackendConfig, Config, ConfigError, DataplaneSettings, HealthCheck, ProbeKind, Target,
+        VipConfig, VipId,
     },
     maglev,
 };
@@ -62,13 +62,29 @@ pub fn apply(state: &State, from: &Config, to: &Config, now: Instant) -> Result<
     if wildcard_now || wildcard_after {
         cfg.flags |= CFG_F_WILDCARD_VIPS;
     }
+    // New SNAT addresses are in their slots (and the address filter) before the
+    // configuration counts them, so a connection never names an empty slot.
+    let slots = snat_slots(&to.dataplane);
+    let mut snat_changed = false;
+    for (i, (have, want)) in state.snat.iter().zip(&slots).enumerate() {
+        if have != want {
+            let addr = want.map_or([0; 16], |a| addr_to_map(a).0);
+            p.steps.push(Step::SetSnat(i as u32, addr));
+            snat_changed = true;
+        }
+    }
+    p.state.snat = slots;
     if p.state.map_config != cfg {
+        snat_changed |= from.dataplane.snat_ports != to.dataplane.snat_ports;
         p.set_config(cfg);
         if (from.dataplane.source_v4, from.dataplane.source_v6)
             != (to.dataplane.source_v4, to.dataplane.source_v6)
         {
             p.changes.push(Change::Sources);
         }
+    }
+    if snat_changed {
+        p.changes.push(Change::Snat);
     }
 
     let wanted: BTreeSet<VipId> = to.vips.iter().map(|v| v.id).collect();
@@ -101,7 +117,7 @@ pub fn set_health(
     state: &State,
     config: &Config,
     vid: &VipId,
-    addr: IpAddr,
+    addr: Target,
     health: Health,
     reason: &str,
     at: SystemTime,
@@ -131,7 +147,7 @@ pub fn set_drained(
     state: &State,
     config: &Config,
     vid: &VipId,
-    addr: IpAddr,
+    addr: Target,
     drained: bool,
 ) -> Result<Plan, EngineError> {
     let mut p = Planner::new(state, &config.dataplane);
@@ -151,7 +167,7 @@ pub fn set_drained(
 /// Removes the backends whose deregistration delay is over at `now`.
 pub fn expire(state: &State, config: &Config, now: Instant) -> Plan {
     let mut p = Planner::new(state, &config.dataplane);
-    let done: Vec<(VipId, IpAddr)> = p
+    let done: Vec<(VipId, Target)> = p
         .state
         .vips
         .iter()
@@ -189,7 +205,25 @@ pub fn map_config(d: &DataplaneSettings) -> MapConfig {
         cfg.source_v6 = a.octets();
         cfg.flags |= CFG_F_SOURCE_V6;
     }
+    cfg.snat_port_min = d.snat_ports.0;
+    cfg.snat_port_max = d.snat_ports.1;
+    cfg.snat_v4 = d.snat_v4.len() as u8;
+    cfg.snat_v6 = d.snat_v6.len() as u8;
     cfg
+}
+
+/// The SNAT pool's slots for the settings: IPv4 addresses from slot 0, IPv6 ones from
+/// `SNAT_SLOTS_PER_FAMILY`.
+pub fn snat_slots(d: &DataplaneSettings) -> Vec<Option<IpAddr>> {
+    let per = SNAT_SLOTS_PER_FAMILY as usize;
+    let mut slots = vec![None; 2 * per];
+    for (i, a) in d.snat_v4.iter().enumerate() {
+        slots[i] = Some(IpAddr::V4(*a));
+    }
+    for (i, a) in d.snat_v6.iter().enumerate() {
+        slots[per + i] = Some(IpAddr::V6(*a));
+    }
+    slots
 }
 
 /// Health of a new backend: healthy if it is not checked, unknown until its first verdict
@@ -220,6 +254,11 @@ fn check(state: &State, from: &Config, to: &Config) -> Result<(), EngineError> {
         ),
         ("dataplane.max_vips", cur.max_vips, new.max_vips),
         ("dataplane.max_backends", cur.max_backends, new.max_backends),
+        (
+            "dataplane.nat_table_entries",
+            cur.nat_table_entries,
+            new.nat_table_entries,
+        ),
     ] {
         if a != b {
             return Err(EngineError::Immutable {
@@ -238,9 +277,26 @@ fn check(state: &State, from: &Config, to: &Config) -> Result<(), EngineError> {
             to: b.clone(),
         });
     }
+    // SNAT addresses may be appended; one that connections may name stays in its slot.
+    for (i, (have, want)) in state.snat.iter().zip(snat_slots(&to.dataplane)).enumerate() {
+        if let Some(h) = have
+            && Some(*h) != want
+        {
+            let family = if i < SNAT_SLOTS_PER_FAMILY as usize {
+                "dataplane.snat_v4"
+            } else {
+                "dataplane.snat_v6"
+            };
+            return Err(EngineError::Immutable {
+                what: family,
+                from: format!("{h} in place {}", i % SNAT_SLOTS_PER_FAMILY as usize),
+                to: want.map_or("nothing".to_owned(), |w| w.to_string()),
+            });
+        }
+    }
     let mut needed = 0usize;
     for vc in &to.vips {
-        let configured: BTreeSet<IpAddr> = vc.backends.iter().map(|b| b.address).collect();
+        let configured: BTreeSet<Target> = vc.backends.iter().map(BackendConfig::target).collect();
         needed += configured.len();
         if let Some(v) = state.vips.get(&vc.id) {
             needed += v
@@ -312,7 +368,7 @@ impl<'a> Planner<'a> {
     fn backend_mut(
         &mut self,
         vid: &VipId,
-        addr: IpAddr,
+        addr: Target,
     ) -> Result<&mut BackendRecord, EngineError> {
         let vip = self
             .state
@@ -365,7 +421,7 @@ impl<'a> Planner<'a> {
         for bc in &vc.backends {
             let b = self.new_backend(bc, &taken);
             taken.insert(b.id);
-            backends.insert(bc.address, b);
+            backends.insert(bc.target(), b);
         }
         self.state.vips.insert(
             vc.id,
@@ -374,7 +430,7 @@ impl<'a> Planner<'a> {
                 index,
                 table: 2 * index,
                 fingerprint: None,
-                flags_written: vc.hash.vip_flags(),
+                flags_written: vc.vip_flags(),
                 backends,
                 fail_open: false,
                 adopted: false,
@@ -388,7 +444,7 @@ impl<'a> Planner<'a> {
             VipInfo {
                 index,
                 table: vip.table,
-                flags: vc.hash.vip_flags(),
+                flags: vc.vip_flags(),
                 reserved: 0,
             },
         ));
@@ -435,9 +491,9 @@ impl<'a> Planner<'a> {
                 to: vc.hash,
             });
         }
-        let configured: BTreeMap<IpAddr, &BackendConfig> =
-            vc.backends.iter().map(|b| (b.address, b)).collect();
-        let existing: Vec<IpAddr> = self.state.vips[&vid].backends.keys().copied().collect();
+        let configured: BTreeMap<Target, &BackendConfig> =
+            vc.backends.iter().map(|b| (b.target(), b)).collect();
+        let existing: Vec<Target> = self.state.vips[&vid].backends.keys().copied().collect();
         // Removed from the configuration: serve out the deregistration delay, unless the
         // backend never took a flow.
         for addr in &existing {
@@ -522,9 +578,13 @@ impl<'a> Planner<'a> {
             && (old.name != vc.name
                 || old.deregistration_delay != vc.deregistration_delay
                 || old.min_serving != vc.min_serving
-                || old.on_fail_open != vc.on_fail_open)
+                || old.on_fail_open != vc.on_fail_open
+                || old.idle_timeout != vc.idle_timeout)
         {
             self.changes.push(Change::VipSettings { vip: vid });
+        }
+        if old.forwarding != vc.forwarding || old.nat_source != vc.nat_source {
+            self.changes.push(Change::Forwarding { vip: vid });
         }
         vip.adopted = false;
         vip.config = vc.clone();
@@ -576,7 +636,7 @@ impl<'a> Planner<'a> {
             .map(|b| maglev::Entry {
                 key: maglev::BackendKey {
                     addr: b.config.address,
-                    port: 0,
+                    port: b.config.port,
                 },
                 weight: b.config.weight,
                 id: b.id,
@@ -593,14 +653,14 @@ impl<'a> Planner<'a> {
                     message: e.to_string(),
                 })?
         };
-        let addresses: BTreeMap<u32, IpAddr> = vip
+        let addresses: BTreeMap<u32, Target> = vip
             .backends
             .values()
-            .map(|b| (b.id, b.config.address))
+            .map(|b| (b.id, b.config.target()))
             .collect();
         let print = fingerprint(&table, |id| addresses.get(&id).copied());
 
-        let (index, flags) = (vip.index, vip.config.hash.vip_flags());
+        let (index, flags, mode) = (vip.index, vip.config.vip_flags(), vip.config.backend_mode());
         let mut leaving = Vec::new();
         for b in vip.backends.values_mut() {
             let usable = b.health != Health::Unhealthy || fail_open;
@@ -624,10 +684,11 @@ impl<'a> Planner<'a> {
                 family,
                 state,
                 admin,
-                reserved: 0,
+                mode,
                 generation: b.generation,
-                vip: index,
+                vip: index as u16,
                 weight: b.config.weight,
+                port: lb_common::port_to_map(b.config.port),
             };
             b.in_table = serving.contains(&b.id);
             b.ever_served |= b.in_table;

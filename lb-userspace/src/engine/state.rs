@@ -12,7 +12,7 @@ use std::{
 use lb_common::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, Backend};
 
 use crate::{
-    config::{BackendConfig, VipConfig, VipId},
+    config::{BackendConfig, Target, VipConfig, VipId},
     dataplane::Limits,
     words::words,
 };
@@ -105,7 +105,7 @@ pub struct VipRecord {
     pub fingerprint: Option<u64>,
     /// `VipInfo::flags` as written.
     pub flags_written: u32,
-    pub backends: BTreeMap<IpAddr, BackendRecord>,
+    pub backends: BTreeMap<Target, BackendRecord>,
     /// Every eligible backend is unhealthy, so all of them take traffic (fail-open).
     pub fail_open: bool,
     /// Rebuilt from the maps and not yet matched with a configuration (its name,
@@ -125,6 +125,8 @@ pub struct State {
     /// Every health-checked backend of every VIP fails its checks (and there are at least
     /// two): the likely cause is this host, not the backends.
     pub all_checks_failing: bool,
+    /// What `SNAT_POOL` holds, by slot (`None`: empty).
+    pub snat: Vec<Option<IpAddr>>,
 }
 
 impl State {
@@ -136,6 +138,7 @@ impl State {
             vips: BTreeMap::new(),
             generations: vec![0; limits.max_backends as usize],
             all_checks_failing: false,
+            snat: vec![None; lb_common::SNAT_SLOTS as usize],
         }
     }
 
@@ -161,7 +164,7 @@ impl State {
 /// A fingerprint of a Maglev table that is the same on every host that serves the same
 /// backends the same way: a hash (FNV-1a, stable across builds) of the backend address in
 /// every slot, so it does not depend on the backend ids a host happened to give.
-pub fn fingerprint(table: &[u32], address_of: impl Fn(u32) -> Option<IpAddr>) -> u64 {
+pub fn fingerprint(table: &[u32], address_of: impl Fn(u32) -> Option<Target>) -> u64 {
     const PRIME: u64 = 0x0100_0000_01b3;
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     let mut eat = |bytes: &[u8]| {
@@ -169,21 +172,28 @@ pub fn fingerprint(table: &[u32], address_of: impl Fn(u32) -> Option<IpAddr>) ->
             h = (h ^ u64::from(*b)).wrapping_mul(PRIME);
         }
     };
-    let mut last: Option<(u32, [u8; 16])> = None;
+    let mut last: Option<(u32, [u8; 16], u16)> = None;
     for &id in table {
-        let bytes = match last {
-            Some((i, b)) if i == id => b,
+        let (bytes, port) = match last {
+            Some((i, b, p)) if i == id => (b, p),
             _ => {
-                let b = match address_of(id) {
+                let t = address_of(id);
+                let b = match t.map(|t| t.address) {
                     Some(IpAddr::V4(a)) => a.to_ipv6_mapped().octets(),
                     Some(IpAddr::V6(a)) => a.octets(),
                     None => [0; 16],
                 };
-                last = Some((id, b));
-                b
+                let p = t.map_or(0, |t| t.port);
+                last = Some((id, b, p));
+                (b, p)
             }
         };
         eat(&bytes);
+        // A NAT target's port too (DSR backends have none: their fingerprints are as
+        // before ports existed).
+        if port != 0 {
+            eat(&port.to_be_bytes());
+        }
     }
     h
 }
@@ -193,7 +203,7 @@ pub fn fingerprint(table: &[u32], address_of: impl Fn(u32) -> Option<IpAddr>) ->
 pub struct Event {
     pub at: SystemTime,
     pub vip: String,
-    pub backend: Option<IpAddr>,
+    pub backend: Option<Target>,
     pub message: String,
     /// What made the change: "SIGHUP", "xlb apply", "health check", ...
     #[serde(default)]
@@ -205,6 +215,12 @@ pub struct Event {
 pub enum Change {
     /// The outer source addresses of encapsulated packets.
     Sources,
+    /// The SNAT addresses or ports of NAT VIPs.
+    Snat,
+    /// A VIP's forwarding (DSR, NAT) or NAT settings changed.
+    Forwarding {
+        vip: VipId,
+    },
     VipAdded {
         vip: VipId,
         backends: usize,
@@ -223,49 +239,49 @@ pub enum Change {
     },
     BackendAdded {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
     },
     /// Removed from the configuration: keeps its flows for `delay`.
     BackendDeregistering {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
         delay: std::time::Duration,
     },
     /// Removed, and gone at once: it had never been healthy, so it had no flows to keep.
     BackendRemovedAtOnce {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
     },
     BackendReadded {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
     },
     /// The deregistration delay is over.
     BackendRemoved {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
     },
     Weight {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
         from: u32,
         to: u32,
     },
     /// The health-check settings of a backend changed (probes restart with them).
     HealthCheck {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
     },
     Health {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
         from: Health,
         to: Health,
         reason: String,
     },
     Drained {
         vip: VipId,
-        backend: IpAddr,
+        backend: Target,
         drained: bool,
     },
     FailOpen {
@@ -280,10 +296,11 @@ pub enum Change {
 
 impl Change {
     /// The VIP and backend it is about.
-    pub fn subject(&self) -> (Option<VipId>, Option<IpAddr>) {
+    pub fn subject(&self) -> (Option<VipId>, Option<Target>) {
         use Change::*;
         match self {
-            Sources | AllChecksFailing { .. } => (None, None),
+            Sources | Snat | AllChecksFailing { .. } => (None, None),
+            Forwarding { vip } => (Some(*vip), None),
             VipAdded { vip, .. }
             | VipRemoved { vip }
             | HashChanged { vip, .. }
@@ -306,6 +323,8 @@ impl Change {
         use Change::*;
         match self {
             Sources => "outer source addresses updated".to_owned(),
+            Snat => "SNAT addresses or ports updated".to_owned(),
+            Forwarding { .. } => "forwarding settings updated".to_owned(),
             VipAdded { backends, .. } => format!("VIP added with {backends} backends"),
             VipRemoved { .. } => "VIP removed".to_owned(),
             HashChanged { from, to, .. } => format!("hash {from} -> {to}"),
@@ -346,6 +365,8 @@ impl fmt::Display for Change {
         use Change::*;
         match self {
             Sources => f.write_str("outer source addresses updated"),
+            Snat => f.write_str("SNAT addresses or ports updated"),
+            Forwarding { vip } => write!(f, "VIP {vip}: forwarding settings updated"),
             VipAdded { vip, backends } => write!(f, "VIP {vip} added with {backends} backends"),
             VipRemoved { vip } => write!(f, "VIP {vip} removed"),
             HashChanged { vip, from, to } => write!(f, "VIP {vip}: hash {from} -> {to}"),

@@ -20,6 +20,7 @@ const LIMITS: Limits = Limits {
     max_backends: 64,
     flow_table_entries: 1024,
     maglev_size: 1009,
+    nat_table_entries: 1024,
 };
 
 fn vip() -> VipId {
@@ -27,6 +28,10 @@ fn vip() -> VipId {
 }
 
 fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn t(s: &str) -> crate::config::Target {
     s.parse().unwrap()
 }
 
@@ -68,7 +73,7 @@ fn engine(c: &Config) -> Engine<MemoryMaps> {
 }
 
 fn id_of(e: &Engine<MemoryMaps>, a: &str) -> u32 {
-    e.vips()[&vip()].backends[&ip(a)].id
+    e.vips()[&vip()].backends[&t(a)].id
 }
 
 /// The live table of the VIP, as backend addresses per slot.
@@ -104,7 +109,7 @@ fn view(m: &MemoryMaps) -> View {
             let backends = m
                 .backends
                 .iter()
-                .filter(|b| b.state != BACKEND_UNUSED && b.vip == info.index)
+                .filter(|b| b.state != BACKEND_UNUSED && u32::from(b.vip) == info.index)
                 .map(|b| (b.ip().unwrap(), (b.state, b.admin, b.weight)))
                 .collect();
             (*k, (info.flags, t, backends))
@@ -163,7 +168,7 @@ fn an_unchanged_configuration_plans_nothing() {
 fn draining_moves_only_the_drained_backends_slots_and_keeps_its_flows() {
     let mut e = engine(&config(&THREE));
     let before = table(e.maps());
-    assert!(e.set_drained(&vip(), ip("198.51.100.12"), true).unwrap());
+    assert!(e.set_drained(&vip(), t("198.51.100.12"), true).unwrap());
     let after = table(e.maps());
     for (b, a) in before.iter().zip(&after) {
         if *b != Some(ip("198.51.100.12")) {
@@ -177,8 +182,8 @@ fn draining_moves_only_the_drained_backends_slots_and_keeps_its_flows() {
         (BACKEND_DRAINING, ADMIN_F_DRAINED)
     );
     // Draining twice changes nothing; undraining restores the very same table.
-    assert!(!e.set_drained(&vip(), ip("198.51.100.12"), true).unwrap());
-    e.set_drained(&vip(), ip("198.51.100.12"), false).unwrap();
+    assert!(!e.set_drained(&vip(), t("198.51.100.12"), true).unwrap());
+    e.set_drained(&vip(), t("198.51.100.12"), false).unwrap();
     assert_eq!(table(e.maps()), before);
 }
 
@@ -187,14 +192,14 @@ fn an_unhealthy_backend_leaves_after_the_switch_and_flows_move() {
     let c = config_with(80, &THREE, "tcp");
     let mut e = engine(&c);
     for (a, _) in THREE {
-        e.set_health(&vip(), ip(a), Health::Healthy, "ok").unwrap();
+        e.set_health(&vip(), t(a), Health::Healthy, "ok").unwrap();
     }
     let id = id_of(&e, "198.51.100.13");
     let plan = plan::set_health(
         e.state(),
         e.config(),
         &vip(),
-        ip("198.51.100.13"),
+        t("198.51.100.13"),
         Health::Unhealthy,
         "3 failures",
         std::time::SystemTime::now(),
@@ -225,7 +230,7 @@ fn unknown_backends_serve_only_while_none_is_healthy() {
     let mut e = engine(&config_with(80, &THREE, "tcp"));
     // No verdict yet: all of them take traffic.
     assert!(THREE.iter().all(|(a, _)| share(e.maps(), a) > 0));
-    e.set_health(&vip(), ip("198.51.100.11"), Health::Healthy, "ok")
+    e.set_health(&vip(), t("198.51.100.11"), Health::Healthy, "ok")
         .unwrap();
     assert_eq!(
         share(e.maps(), "198.51.100.11"),
@@ -239,7 +244,7 @@ fn unknown_backends_serve_only_while_none_is_healthy() {
 fn when_every_backend_is_unhealthy_the_vip_fails_open() {
     let mut e = engine(&config_with(80, &THREE, "tcp"));
     for (a, _) in THREE {
-        e.set_health(&vip(), ip(a), Health::Unhealthy, "down")
+        e.set_health(&vip(), t(a), Health::Unhealthy, "down")
             .unwrap();
     }
     assert!(e.vips()[&vip()].fail_open);
@@ -254,7 +259,7 @@ fn when_every_backend_is_unhealthy_the_vip_fails_open() {
         e.events().any(|ev| ev.message.starts_with("FAIL-OPEN")),
         "a fail-open event"
     );
-    e.set_health(&vip(), ip("198.51.100.12"), Health::Healthy, "back")
+    e.set_health(&vip(), t("198.51.100.12"), Health::Healthy, "back")
         .unwrap();
     assert!(!e.vips()[&vip()].fail_open);
     assert_eq!(
@@ -277,7 +282,7 @@ fn a_removed_backend_serves_out_its_delay_then_its_id_is_freed() {
         changes,
         vec![Change::BackendDeregistering {
             vip: vip(),
-            backend: ip("198.51.100.13"),
+            backend: t("198.51.100.13"),
             delay: Duration::from_secs(10)
         }]
     );
@@ -293,7 +298,7 @@ fn a_removed_backend_serves_out_its_delay_then_its_id_is_freed() {
         done,
         vec![Change::BackendRemoved {
             vip: vip(),
-            backend: ip("198.51.100.13")
+            backend: t("198.51.100.13")
         }]
     );
     assert_eq!(e.maps().backends[id as usize].state, BACKEND_UNUSED);
@@ -309,7 +314,7 @@ fn a_removed_backend_serves_out_its_delay_then_its_id_is_freed() {
 fn a_backend_that_never_served_is_removed_at_once() {
     let c = config_with(80, &THREE[..1], "tcp");
     let mut e = engine(&c);
-    e.set_health(&vip(), ip("198.51.100.11"), Health::Healthy, "ok")
+    e.set_health(&vip(), t("198.51.100.11"), Health::Healthy, "ok")
         .unwrap();
     // Added while another is healthy: never in the table.
     let two = config_with(80, &THREE[..2], "tcp");
@@ -320,11 +325,11 @@ fn a_backend_that_never_served_is_removed_at_once() {
         changes,
         vec![Change::BackendRemovedAtOnce {
             vip: vip(),
-            backend: ip("198.51.100.12")
+            backend: t("198.51.100.12")
         }]
     );
     assert_eq!(e.maps().backends[id as usize].state, BACKEND_UNUSED);
-    assert!(!e.vips()[&vip()].backends.contains_key(&ip("198.51.100.12")));
+    assert!(!e.vips()[&vip()].backends.contains_key(&t("198.51.100.12")));
 }
 
 #[test]
@@ -413,12 +418,12 @@ fn settings_that_size_the_maps_cannot_change_and_nothing_is_planned() {
 fn adopting_what_was_written_changes_nothing() {
     let c = config(&THREE);
     let mut e = engine(&c);
-    e.set_drained(&vip(), ip("198.51.100.11"), true).unwrap();
+    e.set_drained(&vip(), t("198.51.100.11"), true).unwrap();
     let maps = e.maps().clone();
     let mut again = Engine::new(maps, c.dataplane.clone());
     assert_eq!(again.adopt().unwrap(), 1);
     let r = &again.vips()[&vip()];
-    assert!(r.backends[&ip("198.51.100.11")].drained);
+    assert!(r.backends[&t("198.51.100.11")].drained);
     let before = view(again.maps());
     let plan = plan::apply(again.state(), again.config(), &c, Instant::now()).unwrap();
     assert!(
@@ -496,4 +501,55 @@ fn fingerprints_do_not_depend_on_backend_ids() {
     b.apply(&config(&THREE)).unwrap();
     assert_ne!(id_of(&a, "198.51.100.11"), id_of(&b, "198.51.100.11"));
     assert_eq!(a.vips()[&vip()].fingerprint, b.vips()[&vip()].fingerprint);
+}
+
+/// A NAT VIP over two tasks of one host, SNAT addresses `snat`.
+fn nat_config(snat: &str) -> Config {
+    let text = format!(
+        "[dataplane]\nsnat_v4 = {snat}\nmax_vips = 4\nmax_backends = 64\nflow_table_entries = 1024\nmaglev_table_size = 1009\nnat_table_entries = 1024\n\
+         [[vip]]\naddress = \"203.0.113.20\"\nport = 80\nforwarding = \"nat\"\nhealth_check = {{ protocol = \"none\" }}\n\
+         backends = [ {{ address = \"198.51.100.20\", port = 32768 }}, {{ address = \"198.51.100.20\", port = 32769 }} ]\n"
+    );
+    Config::parse(&text, "test").unwrap()
+}
+
+#[test]
+fn nat_targets_of_one_address_are_two_backends_and_snat_slots_come_first() {
+    let c = nat_config("\"198.18.0.10\"");
+    let mut e = Engine::new(MemoryMaps::new(LIMITS), c.dataplane.clone());
+    let plan = plan::apply(e.state(), e.config(), &c, Instant::now()).unwrap();
+    let snat = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetSnat(0, _)))
+        .expect("SNAT slot written");
+    let config = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetConfig(c) if c.snat_v4 == 1))
+        .expect("configuration counts it");
+    let first_backend = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::SetBackend(..)))
+        .unwrap();
+    assert!(snat < config && config < first_backend, "{:?}", plan.steps);
+    e.apply(&c).unwrap();
+    let vip: VipId = "203.0.113.20:80/tcp".parse().unwrap();
+    let backends = &e.vips()[&vip].backends;
+    assert_eq!(backends.len(), 2);
+    for (t, b) in backends {
+        assert_eq!(b.entry.mode, lb_common::MODE_NAT);
+        assert_eq!(lb_common::port_from_map(b.entry.port), t.port);
+    }
+    // Appending an address is a change; removing one that connections may name is not.
+    e.apply(&nat_config("[\"198.18.0.10\", \"198.18.0.11\"]"))
+        .unwrap();
+    assert!(matches!(
+        e.apply(&nat_config("\"198.18.0.11\"")),
+        Err(EngineError::Immutable {
+            what: "dataplane.snat_v4",
+            ..
+        })
+    ));
 }

@@ -33,7 +33,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct HealthChange {
     pub vip: VipId,
-    pub backend: IpAddr,
+    pub backend: crate::config::Target,
     pub health: Health,
     pub reason: String,
 }
@@ -42,7 +42,7 @@ pub struct HealthChange {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub vip: VipId,
-    pub backend: IpAddr,
+    pub backend: crate::config::Target,
     pub check: HealthCheck,
     /// Health the controller currently has for it (the task starts from there).
     pub current: Health,
@@ -50,7 +50,7 @@ pub struct Probe {
 
 /// The running probe tasks.
 pub struct Supervisor {
-    tasks: HashMap<(VipId, IpAddr), (HealthCheck, JoinHandle<()>)>,
+    tasks: HashMap<(VipId, crate::config::Target), (HealthCheck, JoinHandle<()>)>,
     verdicts: mpsc::Sender<HealthChange>,
 }
 
@@ -128,7 +128,7 @@ async fn probe_loop(t: Probe, verdicts: mpsc::Sender<HealthChange>) {
     let (mut successes, mut failures) = (0u32, 0u32);
     let mut next = Instant::now();
     loop {
-        let result = probe(t.backend, c).await;
+        let result = probe(t.backend.address, c).await;
         match &result {
             Ok(()) => {
                 successes += 1;

@@ -296,11 +296,69 @@ fn data_plane(b: &mut Bench) {
         "target <= 150; Katran 238",
     );
 
+    // NAT (full NAT, one target): the client's packets translated to the target, the
+    // target's replies translated back, and new connections with their SNAT allocation.
+    let nat_vip: IpAddr = "203.0.113.92".parse().unwrap();
+    let nat_syn = Packet::tcp(c4, 41000, nat_vip, 80, SYN).build();
+    let nat_ack = Packet::tcp(c4, 41000, nat_vip, 80, ACK).build();
+    let (nat_target, nat_tport) =
+        xlb_tests::nat_fixtures::target_of(&lab, &Packet::tcp(c4, 41000, nat_vip, 80, SYN));
+    let snat = IpAddr::V4(xlb_tests::lab::SNAT_V4);
+    let nat_reply = Packet::tcp(nat_target, nat_tport, snat, 41000, ACK).build();
+    {
+        let _inside = lab.ns.enter();
+        let lb = lab.lb.program();
+        one_run(lb, &nat_syn, ifx);
+        let fwd = per_call(&floor, lb, ifx, calls, |_| nat_ack.clone());
+        b.per_packet(
+            "NAT IPv4 TCP, established flow, forward (client -> target)",
+            fwd,
+            "target: no more above the floor than DSR established",
+        );
+        let rev = per_call(&floor, lb, ifx, calls, |_| nat_reply.clone());
+        b.per_packet(
+            "NAT IPv4 TCP, established flow, reverse (target reply -> client)",
+            rev,
+            "target: no more above the floor than DSR established",
+        );
+    }
+    let nat_conn = Packet::tcp(c4, 41000, nat_vip, 80, SYN).five_tuple();
+    let nat_rev = lb_common::FlowKey {
+        src: addr_to_map(nat_target).0,
+        dst: addr_to_map(snat).0,
+        sport: port_to_map(nat_tport),
+        dport: port_to_map(41000),
+        proto: 6,
+        family: 4,
+        reserved: [0; 2],
+    };
+    let (mut new_nat, mut diffs) = (Vec::new(), Vec::new());
+    {
+        let _inside = lab.ns.enter();
+        for _ in 0..5 {
+            let f = floor.batch(ifx, calls);
+            let mut total = 0.0;
+            for _ in 0..calls {
+                lab.lb.remove_flow(&nat_conn).unwrap();
+                lab.lb.remove_nat_reverse(&nat_rev).unwrap();
+                total += one_run(lab.lb.program(), &nat_syn, ifx);
+            }
+            new_nat.push(total / calls as f64);
+            diffs.push(total / calls as f64 - f);
+        }
+    }
+    b.per_packet(
+        "NAT IPv4 TCP SYN, new flow with SNAT allocation (entries removed before each call)",
+        (median(new_nat), median(diffs)),
+        "",
+    );
+
     // New flows with fresh keys into a full flow table.
     eprintln!("  (filling a flow table of {entries} entries)");
     let value = FlowValue {
         backend: lab.backend_ids[0][0],
         generation: 1,
+        ..FlowValue::default()
     };
     for i in 0..entries {
         let src = IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000u32 + (i >> 16)));

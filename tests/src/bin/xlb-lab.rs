@@ -21,6 +21,7 @@ use xlb_tests::{
 };
 
 const VIP: &str = "203.0.113.10";
+const NAT_VIP: &str = "203.0.113.20";
 const CONNECTIONS: usize = 300;
 
 fn step(msg: &str) {
@@ -35,16 +36,35 @@ fn main() {
     xlb_tests::netns::cleanup_on_signal();
     let started = Instant::now();
 
-    step("building the lab: client, router, load balancer, 3 backends (network namespaces)");
-    let topo = Topology::new(3);
+    step(
+        "building the lab: client, router, load balancer, 3 backends, a container host (network namespaces)",
+    );
+    let mut topo = Topology::new(4);
+    // The fourth backend namespace is the container host of the NAT VIP: nothing of xlb
+    // runs there, so it leaves the DSR preparation of the others.
+    let host = topo.backends.pop().expect("4 backends");
     topo.add_vip_on_backends(VIP.parse().unwrap());
     topo.start_decap();
+    topo.backends.push(host);
+    xlb_tests::nat_scenario::prepare_nat(&topo);
     println!(
-        "    backends run `xlb decap --iface eth0` and have {VIP} on loopback (direct server return)"
+        "    backends 1-3 run `xlb decap --iface eth0` and have {VIP} on loopback (direct server return)"
     );
     let mut web = on_every_backend(&topo, 80, servers::http_server);
+    web.truncate(3);
     let _dns = on_every_backend(&topo, 53, servers::udp_identity_server);
     println!("    each backend serves HTTP on :80 and UDP on :53, answering with its name");
+    let mut tasks = xlb_tests::nat_scenario::BridgeHost::new(&topo, 4, 3, &[], |ns, k| {
+        vec![servers::http_server(
+            ns,
+            "0.0.0.0:80".parse().unwrap(),
+            &format!("task-{k}"),
+        )]
+    });
+    println!(
+        "    container host 198.51.100.14 (bridge mode, like Docker/ECS): tasks 1-3 serve HTTP on :80,\n    \
+         published on host ports 32768-32770 by nftables DNAT; nothing of xlb runs there"
+    );
 
     step(&format!(
         "starting `xlb run --config {}` on the load balancer",
@@ -96,6 +116,34 @@ fn main() {
     );
     show(&traffic(&topo));
 
+    step(&format!(
+        "NAT VIP {NAT_VIP}: {CONNECTIONS} HTTP connections to tasks behind host ports (full NAT from 198.18.0.10)"
+    ));
+    show(&nat_traffic(&topo));
+    step("stopping task-2 (its health check fails), then draining task-3 (`xlb backend drain`)");
+    drop(tasks.servers.remove(1));
+    wait(&daemon, "task-2 leaving the table", |s| {
+        !nat_target(s, 1).takes_new_flows
+    });
+    let (code, out, err) = daemon.cli(&[
+        "backend",
+        "drain",
+        &format!("{NAT_VIP}:80/tcp"),
+        "198.51.100.14:32770",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    print!("    {out}");
+    show(&nat_traffic(&topo));
+    step("SNAT ports in use (`xlb status`)");
+    let status = daemon.cli(&["status"]).1;
+    for line in status.lines().filter(|l| {
+        l.starts_with("SNAT ")
+            || l.contains("forwarding=nat")
+            || l.trim_start().starts_with("198.51.100.14:")
+    }) {
+        println!("    {line}");
+    }
+
     step("recent events (`xlb status`)");
     let status = daemon.cli(&["status"]).1;
     for line in status
@@ -117,6 +165,7 @@ fn main() {
 
     drop(daemon);
     drop(web);
+    drop(tasks);
     drop(topo);
     step(&format!(
         "done in {:.0}s; namespaces, programs and pins removed",
@@ -147,6 +196,35 @@ fn web_backend(s: &xlb::api::Snapshot, i: usize) -> &xlb::api::BackendStatus {
         .find(|v| v.name == "web")
         .expect("the lab config has a VIP named web");
     &web.backends[i]
+}
+
+/// Target `i` (0-based) of the VIP named "tasks".
+fn nat_target(s: &xlb::api::Snapshot, i: usize) -> &xlb::api::BackendStatus {
+    let v = s
+        .vips
+        .iter()
+        .find(|v| v.name == "tasks")
+        .expect("the lab config has a VIP named tasks");
+    &v.backends[i]
+}
+
+/// HTTP connections to the NAT VIP; answers per task.
+fn nat_traffic(topo: &Topology) -> BTreeMap<String, (usize, usize)> {
+    let mut seen: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let vip: SocketAddr = format!("{NAT_VIP}:80").parse().unwrap();
+    for i in 0..CONNECTIONS {
+        let req = format!("GET /n/{i} HTTP/1.1\r\nHost: {NAT_VIP}\r\nConnection: close\r\n\r\n");
+        let who = match tcp_request(&topo.client, None, vip, req.as_bytes()) {
+            Ok(r) => String::from_utf8_lossy(&r)
+                .lines()
+                .last()
+                .unwrap_or("?")
+                .to_owned(),
+            Err(_) => "NO ANSWER".to_owned(),
+        };
+        seen.entry(who).or_default().0 += 1;
+    }
+    seen
 }
 
 /// Polls `xlb status` until `f` holds (at most 30 s).

@@ -1,0 +1,161 @@
+//! NAT VIPs on the real program through BPF_PROG_TEST_RUN: the golden fixtures (both
+//! directions, v4 and v6, TCP and UDP, client-preserving, ICMP errors both ways, what NAT
+//! does not take), then port collisions, exhaustion and connection teardown.
+
+use std::net::IpAddr;
+
+use lb_common::{
+    CT_F_FIN, CT_F_REPLIED, CT_F_RST, FLOW_F_NAT, FlowKey, addr_to_map, port_from_map, port_to_map,
+    stats::Reason,
+};
+use xlb_tests::{
+    fixtures::{XDP_DROP, XDP_TX, check},
+    lab::{Lab, SNAT_V4, why},
+    nat_fixtures::{nat_fixtures, target_of},
+    packet::{ACK, FIN, Packet, RST, SYN},
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn nat_golden_fixtures() {
+    let lab = Lab::new();
+    let all = nat_fixtures(&lab);
+    let failures: Vec<String> = all.iter().filter_map(|f| check(&lab, f).err()).collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} NAT fixtures failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+/// The TCP source port of a frame the balancer sent (IPv4, no options).
+fn sport(frame: &[u8]) -> u16 {
+    u16::from_be_bytes([frame[34], frame[35]])
+}
+
+/// The reverse entry's key of a reply from `target` to SNAT port `port`.
+fn reply_key(target: (IpAddr, u16), port: u16) -> FlowKey {
+    FlowKey {
+        src: addr_to_map(target.0).0,
+        dst: addr_to_map(IpAddr::V4(SNAT_V4)).0,
+        sport: port_to_map(target.1),
+        dport: port_to_map(port),
+        proto: 6,
+        family: 4,
+        reserved: [0; 2],
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_port_taken_towards_the_target_is_probed_past_and_replies_find_their_client() {
+    let lab = Lab::new();
+    let vip = ip("203.0.113.92");
+    let (a, b) = (ip("192.0.2.1"), ip("192.0.2.3"));
+    let first = Packet::tcp(a, 44000, vip, 80, SYN);
+    let target = target_of(&lab, &first);
+    let (action, out) = lab.run(&first.build());
+    assert_eq!(
+        (action, sport(&out)),
+        (XDP_TX, 44000),
+        "the client's port is kept"
+    );
+    // Another client with the same port, to the same target: another port.
+    let (action, out) = lab.run(&Packet::tcp(b, 44000, vip, 80, SYN).build());
+    assert_eq!(action, XDP_TX);
+    let other = sport(&out);
+    assert_ne!(other, 44000);
+    assert!(other >= 1024);
+    let r = lab
+        .lb
+        .nat_reverse(&reply_key(target, other))
+        .unwrap()
+        .expect("entry");
+    assert_eq!(r.client, addr_to_map(b).0);
+    assert_eq!(port_from_map(r.client_port), 44000);
+    // The reply to that port reaches the second client; a retransmitted SYN keeps its port.
+    let reply = Packet::tcp(target.0, target.1, IpAddr::V4(SNAT_V4), other, SYN | ACK);
+    let (action, out) = lab.run(&reply.build());
+    assert_eq!(action, XDP_TX);
+    assert_eq!(&out[30..34], &[192, 0, 2, 3], "to the second client");
+    let flows_before = lab.lb.vip_stats(lab.vip("nat4-one").0).unwrap().new_flows;
+    let (_, out) = lab.run(&Packet::tcp(b, 44000, vip, 80, SYN).build());
+    assert_eq!(
+        sport(&out),
+        other,
+        "a retransmitted SYN keeps its translation"
+    );
+    assert_eq!(
+        lab.lb.vip_stats(lab.vip("nat4-one").0).unwrap().new_flows,
+        flows_before,
+        "and is no new flow"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn with_every_port_taken_a_new_connection_is_dropped_and_counted() {
+    let mut lab = Lab::new();
+    let mut cfg = lab.lb.config().unwrap();
+    cfg.snat_port_min = 45000;
+    cfg.snat_port_max = 45001;
+    lab.lb.set_config(&cfg).unwrap();
+    let vip = ip("203.0.113.92");
+    for (client, port) in [("192.0.2.1", 45000), ("192.0.2.3", 45001)] {
+        let (action, _) = lab.run(&Packet::tcp(ip(client), port, vip, 80, SYN).build());
+        assert_eq!(action, XDP_TX, "{client}:{port}");
+    }
+    let before = lab.counter(why(Reason::DropSnatExhausted.index()));
+    let (action, _) = lab.run(&Packet::tcp(ip("192.0.2.4"), 45000, vip, 80, SYN).build());
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(
+        lab.counter(why(Reason::DropSnatExhausted.index())),
+        before + 1
+    );
+    assert_eq!(
+        lab.lb
+            .flow(&Packet::tcp(ip("192.0.2.4"), 45000, vip, 80, SYN).five_tuple())
+            .unwrap(),
+        None,
+        "nothing remembered for it"
+    );
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn fin_both_ways_and_rst_are_recorded_for_the_sweeper() {
+    let lab = Lab::new();
+    let vip = ip("203.0.113.92");
+    let c = ip("192.0.2.1");
+    let syn = Packet::tcp(c, 46000, vip, 80, SYN);
+    let target = target_of(&lab, &syn);
+    lab.run(&syn.build());
+    let snat = IpAddr::V4(SNAT_V4);
+    lab.run(&Packet::tcp(target.0, target.1, snat, 46000, SYN | ACK).build());
+    let conn = syn.five_tuple();
+    let rev = reply_key(target, 46000);
+    let state = |lab: &Lab| {
+        (
+            lab.lb.flow(&conn).unwrap().unwrap().state,
+            lab.lb.nat_reverse(&rev).unwrap().unwrap().state,
+        )
+    };
+    assert_eq!(state(&lab), (FLOW_F_NAT, CT_F_REPLIED));
+    lab.run(&Packet::tcp(c, 46000, vip, 80, FIN | ACK).build());
+    lab.run(&Packet::tcp(target.0, target.1, snat, 46000, FIN | ACK).build());
+    assert_eq!(
+        state(&lab),
+        (FLOW_F_NAT | CT_F_FIN, CT_F_REPLIED | CT_F_FIN)
+    );
+    // The client reuses its port for a new connection: the same translation, state anew.
+    lab.run(&syn.build());
+    assert_eq!(state(&lab).0, FLOW_F_NAT);
+    lab.run(&Packet::tcp(c, 46000, vip, 80, RST).build());
+    assert_eq!(state(&lab).0, FLOW_F_NAT | CT_F_RST);
+}
