@@ -6,6 +6,9 @@
 //!
 //! Started through nsenter (not `ip netns exec`, which remounts /sys so dockerd finds no
 //! cgroups). docker0 uses a benchmark range (198.18.100.0/24), not Docker's default.
+//! containerd runs as a process of its own, as Debian's systemd units run it, and dockerd
+//! with `--live-restore`: killing dockerd leaves the containers running, and a restarted
+//! dockerd finds them again.
 //! Everything is removed on drop: containers, the daemon, its mounts and directories.
 
 use std::{
@@ -24,6 +27,7 @@ pub struct DockerHost {
     pub socket: PathBuf,
     ns_path: PathBuf,
     child: Option<Child>,
+    containerd: Option<Child>,
 }
 
 impl DockerHost {
@@ -36,13 +40,15 @@ impl DockerHost {
             dir,
             ns_path: ns.path(),
             child: None,
+            containerd: None,
         };
+        d.spawn_containerd();
         d.spawn();
         d
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.join("dockerd.log")).expect("dockerd log");
+    /// `nsenter --net=NS -- PROGRAM`, killed when the thread that started it ends.
+    fn in_ns(&self, program: &str) -> Command {
         let mut cmd = Command::new("nsenter");
         // SAFETY: prctl in the child between fork and exec, async-signal-safe: dockerd dies
         // with the test thread that started it.
@@ -52,10 +58,58 @@ impl DockerHost {
                 Ok(())
             });
         }
-        let child = cmd
-            .arg(format!("--net={}", self.ns_path.display()))
+        cmd.arg(format!("--net={}", self.ns_path.display()))
             .arg("--")
-            .arg("dockerd")
+            .arg(program)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn spawn_containerd(&mut self) {
+        let log = std::fs::File::create(self.dir.join("containerd.log")).expect("log");
+        // Its own configuration: no CRI plugin (nothing here is Kubernetes).
+        let config = self.dir.join("containerd.toml");
+        std::fs::write(
+            &config,
+            "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+        )
+        .expect("containerd config");
+        let child = self
+            .in_ns("containerd")
+            .arg("--config")
+            .arg(&config)
+            .arg("--root")
+            .arg(self.dir.join("containerd-root"))
+            .arg("--state")
+            .arg(self.dir.join("containerd-state"))
+            .arg("--address")
+            .arg(self.containerd_socket())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd (Debian package containerd, a dependency of docker.io)");
+        self.containerd = Some(child);
+        let t = Instant::now();
+        while !self.containerd_socket().exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "containerd did not start:\n{}",
+                std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn containerd_socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("dockerd.log")).expect("dockerd log");
+        let child = self
+            .in_ns("dockerd")
+            .arg("--containerd")
+            .arg(self.containerd_socket())
             .arg("--data-root")
             .arg(self.dir.join("data"))
             .arg("--exec-root")
@@ -69,8 +123,8 @@ impl DockerHost {
                 "198.18.100.1/24",
                 "--ip6tables=false",
                 "--userland-proxy=false",
+                "--live-restore",
             ])
-            .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -123,13 +177,19 @@ impl DockerHost {
             .find(|p| Path::new(p).exists())
             .expect("busybox (Debian package busybox-static; cargo xtask setup installs it)");
         std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        for applet in ["sh", "httpd", "hostname", "dd", "sleep", "echo", "cat"] {
+        for applet in [
+            "sh", "httpd", "hostname", "dd", "sleep", "echo", "cat", "kill",
+        ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         // The hostname is the container id (or --hostname): `/` says who answered.
+        // On SIGTERM (`docker stop`) it keeps serving for GRACE seconds (default 6), so
+        // requests in flight finish, as a well-behaved task does.
         let start = "#!/bin/sh\nhostname > /www/index.html\necho ok > /www/health\n\
                      dd if=/dev/zero of=/www/bytes bs=1M count=${BYTES_MB:-8} 2>/dev/null\n\
-                     exec httpd -f -p ${PORT:-80} -h /www\n";
+                     httpd -f -p ${PORT:-80} -h /www &\npid=$!\n\
+                     trap 'sleep ${GRACE:-6}; kill $pid; exit 0' TERM\n\
+                     wait $pid\nwait $pid\n";
         std::fs::write(root.join("bin/start"), start).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(
@@ -193,7 +253,11 @@ impl Drop for DockerHost {
             }
         }
         self.kill9();
-        // Its containerd and shims, which outlive a killed dockerd.
+        if let Some(mut c) = self.containerd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The container shims, which outlive containerd.
         let mark = self.dir.to_string_lossy().into_owned();
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for p in procs.flatten() {
