@@ -51,6 +51,10 @@ pub enum Request {
         vip: VipId,
         address: Target,
         weight: Option<u32>,
+        /// Register it for this owner: it outlives reloads of the file, and adding it again
+        /// for the same owner updates it (as AWS RegisterTargets does).
+        #[serde(default)]
+        source: Option<String>,
     },
     BackendDel {
         vip: VipId,
@@ -145,6 +149,16 @@ pub struct BackendStatus {
     /// Seconds left of the deregistration delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregistration_left_secs: Option<u64>,
+    /// Who registered it (none: the configuration file; `docker:<host>` for a discovered
+    /// container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What it is to its source (a container's name and id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// In slow start: the share of its weight it takes now, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u8>,
     pub counters: Counters,
 }
 

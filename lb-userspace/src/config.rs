@@ -16,6 +16,10 @@ use std::{
 };
 
 pub use file::File;
+
+fn move_flows() -> OnUnhealthy {
+    OnUnhealthy::Move
+}
 pub use types::*;
 
 use crate::dataplane::Limits;
@@ -221,6 +225,12 @@ pub struct BackendConfig {
     pub port: u16,
     pub weight: u32,
     pub health: HealthCheck,
+    /// Who registered it at run time (none: the configuration file).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// What it is to its source (a container's name and id).
+    #[serde(default)]
+    pub instance: Option<String>,
 }
 
 impl BackendConfig {
@@ -255,6 +265,13 @@ pub struct VipConfig {
     /// `announce.min_serving`).
     pub min_serving: Option<u32>,
     pub on_fail_open: OnFailOpen,
+    /// Whether a target that fails its checks keeps its flows.
+    #[serde(default = "move_flows")]
+    pub on_unhealthy: OnUnhealthy,
+    /// How long a newly healthy target's share of new flows ramps up to its full weight
+    /// (zero: at once).
+    #[serde(default)]
+    pub slow_start: Duration,
 }
 
 /// The `[announce]` section: VIP routes installed into a kernel routing table of their
@@ -367,6 +384,9 @@ pub struct Config {
     pub dataplane: DataplaneSettings,
     pub daemon: DaemonSettings,
     pub announce: Option<AnnounceSettings>,
+    /// `[[discovery.docker]]`: Docker hosts whose labelled containers become targets.
+    #[serde(skip)]
+    pub docker: Vec<crate::discovery::docker::Source>,
     pub vips: Vec<VipConfig>,
 }
 
@@ -432,6 +452,13 @@ impl Config {
                 withdraw_on_stop: Some(a.withdraw_on_stop),
                 drain_timeout: Some(a.drain_timeout),
             }),
+            discovery: (!self.docker.is_empty()).then(|| file::DiscoveryFile {
+                docker: self
+                    .docker
+                    .iter()
+                    .map(crate::discovery::docker::Source::to_file)
+                    .collect(),
+            }),
             vips: self.vips.iter().map(VipConfig::to_file).collect(),
         }
     }
@@ -461,8 +488,19 @@ impl VipConfig {
             idle_timeout: self.is_nat().then_some(self.idle_timeout),
             deregistration_delay: Some(self.deregistration_delay),
             min_serving: self.min_serving.map(i64::from),
+            slow_start: (!self.slow_start.is_zero()).then_some(self.slow_start),
             on_fail_open: Some(self.on_fail_open),
-            health_check: Some(self.health.to_file()),
+            on_unhealthy: Some(self.on_unhealthy),
+            // A NAT VIP's checks probe each target's own port unless a port is configured:
+            // the VIP's default (its own port) is left implicit, so targets added later
+            // (run-time commands, discovery) are probed on their ports too.
+            health_check: Some({
+                let mut h = self.health.to_file();
+                if self.is_nat() && self.health.port == self.id.port {
+                    h.port = None;
+                }
+                h
+            }),
             backends: self
                 .backends
                 .iter()
@@ -470,6 +508,8 @@ impl VipConfig {
                     address: Some(b.address),
                     port: self.is_nat().then_some(i64::from(b.port)),
                     weight: Some(i64::from(b.weight)),
+                    source: b.source.clone(),
+                    instance: b.instance.clone(),
                     health_check: if b.health == self.health {
                         None
                     } else if b.health

@@ -75,6 +75,7 @@ impl<M: Maps> Engine<M> {
                 dataplane,
                 daemon: DaemonSettings::default(),
                 announce: None,
+                docker: Vec::new(),
                 vips: Vec::new(),
             },
             state,
@@ -147,9 +148,12 @@ impl<M: Maps> Engine<M> {
             &self.config,
             vid,
             addr,
-            health,
-            reason,
-            SystemTime::now(),
+            plan::Verdict {
+                health,
+                reason,
+                at: SystemTime::now(),
+            },
+            Instant::now(),
         )?;
         self.run(plan, "health check").map(drop)
     }

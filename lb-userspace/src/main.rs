@@ -223,6 +223,22 @@ enum BackendCommand {
         /// Share of new flows, 0-1000000 (default 100; 0 takes no new flows).
         #[arg(long)]
         weight: Option<u32>,
+        /// Register the target for this owner (an orchestrator, a deploy tool): it outlives
+        /// reloads of the configuration file, and adding it again for the same owner updates
+        /// its weight.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// List backends with their owner: the configuration file, a `--source`, or a Docker
+    /// host and container.
+    #[command(after_help = "Example:\n  xlb backend list --source docker:host-a")]
+    List {
+        /// Only this VIP's.
+        #[arg(long)]
+        vip: Option<VipId>,
+        /// Only those registered by this owner (`config` for the file's).
+        #[arg(long)]
+        source: Option<String>,
     },
     /// Remove a backend: it keeps its existing flows for the VIP's deregistration delay.
     Del {
@@ -478,11 +494,57 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                 BackendCommand::Add {
                     which: Which { vip, address },
                     weight,
+                    source,
                 } => Request::BackendAdd {
                     vip,
                     address,
                     weight,
+                    source,
                 },
+                BackendCommand::List { vip, source } => {
+                    let s = request(Request::Status)?
+                        .status
+                        .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+                    let rows: Vec<_> = s
+                        .vips
+                        .iter()
+                        .filter(|v| vip.is_none_or(|want| v.vip == want))
+                        .flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+                        .filter(|(_, b)| {
+                            source
+                                .as_deref()
+                                .is_none_or(|want| b.source.as_deref().unwrap_or("config") == want)
+                        })
+                        .collect();
+                    if json {
+                        let list: Vec<_> = rows
+                            .iter()
+                            .map(|(v, b)| serde_json::json!({"vip": v.vip, "backend": b.address.to_string(), "weight": b.weight, "state": b.state, "health": b.health, "source": b.source.as_deref().unwrap_or("config"), "instance": b.instance}))
+                            .collect();
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&list).expect("serialisable")
+                        );
+                    } else {
+                        println!(
+                            "{:<28} {:<28} {:>7} {:<14} {:<10} {:<20} INSTANCE",
+                            "VIP", "BACKEND", "WEIGHT", "STATE", "HEALTH", "SOURCE"
+                        );
+                        for (v, b) in rows {
+                            println!(
+                                "{:<28} {:<28} {:>7} {:<14} {:<10} {:<20} {}",
+                                v.vip.to_string(),
+                                b.address.to_string(),
+                                b.weight,
+                                b.state,
+                                b.health,
+                                b.source.as_deref().unwrap_or("config"),
+                                b.instance.as_deref().unwrap_or("")
+                            );
+                        }
+                    }
+                    return Ok(());
+                }
                 BackendCommand::Del {
                     which: Which { vip, address },
                 } => Request::BackendDel { vip, address },

@@ -74,6 +74,7 @@ pub fn render(s: &Snapshot) -> String {
     let be_flows: Family<Labels, Counter> = family();
     let be_healthy: Family<Labels, Gauge> = family();
     let be_weight: Family<Labels, Gauge> = family();
+    let be_slow_start: Family<Labels, Gauge> = family();
     let be_new_flows_ok: Family<Labels, Gauge> = family();
     let be_state: Family<Labels, Gauge> = family();
     let be_reply_packets: Family<Labels, Counter> = family();
@@ -125,6 +126,9 @@ pub fn render(s: &Snapshot) -> String {
                 .get_or_create(&bl)
                 .set(i64::from(b.health == Health::Healthy));
             be_weight.get_or_create(&bl).set(i64::from(b.weight));
+            be_slow_start
+                .get_or_create(&bl)
+                .set(i64::from(b.slow_start_percent.unwrap_or(100)));
             if v.forwarding == crate::config::Forwarding::Nat {
                 be_reply_packets
                     .get_or_create(&bl)
@@ -219,6 +223,11 @@ pub fn render(s: &Snapshot) -> String {
         "xlb_backend_weight",
         "Maglev weight of the backend",
         be_weight,
+    );
+    r.register(
+        "xlb_backend_slow_start_percent",
+        "Percent of its weight the backend has in the table: below 100 during slow start",
+        be_slow_start,
     );
     r.register(
         "xlb_backend_takes_new_flows",

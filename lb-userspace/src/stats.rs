@@ -59,6 +59,9 @@ pub fn snapshot(
                 deregistration_left_secs: b
                     .removing
                     .map(|d| d.saturating_duration_since(now).as_secs()),
+                source: b.config.source.clone(),
+                instance: b.config.instance.clone(),
+                slow_start_percent: b.ramp_percent(),
                 counters: Counters {
                     packets: c.packets,
                     bytes: c.bytes,
@@ -337,10 +340,22 @@ pub fn status_text(s: &Snapshot) -> String {
             let _ = writeln!(out, "  (no backends: packets to this VIP are dropped)");
         }
         for b in &v.backends {
-            let extra = match b.deregistration_left_secs {
+            let mut extra = match b.deregistration_left_secs {
                 Some(s) => format!(", removed: {s}s of deregistration delay left"),
                 None => String::new(),
             };
+            if let Some(p) = b.slow_start_percent {
+                let _ = write!(extra, ", slow start: {p}% of its weight");
+            }
+            if let Some(src) = &b.source {
+                let _ = write!(
+                    extra,
+                    ", from {src}{}",
+                    b.instance
+                        .as_deref()
+                        .map_or_else(String::new, |i| format!(": {i}"))
+                );
+            }
             let _ = writeln!(
                 out,
                 "  {:<40} weight {:<7} {:<13} {:<9} new flows: {:<3} packets={} flows={}  ({} for {}s: {}{extra})",

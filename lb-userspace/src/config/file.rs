@@ -15,7 +15,8 @@ use std::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::types::{
-    Forwarding, HashMode, MaglevVariant, NatSource, OnFailOpen, ProbeKind, Protocol, XdpMode,
+    Forwarding, HashMode, MaglevVariant, NatSource, OnFailOpen, OnUnhealthy, ProbeKind, Protocol,
+    XdpMode,
 };
 use crate::words::{invalid, quote};
 
@@ -33,8 +34,40 @@ pub struct File {
     /// Announcing VIP routes to a routing daemon (several hosts behind ECMP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceFile>,
+    /// Where targets are found by themselves (Docker hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryFile>,
     #[serde(default, rename = "vip", skip_serializing_if = "Vec::is_empty")]
     pub vips: Vec<VipFile>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub docker: Vec<DockerFile>,
+}
+
+/// One `[[discovery.docker]]` host.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376` (with the tls_* keys), or
+    /// `http://host:2375`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, with = "parsed", skip_serializing_if = "Option::is_none")]
+    pub host_address: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,9 +155,15 @@ pub struct VipFile {
     /// With `[announce]`: backends that must serve for the VIP to be announced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_serving: Option<i64>,
+    /// How long a newly healthy target's share of new flows ramps up to its weight.
+    #[serde(default, with = "duration", skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<Duration>,
     /// With `[announce]`: whether a VIP that fails open stays announced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_fail_open: Option<OnFailOpen>,
+    /// Whether a target that fails its checks keeps its flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_unhealthy: Option<OnUnhealthy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthFile>,
     #[serde(default)]
@@ -143,6 +182,14 @@ pub struct BackendFile {
     pub weight: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthFile>,
+    /// Who registered the target at run time (`xlb backend add --source`, `docker:<host>`
+    /// for discovered containers); none for targets of the configuration file. Registered
+    /// targets outlive reloads of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// What the target is to its source (a container's name and id), for status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 /// Health-check settings as written: every key optional, layered global < VIP < backend.

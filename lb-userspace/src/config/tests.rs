@@ -535,3 +535,32 @@ fn targets_parse_with_and_without_ports() {
     assert_eq!((t.port, t.to_string()), (0, "2001:db8::20".to_owned()));
     assert!("198.51.100.20:99999".parse::<Target>().is_err());
 }
+
+#[test]
+fn a_nat_target_added_at_run_time_is_probed_on_its_own_port() {
+    let c = parse(NAT).unwrap();
+    let mut f = c.to_file();
+    f.vips[0].backends.push(file::BackendFile {
+        address: Some("198.51.100.22".parse().unwrap()),
+        port: Some(32790),
+        ..Default::default()
+    });
+    let c = Config::from_file(&f).unwrap();
+    let b = c.vips[0].backends.last().unwrap();
+    assert_eq!((b.port, b.health.port), (32790, 32790));
+}
+
+#[test]
+fn every_example_configuration_is_valid() {
+    for (name, text) in [
+        ("lab.toml", include_str!("../../../examples/lab.toml")),
+        ("nat.toml", include_str!("../../../examples/nat.toml")),
+        (
+            "containers.toml",
+            include_str!("../../../examples/containers.toml"),
+        ),
+    ] {
+        let c = Config::parse(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(!c.vips.is_empty(), "{name}");
+    }
+}

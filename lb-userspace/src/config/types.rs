@@ -88,6 +88,19 @@ words! {
     }
 }
 
+words! {
+    /// What happens to the flows of a target that fails its health checks.
+    pub enum OnUnhealthy expecting "\"move\" or \"keep\"" {
+        /// They move to healthy targets: UDP flows go on there, TCP connections are reset
+        /// by their new target at once rather than hanging on a dead one.
+        Move = "move",
+        /// They stay with it and it takes no new ones (NLB's connection termination off):
+        /// for targets that fail their checks on purpose to drain, such as an HAProxy or
+        /// Envoy stopping gracefully.
+        Keep = "keep",
+    }
+}
+
 impl Protocol {
     pub fn number(self) -> u8 {
         match self {

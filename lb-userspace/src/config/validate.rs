@@ -16,8 +16,8 @@ use super::{
     file::{self, File, HealthFile, Listen},
     health_defaults,
     types::{
-        DEFAULT_MAGLEV_VARIANT, Forwarding, HashMode, NatSource, OnFailOpen, ProbeKind, Protocol,
-        XdpMode,
+        DEFAULT_MAGLEV_VARIANT, Forwarding, HashMode, NatSource, OnFailOpen, OnUnhealthy,
+        ProbeKind, Protocol, XdpMode,
     },
 };
 use crate::{
@@ -86,10 +86,18 @@ pub(super) fn config(f: &File) -> Result<Config, ConfigError> {
         .map(|(i, v)| vip(i, v, &global))
         .collect::<Result<Vec<_>, _>>()?;
     let announce = f.announce.as_ref().map(announce).transpose()?;
+    let docker = f
+        .discovery
+        .iter()
+        .flat_map(|d| d.docker.iter())
+        .enumerate()
+        .map(|(i, d)| docker(i, d))
+        .collect::<Result<Vec<_>, _>>()?;
     let config = Config {
         dataplane,
         daemon,
         announce,
+        docker,
         vips,
     };
     config.check()?;
@@ -234,6 +242,67 @@ fn daemon(d: &file::DaemonFile) -> Result<DaemonSettings, ConfigError> {
     })
 }
 
+fn docker(i: usize, d: &file::DockerFile) -> Result<crate::discovery::docker::Source, ConfigError> {
+    use crate::discovery::docker::{Endpoint, Source};
+    let top = Scope::Top;
+    let f = |k: &str| format!("discovery.docker[{i}].{k}");
+    let endpoint_text = d
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
+    let tls = (d.tls_ca.clone(), d.tls_cert.clone(), d.tls_key.clone());
+    let endpoint = if let Some(path) = endpoint_text.strip_prefix("unix://") {
+        Endpoint::Unix(path.into())
+    } else if let Some(addr) = endpoint_text.strip_prefix("tcp://") {
+        match tls {
+            (Some(ca), Some(cert), Some(key)) => Endpoint::Tls {
+                addr: format!("https://{addr}"),
+                ca,
+                cert,
+                key,
+            },
+            _ => {
+                return Err(top.err(
+                    &f("endpoint"),
+                    format!("{} needs tls_ca, tls_cert and tls_key (or use http:// on a trusted network)", quote(&endpoint_text)),
+                ));
+            }
+        }
+    } else if endpoint_text.starts_with("http://") {
+        Endpoint::Plain(endpoint_text.clone())
+    } else {
+        return Err(top.err(
+            &f("endpoint"),
+            format!(
+                "{} is not unix://PATH, tcp://HOST:PORT or http://HOST:PORT",
+                quote(&endpoint_text)
+            ),
+        ));
+    };
+    let host_address = d.host_address.ok_or_else(|| {
+        top.err(
+            &f("host_address"),
+            "missing (the address at which this host's published ports are reached)",
+        )
+    })?;
+    let name = d.name.clone().unwrap_or_else(|| host_address.to_string());
+    if !valid_name(&name) || name.len() > 50 {
+        return Err(top.err(
+            &f("name"),
+            format!(
+                "{} must be 1 to 50 printable characters without quotes",
+                quote(&name)
+            ),
+        ));
+    }
+    Ok(Source {
+        name,
+        endpoint,
+        host_address,
+        network: d.network.clone(),
+    })
+}
+
 fn announce(a: &file::AnnounceFile) -> Result<AnnounceSettings, ConfigError> {
     use super::announce_defaults as d;
     let top = Scope::Top;
@@ -373,11 +442,26 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
             let hat = if b.health_check.is_some() { bat } else { at };
             // A NAT target is probed on its own port unless a port is configured.
             let probe_port = if target_port != 0 { target_port } else { check_port };
+            for (field, v) in [("source", &b.source), ("instance", &b.instance)] {
+                if let Some(v) = v
+                    && !valid_name(v)
+                {
+                    return Err(bat.err(
+                        field,
+                        format!(
+                            "{} must be 1 to 64 printable characters without quotes or backslashes",
+                            quote(v)
+                        ),
+                    ));
+                }
+            }
             Ok(BackendConfig {
                 address,
                 port: target_port,
                 weight,
                 health: health(hat, "health_check", &h, probe_port)?,
+                source: b.source.clone(),
+                instance: b.instance.clone(),
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
@@ -406,6 +490,8 @@ fn vip(i: usize, v: &file::VipFile, global: &HealthFile) -> Result<VipConfig, Co
         id,
         min_serving,
         on_fail_open: v.on_fail_open.unwrap_or(OnFailOpen::StayAnnounced),
+        on_unhealthy: v.on_unhealthy.unwrap_or(OnUnhealthy::Move),
+        slow_start: v.slow_start.unwrap_or_default(),
         hash: v.hash.unwrap_or(HashMode::FiveTuple),
         forwarding,
         nat_source: v.nat_source.unwrap_or(NatSource::Snat),

@@ -22,6 +22,8 @@ pub enum Origin {
     Reload,
     /// A run-time command: errors name VIPs and backends by address.
     Command,
+    /// Targets found by discovery (a Docker host's containers).
+    Discovery,
 }
 
 impl Origin {
@@ -30,6 +32,7 @@ impl Origin {
             Origin::Apply => "xlb apply",
             Origin::Reload => "reload",
             Origin::Command => "xlb command",
+            Origin::Discovery => "docker discovery",
         }
     }
 }
@@ -155,6 +158,14 @@ impl Daemon {
                     "announce: the [announce] section cannot change while running; restart the daemon (flows are kept); nothing was changed",
                 );
             }
+            if c.docker != engine.config().docker {
+                return Response::error(
+                    "discovery.docker: Docker hosts cannot change while running; restart the daemon (flows are kept); nothing was changed",
+                );
+            }
+            if matches!(origin, Origin::Apply | Origin::Reload) {
+                keep_registrations(&mut c, engine.config());
+            }
             engine.apply_from(&c, origin.as_str())
         };
         match r {
@@ -190,6 +201,120 @@ fn resolve_target(vip: Option<&crate::engine::VipRecord>, t: Target) -> Target {
     match (same.next(), same.next()) {
         (Some(only), None) => *only,
         _ => t,
+    }
+}
+
+/// A new configuration from a file keeps the targets registered at run time (by `xlb
+/// backend add --source` or discovery) on the VIPs it still has: the file owns its own
+/// targets, not theirs.
+pub fn keep_registrations(new: &mut Config, running: &Config) {
+    for v in &mut new.vips {
+        let Some(old) = running.vip(&v.id) else {
+            continue;
+        };
+        for b in &old.backends {
+            if b.source.is_some() && !v.backends.iter().any(|n| n.target() == b.target()) {
+                v.backends.push(b.clone());
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// Makes the targets of `owner` exactly `targets`: new ones registered, changed ones
+    /// updated, gone ones deregistered (they serve out their VIP's deregistration delay).
+    /// A target the configuration refuses (a port on a DSR VIP, a duplicate of another
+    /// owner's) is left out and logged.
+    pub(super) fn apply_discovered(&self, update: crate::discovery::docker::Update) {
+        let owner = update.owner;
+        let mut file = self.engine.lock().expect("engine lock").config().to_file();
+        let id_of = |v: &VipFile| -> Option<crate::config::VipId> {
+            Some(crate::config::VipId {
+                address: v.address?,
+                port: u16::try_from(v.port?).ok()?,
+                protocol: v.protocol.unwrap_or(crate::config::Protocol::Tcp),
+            })
+        };
+        for v in &mut file.vips {
+            let Some(id) = id_of(v) else { continue };
+            v.backends.retain(|b| {
+                b.source.as_deref() != Some(owner.as_str()) || {
+                    let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+                    b.address.is_some_and(|a| {
+                        update.targets.keys().any(|(vip, t)| {
+                            *vip == id && t.ip() == a && (port == 0 || t.port() == port)
+                        })
+                    })
+                }
+            });
+        }
+        for ((vip, target), found) in &update.targets {
+            let Some(v) = file.vips.iter_mut().find(|v| id_of(v) == Some(*vip)) else {
+                continue;
+            };
+            let health =
+                (found.health_path.is_some() || found.health_port.is_some()).then(|| HealthFile {
+                    path: found.health_path.clone(),
+                    port: found.health_port.map(i64::from),
+                    ..HealthFile::default()
+                });
+            let existing = v.backends.iter_mut().find(|b| {
+                b.address == Some(target.ip())
+                    && b.port.is_none_or(|p| p == i64::from(target.port()))
+            });
+            match existing {
+                Some(b) if b.source.as_deref() == Some(owner.as_str()) => {
+                    b.weight = found.weight.map(i64::from);
+                    b.instance = Some(found.container.clone());
+                    b.health_check = health;
+                }
+                Some(_) => tracing::warn!(
+                    vip = %vip, target = %target,
+                    "{owner}: container {} is already a target from elsewhere; left as it is",
+                    found.container
+                ),
+                None => v.backends.push(BackendFile {
+                    address: Some(target.ip()),
+                    port: Some(i64::from(target.port())),
+                    weight: found.weight.map(i64::from),
+                    health_check: health,
+                    source: Some(owner.clone()),
+                    instance: Some(found.container.clone()),
+                }),
+            }
+        }
+        // Leave out what the configuration refuses, one target at a time.
+        for _ in 0..64 {
+            match Config::from_file(&file) {
+                Ok(c) => {
+                    let r = self.apply(c, None, Origin::Discovery);
+                    if let Some(e) = r.error {
+                        tracing::warn!("{owner}: applying the discovered targets failed: {e}");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let crate::config::Location::Backend {
+                        vip_index, index, ..
+                    } = e.at
+                    else {
+                        tracing::warn!("{owner}: the discovered targets are refused: {e}");
+                        return;
+                    };
+                    let b = &file.vips[vip_index].backends[index];
+                    if b.source.as_deref() != Some(owner.as_str()) {
+                        tracing::warn!("{owner}: the configuration is refused: {e}");
+                        return;
+                    }
+                    tracing::warn!(
+                        "{owner}: leaving out container {}: {}",
+                        b.instance.as_deref().unwrap_or("?"),
+                        e.for_operator()
+                    );
+                    file.vips[vip_index].backends.remove(index);
+                }
+            }
+        }
     }
 }
 
@@ -242,10 +367,18 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
             vip,
             address,
             weight,
+            source,
         } => {
             let i = find(f, vip)?;
             let v = &mut f.vips[i];
-            if v.backends.iter().any(|b| same(b, address)) {
+            if let Some(b) = v.backends.iter_mut().find(|b| same(b, address)) {
+                // Registering again for the same owner updates the registration.
+                if source.is_some() && b.source == source {
+                    if let Some(w) = weight {
+                        b.weight = Some(i64::from(w));
+                    }
+                    return Ok(());
+                }
                 return Err(format!("VIP {vip} already has backend {address}"));
             }
             v.backends.push(BackendFile {
@@ -253,6 +386,8 @@ fn apply_edit(f: &mut File, req: Request) -> Result<(), String> {
                 port: (address.port != 0).then_some(i64::from(address.port)),
                 weight: weight.map(i64::from),
                 health_check: None,
+                source,
+                instance: None,
             });
         }
         Request::BackendDel { vip, address } => {

@@ -78,6 +78,8 @@ struct Daemon {
     announcer: Option<Arc<announce::Announcer>>,
     /// Counters sampled every two seconds, for the status page's rates and sparklines.
     history: Mutex<page::History>,
+    /// The configuration's VIPs, for the discovery watchers (labels must name one).
+    discovery_vips: tokio::sync::watch::Sender<std::collections::BTreeSet<crate::config::VipId>>,
     /// What the NAT sweeper last counted.
     nat_use: Mutex<crate::stats::NatUse>,
 }
@@ -243,6 +245,7 @@ async fn serve(
             .clone()
             .map(|a| Arc::new(announce::Announcer::new(a))),
         history: Mutex::new(page::History::default()),
+        discovery_vips: tokio::sync::watch::channel(Default::default()).0,
         nat_use: Mutex::new(crate::stats::NatUse::default()),
     });
     daemon.after_change(Some(file_hash(&text)));
@@ -305,6 +308,32 @@ async fn serve(
     }
     if let Some(a) = &daemon.announcer {
         tokio::spawn(announce::run(daemon.clone(), a.clone()));
+    }
+    let sources = daemon
+        .engine
+        .lock()
+        .expect("engine lock")
+        .config()
+        .docker
+        .clone();
+    if !sources.is_empty() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for src in sources {
+            tracing::info!(docker = %src.name, "discovering labelled containers");
+            tokio::spawn(crate::discovery::docker::watch(
+                src,
+                daemon.discovery_vips.subscribe(),
+                tx.clone(),
+            ));
+        }
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            while let Some(update) = rx.recv().await {
+                let d = daemon.clone();
+                // Applying builds tables: off the runtime's worker threads.
+                let _ = tokio::task::spawn_blocking(move || d.apply_discovered(update)).await;
+            }
+        });
     }
     tokio::spawn(sweeper::run(daemon.clone()));
     let mut hup = signal(SignalKind::hangup())?;
@@ -459,6 +488,12 @@ impl Daemon {
         if let Some(a) = &self.announcer {
             a.wake();
         }
+        let vips: std::collections::BTreeSet<_> = saved.config.vips.iter().map(|v| v.id).collect();
+        self.discovery_vips.send_if_modified(|v| {
+            let changed = *v != vips;
+            *v = vips;
+            changed
+        });
         if let Err(e) = saved.save(&self.state_path) {
             tracing::warn!(
                 "cannot save the running state to {}: {e}",

@@ -199,9 +199,21 @@ pub fn render(s: &Snapshot, h: &History) -> String {
             let _ = write!(
                 o,
                 "<tr class=\"target\" data-target=\"{addr}\" data-health=\"{health}\" data-state=\"{state}\">\
-                 <td>{addr}</td><td class=\"n\">{w}</td><td class=\"{health}\">{health}</td><td>{why}</td><td>{state}{takes}</td>\
+                 <td>{addr}{from}</td><td class=\"n\">{w}</td><td class=\"{health}\">{health}</td><td>{why}</td><td>{state}{takes}{ramp}</td>\
                  <td class=\"n\">{nf}</td><td class=\"n\">{p}</td><td class=\"n\">{by}</td><td class=\"n\">{now}</td><td>{spark}</td></tr>",
                 addr = esc(&b.address.to_string()),
+                from = match (&b.source, &b.instance) {
+                    (Some(src), i) => format!(
+                        "<br><small>{}{}</small>",
+                        esc(src),
+                        i.as_deref()
+                            .map_or_else(String::new, |i| format!(": {}", esc(i)))
+                    ),
+                    (None, _) => String::new(),
+                },
+                ramp = b
+                    .slow_start_percent
+                    .map_or_else(String::new, |p| format!(" (slow start {p}%)")),
                 w = b.weight,
                 why = esc(&b.health_reason),
                 state = b.state,

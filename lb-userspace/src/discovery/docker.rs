@@ -51,6 +51,32 @@ pub struct Source {
 }
 
 impl Source {
+    /// The host in the file schema.
+    pub fn to_file(&self) -> crate::config::file::DockerFile {
+        let mut f = crate::config::file::DockerFile {
+            name: Some(self.name.clone()),
+            host_address: Some(self.host_address),
+            network: self.network.clone(),
+            ..Default::default()
+        };
+        match &self.endpoint {
+            Endpoint::Unix(p) => f.endpoint = Some(format!("unix://{}", p.display())),
+            Endpoint::Plain(a) => f.endpoint = Some(a.clone()),
+            Endpoint::Tls {
+                addr,
+                ca,
+                cert,
+                key,
+            } => {
+                f.endpoint = Some(format!("tcp://{}", addr.trim_start_matches("https://")));
+                f.tls_ca = Some(ca.clone());
+                f.tls_cert = Some(cert.clone());
+                f.tls_key = Some(key.clone());
+            }
+        }
+        f
+    }
+
     /// The owner tag of its targets.
     pub fn owner(&self) -> String {
         format!("docker:{}", self.name)
@@ -93,6 +119,7 @@ async fn sync(
     src: &Source,
     vips: &BTreeSet<VipId>,
     warned: &mut BTreeSet<(String, String)>,
+    stopping: &BTreeSet<String>,
 ) -> Result<Targets, bollard::errors::Error> {
     let list = docker
         .list_containers(Some(ListContainersOptions {
@@ -107,6 +134,11 @@ async fn sync(
     let mut out = Targets::new();
     for c in list {
         let Some(id) = c.id else { continue };
+        // Being stopped: no new connections from now on (deregistered, its existing ones
+        // finish), though it still runs.
+        if stopping.contains(&id) {
+            continue;
+        }
         let inspected = match docker
             .inspect_container(
                 &id,
@@ -138,6 +170,32 @@ async fn sync(
     Ok(out)
 }
 
+/// Keeps the set of containers being stopped up to date with an event.
+fn note_stop(e: &bollard::models::EventMessage, stopping: &mut BTreeSet<String>) {
+    let Some(actor) = &e.actor else { return };
+    let Some(id) = actor.id.clone() else { return };
+    match e.action.as_deref() {
+        Some("kill") => {
+            let signal = actor
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("signal"))
+                .map(String::as_str);
+            // SIGTERM, SIGINT, SIGQUIT: the usual stop signals (by name or number).
+            if matches!(
+                signal,
+                Some("15" | "2" | "3" | "SIGTERM" | "SIGINT" | "SIGQUIT" | "TERM" | "INT" | "QUIT")
+            ) {
+                stopping.insert(id);
+            }
+        }
+        Some("start" | "destroy") => {
+            stopping.remove(&id);
+        }
+        _ => {}
+    }
+}
+
 /// Follows the host until the receiver of `tx` is gone. `vips` is the configuration's
 /// set of VIPs (a change makes it list again).
 pub async fn watch(
@@ -149,6 +207,9 @@ pub async fn watch(
     let mut down_since: Option<std::time::Instant> = None;
     let mut last: Option<Targets> = None;
     let mut warned = BTreeSet::new();
+    // Containers sent their stop signal (`docker stop`: a `kill` event with SIGTERM or
+    // SIGINT or SIGQUIT) and not started again since.
+    let mut stopping: BTreeSet<String> = BTreeSet::new();
     loop {
         let result: Result<(), bollard::errors::Error> = async {
             let docker = connect(&src.endpoint)?;
@@ -167,7 +228,7 @@ pub async fn watch(
             backoff = Duration::from_secs(1);
             loop {
                 let known = vips.borrow_and_update().clone();
-                let targets = sync(&docker, &src, &known, &mut warned).await?;
+                let targets = sync(&docker, &src, &known, &mut warned, &stopping).await?;
                 if last.as_ref() != Some(&targets) {
                     last = Some(targets.clone());
                     if tx.send(Update { owner: src.owner(), targets }).await.is_err() {
@@ -178,7 +239,10 @@ pub async fn watch(
                 // the VIPs, or a periodic check in case an event was lost.
                 tokio::select! {
                     e = events.next() => match e {
-                        Some(Ok(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        Some(Ok(e)) => {
+                            note_stop(&e, &mut stopping);
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                         Some(Err(e)) => return Err(e),
                         None => return Err(bollard::errors::Error::IOError {
                             err: std::io::Error::other("the event stream ended"),

@@ -9,8 +9,8 @@ use std::{
 };
 
 use lb_common::{
-    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_UNUSED, Backend, SNAT_SLOTS,
-    VIP_F_NAT, VIP_F_NAT_CLIENT, addr_from_map, port_from_map,
+    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, Backend,
+    SNAT_SLOTS, VIP_F_NAT, VIP_F_NAT_CLIENT, addr_from_map, port_from_map,
 };
 
 use super::{
@@ -83,6 +83,8 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
             backends: Vec::new(),
             min_serving: None,
             on_fail_open: crate::config::OnFailOpen::StayAnnounced,
+            on_unhealthy: crate::config::OnUnhealthy::Move,
+            slow_start: std::time::Duration::ZERO,
         };
         let table = maps.read_table(info.table)?;
         let named: BTreeSet<u32> = table.iter().copied().collect();
@@ -92,6 +94,8 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
             let port = port_from_map(b.port);
             let addr = Target::new(address, port);
             let bc = BackendConfig {
+                source: None,
+                instance: None,
                 address,
                 port,
                 weight: b.weight,
@@ -112,7 +116,12 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
                     config: bc,
                     id,
                     generation: b.generation,
-                    health: if b.state == BACKEND_DOWN {
+                    // Draining without being drained or removed: unhealthy, keeping its
+                    // flows (`on_unhealthy = "keep"`).
+                    health: if b.state == BACKEND_DOWN
+                        || (b.state == BACKEND_DRAINING
+                            && b.admin & (ADMIN_F_DRAINED | ADMIN_F_REMOVING) == 0)
+                    {
                         Health::Unhealthy
                     } else {
                         Health::Healthy
@@ -123,6 +132,8 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
                     removing: removing.then(|| now + config.deregistration_delay),
                     in_table,
                     ever_served: true,
+                    ramp: None,
+                    initial: true,
                     entry: b,
                 },
             );

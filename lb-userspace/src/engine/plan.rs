@@ -25,12 +25,12 @@ use lb_common::{
 use super::{
     EngineError,
     execute::Step,
-    state::{BackendRecord, Change, Health, State, VipRecord, fingerprint},
+    state::{BackendRecord, Change, Health, RAMP_STEPS, Ramp, State, VipRecord, fingerprint},
 };
 use crate::{
     config::{
-        BackendConfig, Config, ConfigError, DataplaneSettings, HealthCheck, ProbeKind, Target,
-        VipConfig, VipId,
+        BackendConfig, Config, ConfigError, DataplaneSettings, HealthCheck, OnUnhealthy, ProbeKind,
+        Target, VipConfig, VipId,
     },
     maglev,
 };
@@ -53,7 +53,7 @@ pub struct Plan {
 /// is planned.
 pub fn apply(state: &State, from: &Config, to: &Config, now: Instant) -> Result<Plan, EngineError> {
     check(state, from, to)?;
-    let mut p = Planner::new(state, &to.dataplane);
+    let mut p = Planner::new(state, &to.dataplane, now);
 
     let wildcard_now = state.vips.keys().any(|v| v.port == 0);
     let wildcard_after = to.vips.iter().any(|v| v.id.port == 0);
@@ -112,23 +112,39 @@ pub fn apply(state: &State, from: &Config, to: &Config, now: Instant) -> Result<
     Ok(p.finish())
 }
 
+/// A health check's verdict on one backend, and when it was reached.
+#[derive(Clone, Copy, Debug)]
+pub struct Verdict<'a> {
+    pub health: Health,
+    pub reason: &'a str,
+    pub at: SystemTime,
+}
+
 /// Records a health verdict; moves the backend in or out of the table if needed.
 pub fn set_health(
     state: &State,
     config: &Config,
     vid: &VipId,
     addr: Target,
-    health: Health,
-    reason: &str,
-    at: SystemTime,
+    verdict: Verdict<'_>,
+    now: Instant,
 ) -> Result<Plan, EngineError> {
-    let mut p = Planner::new(state, &config.dataplane);
+    let Verdict { health, reason, at } = verdict;
+    let mut p = Planner::new(state, &config.dataplane, now);
     let b = p.backend_mut(vid, addr)?;
     if b.health != health {
         let from = b.health;
         b.health = health;
         b.health_reason = reason.to_owned();
         b.health_since = at;
+        if health == Health::Healthy {
+            // A first verdict of a backend the VIP started with is no newcomer's.
+            if !(from == Health::Unknown && b.initial) {
+                p.start_ramp(vid, addr);
+            }
+        } else {
+            b.ramp = None;
+        }
         p.changes.push(Change::Health {
             vip: *vid,
             backend: addr,
@@ -150,7 +166,7 @@ pub fn set_drained(
     addr: Target,
     drained: bool,
 ) -> Result<Plan, EngineError> {
-    let mut p = Planner::new(state, &config.dataplane);
+    let mut p = Planner::new(state, &config.dataplane, Instant::now());
     let b = p.backend_mut(vid, addr)?;
     if b.drained != drained {
         b.drained = drained;
@@ -166,7 +182,8 @@ pub fn set_drained(
 
 /// Removes the backends whose deregistration delay is over at `now`.
 pub fn expire(state: &State, config: &Config, now: Instant) -> Plan {
-    let mut p = Planner::new(state, &config.dataplane);
+    let mut p = Planner::new(state, &config.dataplane, now);
+    p.advance_ramps();
     let done: Vec<(VipId, Target)> = p
         .state
         .vips
@@ -325,12 +342,15 @@ struct Planner<'a> {
     settings: &'a DataplaneSettings,
     steps: Vec<Step>,
     changes: Vec<Change>,
+    /// The time of the plan (slow starts begin and advance by it).
+    now: Instant,
 }
 
 impl<'a> Planner<'a> {
-    fn new(state: &State, settings: &'a DataplaneSettings) -> Self {
+    fn new(state: &State, settings: &'a DataplaneSettings, now: Instant) -> Self {
         Self {
             state: state.clone(),
+            now,
             settings,
             steps: Vec::new(),
             changes: Vec::new(),
@@ -407,6 +427,59 @@ impl<'a> Planner<'a> {
             in_table: false,
             ever_served: false,
             entry: Backend::default(),
+            ramp: None,
+            initial: false,
+        }
+    }
+
+    /// Starts the slow start of a backend that just became healthy, when its VIP has one
+    /// and some other backend serves at full weight (a lone backend takes everything at
+    /// once: there is nobody to share with).
+    fn start_ramp(&mut self, vid: &VipId, addr: Target) {
+        let now = self.now;
+        let Some(vip) = self.state.vips.get_mut(vid) else {
+            return;
+        };
+        let length = vip.config.slow_start;
+        if length.is_zero() {
+            return;
+        }
+        let others = vip.backends.iter().any(|(a, b)| {
+            *a != addr
+                && b.in_table
+                && b.ramp.is_none()
+                && b.health == Health::Healthy
+                && b.admin_active()
+        });
+        if let Some(b) = vip.backends.get_mut(&addr)
+            && others
+        {
+            b.ramp = Some(Ramp {
+                started: now,
+                step: Ramp::step_at(now, length, now),
+            });
+        }
+    }
+
+    /// Moves every slow start on to the step it has reached, rebuilding the tables of the
+    /// VIPs where a step changed (so at most `RAMP_STEPS` rebuilds per slow start).
+    fn advance_ramps(&mut self) {
+        let now = self.now;
+        let mut changed = Vec::new();
+        for (vid, v) in &mut self.state.vips {
+            let length = v.config.slow_start;
+            for b in v.backends.values_mut() {
+                let Some(r) = b.ramp else { continue };
+                let step = Ramp::step_at(r.started, length, now);
+                if step != r.step {
+                    b.ramp = (step < RAMP_STEPS).then_some(Ramp { step, ..r });
+                    changed.push(*vid);
+                }
+            }
+        }
+        changed.dedup();
+        for vid in changed {
+            let _ = self.sync_vip(&vid);
         }
     }
 
@@ -419,7 +492,8 @@ impl<'a> Planner<'a> {
         let mut taken = self.state.backend_ids();
         let mut backends = BTreeMap::new();
         for bc in &vc.backends {
-            let b = self.new_backend(bc, &taken);
+            let mut b = self.new_backend(bc, &taken);
+            b.initial = true;
             taken.insert(b.id);
             backends.insert(bc.target(), b);
         }
@@ -522,6 +596,7 @@ impl<'a> Planner<'a> {
             }
         }
         let mut taken = self.state.backend_ids();
+        let mut added = Vec::new();
         for (addr, bc) in &configured {
             let vip = self.state.vips.get_mut(&vid).expect("exists");
             match vip.backends.get_mut(addr) {
@@ -566,6 +641,7 @@ impl<'a> Planner<'a> {
                         .expect("exists")
                         .backends
                         .insert(*addr, b);
+                    added.push(*addr);
                     self.changes.push(Change::BackendAdded {
                         vip: vid,
                         backend: *addr,
@@ -579,6 +655,7 @@ impl<'a> Planner<'a> {
                 || old.deregistration_delay != vc.deregistration_delay
                 || old.min_serving != vc.min_serving
                 || old.on_fail_open != vc.on_fail_open
+                || old.on_unhealthy != vc.on_unhealthy
                 || old.idle_timeout != vc.idle_timeout)
         {
             self.changes.push(Change::VipSettings { vip: vid });
@@ -588,6 +665,12 @@ impl<'a> Planner<'a> {
         }
         vip.adopted = false;
         vip.config = vc.clone();
+        // Targets added already healthy (unchecked) start slowly like newly healthy ones.
+        for addr in added {
+            if self.state.vips[&vid].backends[&addr].health == Health::Healthy {
+                self.start_ramp(&vid, addr);
+            }
+        }
         self.sync_vip(&vid)
     }
 
@@ -638,7 +721,7 @@ impl<'a> Planner<'a> {
                     addr: b.config.address,
                     port: b.config.port,
                 },
-                weight: b.config.weight,
+                weight: b.table_weight(),
                 id: b.id,
             })
             .collect();
@@ -661,10 +744,15 @@ impl<'a> Planner<'a> {
         let print = fingerprint(&table, |id| addresses.get(&id).copied());
 
         let (index, flags, mode) = (vip.index, vip.config.vip_flags(), vip.config.backend_mode());
+        let keep = vip.config.on_unhealthy == OnUnhealthy::Keep;
         let mut leaving = Vec::new();
         for b in vip.backends.values_mut() {
             let usable = b.health != Health::Unhealthy || fail_open;
-            let state = if !usable {
+            // Unhealthy and keeping its flows: the data plane's draining state (flows kept,
+            // no new ones); without admin flags, which is how a restart tells it apart.
+            let state = if !usable && keep {
+                BACKEND_DRAINING
+            } else if !usable {
                 BACKEND_DOWN
             } else if b.admin_active() {
                 BACKEND_ACTIVE

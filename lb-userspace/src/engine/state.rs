@@ -63,6 +63,36 @@ pub struct BackendRecord {
     pub ever_served: bool,
     /// What `BACKENDS[id]` holds.
     pub entry: Backend,
+    /// In slow start: its share of new flows ramps up (see [`Ramp`]).
+    pub ramp: Option<Ramp>,
+    /// One of the backends its VIP started with (created with it, or found at a daemon
+    /// start): their first verdicts all arrive together, so none of them starts slowly.
+    pub initial: bool,
+}
+
+/// Slow start of a newly healthy backend: its weight in the table grows in
+/// [`RAMP_STEPS`] steps from a tenth to all of it over the VIP's `slow_start`, one table
+/// rebuild per step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ramp {
+    pub started: Instant,
+    /// Tenths of the weight in the table now (1 to RAMP_STEPS - 1).
+    pub step: u8,
+}
+
+/// Steps of a slow start.
+pub const RAMP_STEPS: u8 = 10;
+
+impl Ramp {
+    /// The step at `now` of a ramp of `length` that began at `started`; `RAMP_STEPS` when
+    /// it is over.
+    pub fn step_at(started: Instant, length: std::time::Duration, now: Instant) -> u8 {
+        if length.is_zero() {
+            return RAMP_STEPS;
+        }
+        let done = now.saturating_duration_since(started).as_secs_f64() / length.as_secs_f64();
+        ((done * f64::from(RAMP_STEPS)).floor() as u8).clamp(1, RAMP_STEPS)
+    }
 }
 
 impl BackendRecord {
@@ -77,11 +107,29 @@ impl BackendRecord {
             BackendState::Deregistering
         } else if self.drained {
             BackendState::Drained
-        } else if self.entry.state == BACKEND_DOWN {
+        } else if self.entry.state == BACKEND_DOWN
+            || (self.health == Health::Unhealthy && !self.in_table)
+        {
             BackendState::Down
         } else {
             BackendState::Active
         }
+    }
+
+    /// The weight it has in the table now: its configured weight, or in slow start the
+    /// share the ramp has reached.
+    pub fn table_weight(&self) -> u32 {
+        match self.ramp {
+            Some(r) => ((u64::from(self.config.weight) * u64::from(r.step) / u64::from(RAMP_STEPS))
+                as u32)
+                .max(1),
+            None => self.config.weight,
+        }
+    }
+
+    /// In slow start: the share of its weight it takes now, in percent.
+    pub fn ramp_percent(&self) -> Option<u8> {
+        self.ramp.map(|r| r.step * (100 / RAMP_STEPS))
     }
 
     /// Whether the data plane keeps (and, in the table, takes) flows for it.

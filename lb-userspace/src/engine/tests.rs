@@ -200,9 +200,12 @@ fn an_unhealthy_backend_leaves_after_the_switch_and_flows_move() {
         e.config(),
         &vip(),
         t("198.51.100.13"),
-        Health::Unhealthy,
-        "3 failures",
-        std::time::SystemTime::now(),
+        plan::Verdict {
+            health: Health::Unhealthy,
+            reason: "3 failures",
+            at: std::time::SystemTime::now(),
+        },
+        Instant::now(),
     )
     .unwrap();
     let switch = plan
@@ -552,4 +555,114 @@ fn nat_targets_of_one_address_are_two_backends_and_snat_slots_come_first() {
             ..
         })
     ));
+}
+
+/// A newly healthy target takes a growing share of new flows over the slow start: about a
+/// tenth of its weight at once, half at the middle, all of it at the end, in at most ten
+/// table rebuilds.
+#[test]
+fn slow_start_ramps_a_newly_healthy_target_up_in_steps() {
+    let mut two = config_with(80, &THREE[..2], "tcp");
+    two.vips[0].slow_start = Duration::from_secs(10);
+    let mut e = engine(&two);
+    for (a, _) in &THREE[..2] {
+        e.set_health(&vip(), t(a), Health::Healthy, "ok").unwrap();
+    }
+    // The VIP's first targets get their first verdicts together: no slow start.
+    assert!(e.vips()[&vip()].backends.values().all(|b| b.ramp.is_none()));
+    // A third is registered later.
+    let mut c = config_with(80, &THREE, "tcp");
+    c.vips[0].slow_start = Duration::from_secs(10);
+    e.apply(&c).unwrap();
+    let t0 = Instant::now();
+    let m = f64::from(LIMITS.maglev_size);
+    let share = |e: &Engine<MemoryMaps>| share(e.maps(), THREE[2].0) as f64 / m;
+    // The third turns healthy: a tenth of an equal weight is 1/21 of the table.
+    let plan = plan::set_health(
+        e.state(),
+        e.config(),
+        &vip(),
+        t(THREE[2].0),
+        plan::Verdict {
+            health: Health::Healthy,
+            reason: "ok",
+            at: std::time::SystemTime::now(),
+        },
+        t0,
+    )
+    .unwrap();
+    let mut steps = plan.steps.clone();
+    execute::execute(e.maps_mut(), &steps).unwrap();
+    let mut state = plan.state;
+    assert_eq!(
+        state.vips[&vip()].backends[&t(THREE[2].0)].ramp_percent(),
+        Some(10)
+    );
+    let s0 = share_in(&e, &state);
+    assert!((s0 - 0.1 / 2.1).abs() < 0.01, "at the start: {s0}");
+    let mut rebuilds = 0;
+    let mut middle = None;
+    for tenth in 1..=12u32 {
+        let now = t0 + Duration::from_secs(1) * tenth;
+        let p = plan::expire(&state, e.config(), now);
+        rebuilds += p
+            .steps
+            .iter()
+            .filter(|s| matches!(s, Step::WriteTable(..)))
+            .count();
+        steps = p.steps;
+        execute::execute(e.maps_mut(), &steps).unwrap();
+        state = p.state;
+        if tenth == 5 {
+            middle = Some(share_in(&e, &state));
+        }
+    }
+    let middle = middle.unwrap();
+    assert!((middle - 0.5 / 2.5).abs() < 0.01, "at the middle: {middle}");
+    let end = share_in(&e, &state);
+    assert!((end - 1.0 / 3.0).abs() < 0.01, "at the end: {end}");
+    assert!(state.vips[&vip()].backends[&t(THREE[2].0)].ramp.is_none());
+    assert!(rebuilds <= 10, "{rebuilds} rebuilds");
+    let _ = share;
+}
+
+/// The share of the third backend in the live table of the maps written for `state`.
+fn share_in(e: &Engine<MemoryMaps>, state: &State) -> f64 {
+    let table = state.vips[&vip()].table;
+    let id = state.vips[&vip()].backends[&t(THREE[2].0)].id;
+    let m = &e.maps().tables[table as usize];
+    m.iter().filter(|&&x| x == id).count() as f64 / m.len() as f64
+}
+
+#[test]
+fn on_unhealthy_keep_leaves_flows_with_a_failing_target_and_survives_a_restart() {
+    let text = |keep: &str| {
+        let mut c = config_with(80, &THREE, "tcp");
+        c.vips[0].on_unhealthy = keep.parse().unwrap();
+        c
+    };
+    let c = text("keep");
+    let mut e = engine(&c);
+    for (a, _) in THREE {
+        e.set_health(&vip(), t(a), Health::Healthy, "ok").unwrap();
+    }
+    e.set_health(&vip(), t("198.51.100.13"), Health::Unhealthy, "503")
+        .unwrap();
+    let id = id_of(&e, "198.51.100.13");
+    let entry = e.maps().backends[id as usize];
+    // Draining in the data plane: its flows stay, it takes no new ones.
+    assert_eq!((entry.state, entry.admin), (BACKEND_DRAINING, 0));
+    assert_eq!(share(e.maps(), "198.51.100.13"), 0);
+    let b = &e.vips()[&vip()].backends[&t("198.51.100.13")];
+    assert_eq!(b.state(), crate::engine::BackendState::Down);
+    // A restart reads it back as unhealthy, not as healthy and serving.
+    let mut again = Engine::new(e.maps().clone(), c.dataplane.clone());
+    again.adopt().unwrap();
+    let b = &again.vips()[&vip()].backends[&t("198.51.100.13")];
+    assert_eq!((b.health, b.drained), (Health::Unhealthy, false));
+    again.apply(&c).unwrap();
+    assert_eq!(share(again.maps(), "198.51.100.13"), 0);
+    // Switching back to the default moves its flows away.
+    again.apply(&text("move")).unwrap();
+    assert_eq!(again.maps().backends[id as usize].state, BACKEND_DOWN);
 }
