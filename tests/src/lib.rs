@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod daemon;
 pub mod docker;
 pub mod fixtures;
+pub mod haproxy;
 pub mod lab;
 pub mod nat_fixtures;
 pub mod nat_scenario;
