@@ -6,7 +6,9 @@
 //! - `test`: the whole suite, including the tests that need root (network namespaces and
 //!   BPF); runs `setup` first, so a fresh machine needs nothing else.
 //! - `demo`: the lab (`xlb-lab`): client, router, xlb and three backends in namespaces,
-//!   real traffic, counters, a failover; everything removed at the end.
+//!   real traffic, counters, a failover; everything removed at the end. `demo containers`:
+//!   the container lab (`xlb-lab-containers`): a real Docker host whose labelled
+//!   containers xlb finds, scaled up and down under traffic.
 //! - `bench`: the benchmarks (`xlb-bench`, then the Maglev criterion bench).
 //! - `lint`: rustfmt check and clippy with warnings denied, userspace and eBPF separately.
 //! - `man`: the man pages, generated from the command line's definitions (target/man/).
@@ -24,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 13] = [
+const DEBIAN_TOOLS: [(&str, &str); 14] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -42,6 +44,8 @@ const DEBIAN_TOOLS: [(&str, &str); 13] = [
     ("busybox", "busybox-static"),
     // The NAT tests' and the lab's container host publishes its tasks by nftables DNAT.
     ("nft", "nftables"),
+    // The path-routing test puts a real HAProxy pair behind a NAT VIP.
+    ("haproxy", "haproxy"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>
@@ -49,6 +53,7 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   setup   install prerequisites (rust-src for nightly, bpf-linker, Debian packages)
   demo    run the lab: namespaces with a client, router, xlb and 3 backends (run as root)
+          [containers]: the lab with a Docker host whose labelled containers xlb finds
   bench   measure: per-packet cost, forwarding rate, Maglev, throughput (run as root)
           [--quick] [--json] [--save-baseline] [--no-criterion] [dataplane|maglev|throughput]
   build   build xlb in release mode
@@ -270,7 +275,8 @@ fn test(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Builds xlb and the lab, then runs the lab (`tests/src/bin/xlb-lab.rs`).
+/// Builds xlb and the lab, then runs the lab (`tests/src/bin/xlb-lab.rs`), or with
+/// `containers` the container lab (`tests/src/bin/xlb-lab-containers.rs`).
 fn demo(extra: &[String]) -> Result<()> {
     require_root(
         "the lab creates network namespaces and attaches XDP programs",
@@ -279,7 +285,12 @@ fn demo(extra: &[String]) -> Result<()> {
     setup()?;
     println!("xtask demo: building xlb and the lab (the first build takes a few minutes)");
     build_bins(false)?;
-    run(Command::new(root().join("target/debug/xlb-lab")).args(extra))
+    match extra.first().map(String::as_str) {
+        Some("containers") => {
+            run(Command::new(root().join("target/debug/xlb-lab-containers")).args(&extra[1..]))
+        }
+        _ => run(Command::new(root().join("target/debug/xlb-lab")).args(extra)),
+    }
 }
 
 /// Fails with how to run `cargo xtask <command>` as root, unless this is root.
