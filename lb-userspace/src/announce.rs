@@ -9,11 +9,17 @@
 //! withdrawn by the operator or stopping, and — if it fails open — its `on_fail_open` says
 //! to stay. Routes are per address: an address is announced only when every VIP on it is,
 //! because the router sends all its ports to the same hosts.
+//!
+//! With full-NAT VIPs the host's SNAT addresses are announced the same way: the targets'
+//! replies go to them, and must come back to the host that holds the connection. A drain
+//! withdraws the VIPs first and a SNAT address only once no NAT connection uses it (or
+//! the drain timeout has passed), so replies to connections this host still holds keep
+//! arriving.
 
 use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use crate::{
-    config::{AnnounceSettings, Config, OnFailOpen, VipId},
+    config::{AnnounceSettings, Config, Forwarding, NatSource, OnFailOpen, VipId},
     engine::{Health, State},
 };
 
@@ -92,6 +98,108 @@ pub struct Host {
     pub withdrawn: bool,
     /// The daemon is stopping and withdraws on stop.
     pub stopping: bool,
+    /// How long ago the withdrawal (by the operator or the stop) began.
+    pub draining_for: Option<Duration>,
+}
+
+impl Host {
+    fn draining(&self) -> bool {
+        self.withdrawn || self.stopping
+    }
+}
+
+/// Why a SNAT address is, or is not, announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnatWhy {
+    /// Announced: full-NAT VIPs open connections from it, and their replies come here.
+    Serving,
+    /// Announced while the host drains: NAT connections still use it.
+    Draining { connections: u64 },
+    /// Not announced: the host drains and no NAT connection uses it any more.
+    Drained,
+    /// Not announced: the host drains and the drain timeout passed with connections left.
+    DrainTimedOut { connections: u64 },
+    /// Not announced: no VIP of its family uses full NAT.
+    Unused,
+}
+
+impl SnatWhy {
+    pub fn announced(self) -> bool {
+        matches!(self, SnatWhy::Serving | SnatWhy::Draining { .. })
+    }
+
+    /// One word for metrics labels.
+    pub fn word(self) -> &'static str {
+        match self {
+            SnatWhy::Serving => "serving",
+            SnatWhy::Draining { .. } => "draining",
+            SnatWhy::Drained => "drained",
+            SnatWhy::DrainTimedOut { .. } => "drain_timed_out",
+            SnatWhy::Unused => "unused",
+        }
+    }
+}
+
+impl fmt::Display for SnatWhy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnatWhy::Serving => f.write_str("announced: full-NAT replies come back here"),
+            SnatWhy::Draining { connections } => write!(
+                f,
+                "announced while draining: {connections} NAT connections still use it"
+            ),
+            SnatWhy::Drained => f.write_str("not announced: drained, no NAT connection uses it"),
+            SnatWhy::DrainTimedOut { connections } => write!(
+                f,
+                "not announced: the drain timeout passed with {connections} NAT connections left"
+            ),
+            SnatWhy::Unused => f.write_str("not announced: no full-NAT VIP of its family"),
+        }
+    }
+}
+
+/// The decision for every SNAT address of the configuration. `in_use` is the NAT
+/// connections per address as the sweeper last counted them; `settle` is how long after
+/// the withdrawal that count is trusted to include every connection (one sweep).
+pub fn decide_snat(
+    config: &Config,
+    settings: &AnnounceSettings,
+    host: Host,
+    in_use: &BTreeMap<IpAddr, u64>,
+    settle: Duration,
+) -> BTreeMap<IpAddr, SnatWhy> {
+    let full_nat = |v4: bool| {
+        config.vips.iter().any(|v| {
+            v.forwarding == Forwarding::Nat
+                && v.nat_source == NatSource::Snat
+                && v.id.address.is_ipv4() == v4
+        })
+    };
+    let d = &config.dataplane;
+    let addrs = d
+        .snat_v4
+        .iter()
+        .map(|a| IpAddr::V4(*a))
+        .chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a)));
+    let draining_for = host.draining_for.unwrap_or_default();
+    addrs
+        .map(|a| {
+            let connections = in_use.get(&a).copied().unwrap_or(0);
+            let why = if !full_nat(a.is_ipv4()) {
+                SnatWhy::Unused
+            } else if !host.draining() {
+                SnatWhy::Serving
+            } else if connections == 0 && draining_for >= settle {
+                SnatWhy::Drained
+            } else if draining_for >= settings.drain_timeout {
+                SnatWhy::DrainTimedOut { connections }
+            } else {
+                SnatWhy::Draining { connections }
+            };
+            (a, why)
+        })
+        .collect()
 }
 
 /// The decision for every VIP of the state.
@@ -184,6 +292,7 @@ mod tests {
         up: Duration::from_secs(10),
         withdrawn: false,
         stopping: false,
+        draining_for: None,
     };
 
     fn web() -> VipId {
@@ -274,5 +383,58 @@ mod tests {
                 .values()
                 .all(|w| *w == Why::Stopping)
         );
+    }
+
+    fn nat_config() -> Config {
+        Config::parse(
+            "[dataplane]\nsource_v4 = \"198.18.0.2\"\nsnat_v4 = [\"198.18.0.10\", \"198.18.0.11\"]\n\
+             snat_v6 = \"2001:db8:18::10\"\nmax_vips = 4\nmax_backends = 64\nflow_table_entries = 1024\nmaglev_table_size = 1009\n\
+             [announce]\ndrain_timeout = \"30s\"\n\
+             [[vip]]\naddress = \"203.0.113.10\"\nport = 80\nforwarding = \"nat\"\nhealth_check = { protocol = \"none\" }\n\
+             backends = [ { address = \"198.51.100.20\", port = 32768 } ]\n\
+             [[vip]]\naddress = \"2001:db8:113::10\"\nport = 80\nforwarding = \"nat\"\nnat_source = \"client\"\n\
+             health_check = { protocol = \"none\" }\nbackends = [ { address = \"2001:db8:51::20\", port = 32768 } ]\n",
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn snat_addresses_are_withdrawn_after_the_vips_once_their_connections_end() {
+        let c = nat_config();
+        let s = c.announce.clone().unwrap();
+        let settle = Duration::from_secs(3);
+        let a: IpAddr = "198.18.0.10".parse().unwrap();
+        let b: IpAddr = "198.18.0.11".parse().unwrap();
+        let v6: IpAddr = "2001:db8:18::10".parse().unwrap();
+        let in_use = BTreeMap::from([(a, 2), (b, 0)]);
+        let d = decide_snat(&c, &s, UP, &in_use, settle);
+        assert_eq!(d[&a], SnatWhy::Serving);
+        assert_eq!(d[&b], SnatWhy::Serving);
+        // The only v6 NAT VIP preserves the client's address: nothing comes back to it.
+        assert_eq!(d[&v6], SnatWhy::Unused);
+        let drain = |secs| Host {
+            withdrawn: true,
+            draining_for: Some(Duration::from_secs(secs)),
+            ..UP
+        };
+        // Right after the withdrawal the count may predate it: both stay.
+        let d = decide_snat(&c, &s, drain(1), &in_use, settle);
+        assert_eq!(d[&a], SnatWhy::Draining { connections: 2 });
+        assert_eq!(d[&b], SnatWhy::Draining { connections: 0 });
+        let d = decide_snat(&c, &s, drain(5), &in_use, settle);
+        assert_eq!(d[&a], SnatWhy::Draining { connections: 2 });
+        assert_eq!(d[&b], SnatWhy::Drained);
+        let d = decide_snat(&c, &s, drain(30), &in_use, settle);
+        assert_eq!(d[&a], SnatWhy::DrainTimedOut { connections: 2 });
+        assert!(!d[&a].announced() && !d[&b].announced());
+        // A stop drains the same way; a restore announces again.
+        let stop = Host {
+            stopping: true,
+            draining_for: Some(Duration::from_secs(5)),
+            ..UP
+        };
+        assert!(decide_snat(&c, &s, stop, &in_use, settle)[&a].announced());
+        assert!(decide_snat(&c, &s, UP, &BTreeMap::new(), settle)[&b].announced());
     }
 }

@@ -324,8 +324,18 @@ pub struct AnnounceStatus {
     pub protocol: u8,
     /// `xlb announce withdraw` is in force.
     pub withdrawn: bool,
-    /// The VIP addresses whose route is installed now.
+    /// The addresses (VIPs' and SNAT) whose route is installed now.
     pub installed: Vec<IpAddr>,
+    /// Each SNAT address, and why it is announced or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snat: Vec<SnatAnnounce>,
+}
+
+/// A SNAT address's announcement.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnatAnnounce {
+    pub address: IpAddr,
+    pub why: crate::announce::SnatWhy,
 }
 
 /// Errors of talking to the daemon.

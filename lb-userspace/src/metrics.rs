@@ -82,6 +82,18 @@ pub fn render(s: &Snapshot) -> String {
     let vip_reply_packets: Family<Labels, Counter> = family();
     let vip_reply_bytes: Family<Labels, Counter> = family();
     let vip_nat_connections: Family<Labels, Gauge> = family();
+    let snat_announced: Family<Labels, Gauge> = family();
+    if let Some(a) = &s.announce {
+        for n in &a.snat {
+            let l: Labels = vec![
+                label("address", &n.address.to_string()),
+                label("reason", n.why.word()),
+            ];
+            snat_announced
+                .get_or_create(&l)
+                .set(i64::from(n.why.announced()));
+        }
+    }
 
     for v in &s.vips {
         let l: Labels = vec![label("vip", &v.vip.to_string()), label("vip_name", &v.name)];
@@ -192,6 +204,11 @@ pub fn render(s: &Snapshot) -> String {
         "xlb_vip_announce_reason",
         "Why the VIP is or is not announced: 1 for the reason in force",
         vip_announce_reason,
+    );
+    r.register(
+        "xlb_snat_announced",
+        "1 when this host announces the SNAT address (full-NAT replies come back to it); reason says why",
+        snat_announced,
     );
     r.register(
         "xlb_vip_table",

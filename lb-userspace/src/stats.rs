@@ -294,6 +294,9 @@ pub fn status_text(s: &Snapshot) -> String {
                 list.join(", ")
             }
         );
+        for n in &a.snat {
+            let _ = writeln!(out, "SNAT address {} {}", n.address, n.why);
+        }
     }
     for a in &s.snat {
         let _ = writeln!(

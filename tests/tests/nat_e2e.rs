@@ -378,3 +378,131 @@ fn client_preserving_nat_through_the_target_gateway() {
     assert!(st.vips[0].counters.reply_packets > 0);
     drop(target);
 }
+
+/// The addresses with a route in the announce table of the balancer's namespace (what BIRD
+/// would export).
+fn announced(s: &Scenario) -> Vec<String> {
+    s.topo
+        .lb
+        .ip(&["-4", "route", "show", "table", "4242", "proto", "250"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn wait_routes(
+    s: &Scenario,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[String]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let now = announced(s);
+        if done(&now) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{what} not within {within:?}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_drain_withdraws_the_vip_first_and_the_snat_route_after_its_connections() {
+    let _one = one_at_a_time();
+    let topo = Topology::new(1);
+    prepare_nat(&topo);
+    let target = SocketAddr::new(IpAddr::V4(backend_v4(1)), 8080);
+    let server = servers::http_server(&topo.backends[0], "0.0.0.0:8080".parse().unwrap(), "task-1");
+    let config = nat_header().replacen(
+        "[daemon]\n",
+        "[announce]\nwarm_up = \"0s\"\ndrain_timeout = \"8s\"\n\n[daemon]\n",
+        1,
+    ) + &nat_vip("web", 80, "tcp", &[target], "");
+    let daemon = Daemon::start(&topo.lb, &config);
+    let s = Scenario {
+        topo,
+        daemon,
+        servers: vec![server],
+        extra: Vec::new(),
+    };
+    let (vip_route, snat_route) = ("203.0.113.10".to_owned(), SNAT.to_string());
+    let has = |r: &[String], a: &String| r.contains(a);
+    wait_routes(&s, Duration::from_secs(15), "VIP and SNAT announced", |r| {
+        has(r, &vip_route) && has(r, &snat_route)
+    });
+    // A connection this host holds, idle: its SNAT port is in use.
+    let mut held = connect(&s.topo.client, None, vip(80), Duration::from_secs(3)).expect("connect");
+    s.wait_for(Duration::from_secs(6), "the connection counted", |st| {
+        st.snat.iter().any(|a| a.ports_in_use == 1)
+    });
+
+    let t = Instant::now();
+    let (code, out, err) = s.daemon.cli(&["announce", "withdraw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let vip_gone = wait_routes(&s, Duration::from_secs(3), "VIP withdrawn", |r| {
+        !has(r, &vip_route)
+    });
+    assert!(
+        has(&announced(&s), &snat_route),
+        "the SNAT route stays while a connection uses it"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        has(&announced(&s), &snat_route),
+        "still there 3 s into the drain"
+    );
+    let text = xlb::stats::status_text(&s.daemon.status());
+    assert!(
+        text.contains(&format!(
+            "SNAT address {SNAT} announced while draining: 1 NAT connections"
+        )),
+        "{text}"
+    );
+    // The held connection is still served while the host drains.
+    held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    held.read_to_string(&mut answer).unwrap();
+    assert!(answer.ends_with("task-1\n"), "{answer}");
+    drop(held);
+    // Closed, its entries stay 10 s (CLOSED_TIMEOUT): the drain timeout (8 s) ends it first.
+    wait_routes(
+        &s,
+        Duration::from_secs(12),
+        "SNAT withdrawn at the drain timeout",
+        |r| !has(r, &snat_route),
+    );
+    let snat_gone = t.elapsed();
+    eprintln!(
+        "VIP route withdrawn {vip_gone:?} after `announce withdraw`, SNAT route {snat_gone:?} (drain timeout 8 s, a connection open)"
+    );
+    assert!(snat_gone >= Duration::from_millis(7500), "{snat_gone:?}");
+
+    let (code, out, err) = s.daemon.cli(&["announce", "restore"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_routes(&s, Duration::from_secs(5), "announced again", |r| {
+        has(r, &vip_route) && has(r, &snat_route)
+    });
+    s.wait_for(
+        Duration::from_secs(20),
+        "the closed connection swept",
+        |st| st.snat.iter().all(|a| a.ports_in_use == 0),
+    );
+    // No connection left: the SNAT route goes one sweep after the VIP, not at the timeout.
+    let t = Instant::now();
+    let (code, out, err) = s.daemon.cli(&["announce", "withdraw"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_routes(&s, Duration::from_secs(6), "both withdrawn", |r| {
+        !has(r, &vip_route) && !has(r, &snat_route)
+    });
+    eprintln!(
+        "with no NAT connection both routes withdrawn {:?} after `announce withdraw`",
+        t.elapsed()
+    );
+}

@@ -3,6 +3,7 @@
 //! protocol number. A routing daemon imports that table (BIRD's kernel protocol with
 //! `learn`, FRR's `redistribute table`) and announces its routes to the routers; removing
 //! a route withdraws the VIP. Only routes with that table and protocol are ever touched.
+//! The host's SNAT addresses get routes the same way while full-NAT VIPs use them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,7 +28,7 @@ use tokio::sync::Notify;
 
 use super::Daemon;
 use crate::{
-    announce::{self, Host, Why},
+    announce::{self, Host, SnatWhy, Why},
     config::{AnnounceSettings, VipId},
     netlink::RouteSocket,
 };
@@ -43,8 +44,12 @@ pub struct Announcer {
     pub withdrawn: AtomicBool,
     /// The daemon is stopping and withdraws on stop.
     pub stopping: AtomicBool,
+    /// When the withdrawal in force (by the operator or the stop) began.
+    draining_since: Mutex<Option<Instant>>,
     /// The last decision per VIP, for status and metrics.
     pub decisions: Mutex<BTreeMap<VipId, Why>>,
+    /// The last decision per SNAT address.
+    pub snat: Mutex<BTreeMap<IpAddr, SnatWhy>>,
     /// Addresses whose route is installed now.
     pub installed: Mutex<BTreeSet<IpAddr>>,
     wake: Notify,
@@ -59,7 +64,9 @@ impl Announcer {
             started: Instant::now(),
             withdrawn: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            draining_since: Mutex::new(None),
             decisions: Mutex::new(BTreeMap::new()),
+            snat: Mutex::new(BTreeMap::new()),
             installed: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             reconciled: Notify::new(),
@@ -72,11 +79,29 @@ impl Announcer {
     }
 
     fn host(&self) -> Host {
+        let withdrawn = self.withdrawn.load(Ordering::SeqCst);
+        let stopping = self.stopping.load(Ordering::SeqCst);
+        let mut since = self.draining_since.lock().expect("draining lock");
+        if !(withdrawn || stopping) {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+        }
         Host {
             up: self.started.elapsed(),
-            withdrawn: self.withdrawn.load(Ordering::SeqCst),
-            stopping: self.stopping.load(Ordering::SeqCst),
+            withdrawn,
+            stopping,
+            draining_for: since.map(|t| t.elapsed()),
         }
+    }
+
+    /// Whether a SNAT address is still announced (the stop waits for none to be).
+    pub fn snat_announced(&self) -> bool {
+        self.snat
+            .lock()
+            .expect("snat lock")
+            .values()
+            .any(|w| w.announced())
     }
 }
 
@@ -179,27 +204,55 @@ pub(super) async fn run(daemon: Arc<Daemon>, a: Arc<Announcer>) {
     };
     let lo = super::host::ifindex("lo").unwrap_or(1);
     let mut last: BTreeMap<VipId, Why> = BTreeMap::new();
+    let mut last_snat: BTreeMap<IpAddr, SnatWhy> = BTreeMap::new();
+    // A count of NAT connections is trusted once a sweep has run after the withdrawal.
+    let settle = super::sweeper::INTERVAL + Duration::from_secs(1);
     loop {
-        let decisions = {
+        let in_use: BTreeMap<IpAddr, u64> = daemon
+            .nat_use
+            .lock()
+            .expect("nat lock")
+            .snat
+            .iter()
+            .map(|s| (s.address, s.ports_in_use))
+            .collect();
+        let host = a.host();
+        let (decisions, snat) = {
             let engine = daemon.engine.lock().expect("engine lock");
-            announce::decide(engine.state(), engine.config(), &a.settings, a.host())
+            (
+                announce::decide(engine.state(), engine.config(), &a.settings, host),
+                announce::decide_snat(engine.config(), &a.settings, host, &in_use, settle),
+            )
         };
         for (vid, why) in &decisions {
             if last.get(vid) != Some(why) {
                 tracing::info!(vip = %vid, "{why}");
             }
         }
+        for (addr, why) in &snat {
+            // A draining count changes every sweep: log the change of kind only.
+            if last_snat.get(addr).map(|w| w.word()) != Some(why.word()) {
+                tracing::info!(snat = %addr, "{why}");
+            }
+        }
         let want: BTreeSet<IpAddr> = announce::addresses(&decisions)
             .into_iter()
             .filter(|(_, on)| *on)
             .map(|(addr, _)| addr)
+            .chain(
+                snat.iter()
+                    .filter(|(_, w)| w.announced())
+                    .map(|(addr, _)| *addr),
+            )
             .collect();
         match reconcile(&mut sock, &a.settings, &want, lo).await {
             Ok(now) => *a.installed.lock().expect("installed lock") = now,
             Err(e) => tracing::warn!("updating the announced routes failed: {e}; retrying"),
         }
         *a.decisions.lock().expect("decisions lock") = decisions.clone();
+        *a.snat.lock().expect("snat lock") = snat.clone();
         last = decisions;
+        last_snat = snat;
         a.reconciled.notify_waiters();
         tokio::select! {
             () = tokio::time::sleep(RECHECK) => {}

@@ -391,6 +391,16 @@ impl Daemon {
                 table: a.settings.table,
                 protocol: a.settings.protocol,
                 withdrawn: a.withdrawn.load(std::sync::atomic::Ordering::SeqCst),
+                snat: a
+                    .snat
+                    .lock()
+                    .expect("snat lock")
+                    .iter()
+                    .map(|(address, why)| crate::api::SnatAnnounce {
+                        address: *address,
+                        why: *why,
+                    })
+                    .collect(),
                 installed: a
                     .installed
                     .lock()
@@ -427,6 +437,13 @@ impl Daemon {
                 "traffic to the VIPs still arrives after {:?}; stopping anyway (forwarding goes on)",
                 a.settings.drain_timeout
             ),
+        }
+        // The SNAT routes go once their NAT connections have ended or the drain timeout
+        // (counted from the withdrawal) has passed: the announcer decides, this waits.
+        let limit = Instant::now() + a.settings.drain_timeout + Duration::from_secs(5);
+        while a.snat_announced() && Instant::now() < limit {
+            let reconciled = a.reconciled.notified();
+            let _ = tokio::time::timeout(Duration::from_secs(2), reconciled).await;
         }
     }
 
