@@ -38,7 +38,12 @@ fn get(client: &Netns, path: &str, pause: Duration) -> std::io::Result<(String, 
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = s.read(&mut buf)?;
+        // A signal to this process interrupts a read with a timeout (SO_RCVTIMEO is never
+        // restarted): that is no failure of the balancer, read on.
+        let n = match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => r?,
+        };
         if n == 0 {
             break;
         }
