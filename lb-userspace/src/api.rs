@@ -302,6 +302,9 @@ pub struct Snapshot {
     /// redirects dropped at its ring; the balancer's own counters cannot see these).
     #[serde(default)]
     pub xdp_transmit_errors: Vec<NamedCount>,
+    /// The flow table's size and each CPU's share of it.
+    #[serde(default)]
+    pub flow_table: FlowTableStatus,
     /// With `[announce]`: the routing table and what is installed in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce: Option<AnnounceStatus>,
@@ -315,6 +318,19 @@ pub struct Snapshot {
     /// SNAT addresses and their use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snat: Vec<SnatStatus>,
+}
+
+/// The flow table's capacity. Its LRU lists are per CPU (`BPF_F_NO_COMMON_LRU`, so that
+/// inserts on different CPUs do not contend): the entries are split evenly between the
+/// possible CPUs, and a CPU's new flows evict the least recently used of its own share.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct FlowTableStatus {
+    /// `dataplane.flow_table_entries`: the flows it holds when they arrive on every CPU.
+    pub entries: u32,
+    /// The possible CPUs it is split between.
+    pub cpus: u32,
+    /// What one CPU holds: the capacity when every new flow arrives on one CPU.
+    pub per_cpu: u32,
 }
 
 /// The host's announcing, as `xlb status` shows it.

@@ -119,6 +119,7 @@ pub fn snapshot(
         actions,
         reasons,
         events: engine.events().cloned().collect(),
+        flow_table: flow_table(engine.config().dataplane.limits.flow_table_entries),
         announce: None,
         xdp_transmit_errors: crate::nic::xdp_transmit_errors(interface)
             .into_iter()
@@ -252,6 +253,17 @@ pub fn stats_table(now: &Snapshot, previous: Option<&Snapshot>) -> String {
     out
 }
 
+/// The flow table's capacity over this host's possible CPUs (the kernel splits a per-CPU
+/// LRU's preallocated entries evenly between them).
+fn flow_table(entries: u32) -> crate::api::FlowTableStatus {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    crate::api::FlowTableStatus {
+        entries,
+        cpus,
+        per_cpu: entries / cpus,
+    }
+}
+
 /// The `xlb status` report: VIPs, backends with health and reasons, recent events.
 pub fn status_text(s: &Snapshot) -> String {
     let mut out = String::new();
@@ -263,6 +275,14 @@ pub fn status_text(s: &Snapshot) -> String {
             .map_or("as attached by an earlier run", |m| m.as_str()),
         s.vips.len()
     );
+    let f = &s.flow_table;
+    if f.entries > 0 {
+        let _ = writeln!(
+            out,
+            "flow table: {} entries, {} per CPU ({} CPUs; new flows on one CPU evict within its share)",
+            f.entries, f.per_cpu, f.cpus
+        );
+    }
     if s.all_checks_failing {
         let _ = writeln!(
             out,

@@ -168,8 +168,13 @@ impl Scenario {
 
     /// The daemon's maps, opened from their pins (for predictions).
     pub fn maps(&self) -> Balancer {
+        self.maps_with(LIMITS)
+    }
+
+    /// The daemon's maps, when its configuration sized them other than `LIMITS`.
+    pub fn maps_with(&self, limits: xlb::dataplane::Limits) -> Balancer {
         Balancer::load(
-            LIMITS,
+            limits,
             Some(&xlb::daemon::pin_path(&self.daemon.pin_dir, "eth0")),
         )
         .expect("open pinned maps")

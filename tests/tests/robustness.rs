@@ -52,6 +52,9 @@ fn a_full_flow_table_keeps_forwarding_and_counts_evictions() {
     let s = Scenario::with_servers(2, &config, 2, |topo| {
         on_every_backend(topo, 53, servers::udp_identity_server)
     });
+    // Every packet this thread sends is balanced on the CPU it runs on (veth hands frames
+    // to the peer's XDP on the sending CPU): pinned, all new flows take one CPU's share.
+    pin_to_cpu(0);
     let mut conns: Vec<_> = (0..8).map(|_| echo_conn(&s)).collect();
     // A flood of new flows, many times the table: every datagram is still answered.
     let dns: SocketAddr = format!("{VIP}:53").parse().unwrap();
@@ -68,6 +71,28 @@ fn a_full_flow_table_keeps_forwarding_and_counts_evictions() {
     let st = s.daemon.status();
     let tcp = st.vips.iter().find(|v| v.vip.port == 80).unwrap();
     let udp = st.vips.iter().find(|v| v.vip.port == 53).unwrap();
+    // What status says one CPU holds is what the table holds after a flood on one CPU.
+    let f = st.flow_table;
+    assert_eq!((f.entries, f.per_cpu * f.cpus), (256, 256), "{f:?}");
+    let limits = xlb::dataplane::Limits {
+        flow_table_entries: 256,
+        ..xlb_tests::scenario::LIMITS
+    };
+    let held = s
+        .maps_with(limits)
+        .flows()
+        .expect("read the flow table")
+        .len() as u32;
+    assert!(
+        (f.per_cpu / 2..=f.per_cpu + 8).contains(&held),
+        "{held} flows held, {} per CPU",
+        f.per_cpu
+    );
+    let text = xlb::stats::status_text(&st);
+    assert!(
+        text.contains(&format!("flow table: 256 entries, {} per CPU", f.per_cpu)),
+        "{text}"
+    );
     // Most datagrams were new flows (an ephemeral port used twice finds its entry).
     assert!(udp.counters.new_flows >= 1500, "{}", udp.counters.new_flows);
     assert!(
@@ -76,9 +101,23 @@ fn a_full_flow_table_keeps_forwarding_and_counts_evictions() {
         tcp.midflow_misses
     );
     eprintln!(
-        "flow table of 256: 2000 UDP flows, {} mid-flow misses on the 8 TCP connections",
-        tcp.midflow_misses
+        "flow table of 256 ({} per CPU): 2000 UDP flows on one CPU, {held} held, {} mid-flow misses on the 8 TCP connections",
+        f.per_cpu, tcp.midflow_misses
     );
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: sched_setaffinity on the calling thread with a zeroed, then filled, cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
 }
 
 #[test]
