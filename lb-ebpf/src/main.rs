@@ -30,7 +30,7 @@ use lb_common::{
     PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},
+    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse, parse_common},
     stats::{ACTIONS, GLOBAL_COUNTERS, Reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
@@ -174,16 +174,23 @@ impl Outcome {
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Outcome {
     let mut headers = MaybeUninit::<Headers>::uninit();
-    let h = match parse_packet(ctx.ctx, &mut headers) {
+    let parsed = parse_packet(ctx.ctx, &mut headers);
+    let h = match parsed {
         // SAFETY: parse_packet initialised the headers when it says the packet is IP.
-        PARSED_IP => unsafe { headers.assume_init_ref() },
+        PARSED_IP | PARSED_TO_VIP | PARSED_TO_NAT => unsafe { headers.assume_init_ref() },
+        PARSED_TO_OTHER => return Outcome::pass(Reason::PassNotVip),
         PARSED_NOT_IP => return Outcome::pass(Reason::PassNotIp),
         _ => return Outcome::pass(Reason::PassBadIp),
     };
     let is_icmp = h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6;
     match h.l4 {
         L4::Ports => {
-            let o = match select::destination(h) {
+            let to = match parsed {
+                PARSED_TO_VIP => select::TO_VIP,
+                PARSED_TO_NAT => select::TO_NAT,
+                _ => select::destination(h),
+            };
+            let o = match to {
                 select::TO_VIP => vip_packet(ctx.ctx, h),
                 // From here, not from `vip_packet`: under its frame, the reply's chain of
                 // frames would not fit the verifier's 512 bytes of stack.
@@ -277,10 +284,24 @@ pub fn deliver(ctx: &XdpContext, h: &Headers, s: &select::Scratch) -> Outcome {
 /// a stack frame that is released before encapsulation needs its own (the verifier allows
 /// 512 bytes for the deepest chain of frames, not per function).
 ///
+/// The common case (untagged IPv4 without options or IPv6 without extension headers,
+/// TCP or UDP: `parse_common`) is parsed with constant offsets and asked the address filter
+/// at once, so traffic for other addresses leaves from here. (Asking the filter before
+/// the headers are stored cost more: LLVM then builds them twice.) Anything else
+/// goes through the general parser.
+///
 /// Returns `PARSED_*`; the headers are written to `out` when the packet is IP.
 #[inline(never)]
 fn parse_packet(ctx: *mut xdp_md, out: &mut MaybeUninit<Headers>) -> u32 {
-    match parse(&XdpPacket::new(&XdpContext::new(ctx))) {
+    let pkt = XdpPacket::new(&XdpContext::new(ctx));
+    if let Parsed::Ip(h) = parse_common(&pkt) {
+        return match select::destination(out.write(h)) {
+            select::TO_VIP => PARSED_TO_VIP,
+            select::TO_NAT => PARSED_TO_NAT,
+            _ => PARSED_TO_OTHER,
+        };
+    }
+    match parse(&pkt) {
         Parsed::Ip(h) => {
             out.write(h);
             PARSED_IP
@@ -292,7 +313,14 @@ fn parse_packet(ctx: *mut xdp_md, out: &mut MaybeUninit<Headers>) -> u32 {
 
 const PARSED_NOT_IP: u32 = 0;
 const PARSED_BAD_IP: u32 = 1;
+/// IP, from the general parser: the address filter is still to be asked.
 const PARSED_IP: u32 = 2;
+/// TCP or UDP (`L4::Ports`) whose destination may have a VIP (`select::TO_VIP`).
+const PARSED_TO_VIP: u32 = 3;
+/// TCP or UDP that may be a NAT reply (`select::TO_NAT`).
+const PARSED_TO_NAT: u32 = 4;
+/// TCP or UDP for no VIP and no NAT (`select::TO_OTHER`): passed untouched.
+const PARSED_TO_OTHER: u32 = 5;
 
 /// Whether `dst` is an address that has VIPs (`VIP_ADDRS`).
 #[inline(always)]
