@@ -43,7 +43,14 @@ pub const TO_NAT: u32 = 2;
 /// (`FILTER_F_TARGETS`).
 #[inline(always)]
 pub fn destination(h: &Headers) -> u32 {
-    let (word, shift) = filter_position(&h.dst);
+    destination_of(&h.dst, || h.src)
+}
+
+/// `destination` for the addresses `dst` and (asked only while client-preserving VIPs have
+/// targets) `src()`.
+#[inline(always)]
+pub fn destination_of(dst: &Addr, src: impl FnOnce() -> Addr) -> u32 {
+    let (word, shift) = filter_position(dst);
     let Some(w) = VIP_FILTER.get(word) else {
         return TO_OTHER;
     };
@@ -57,7 +64,7 @@ pub fn destination(h: &Headers) -> u32 {
     if (w >> (shift + FILTER_NAT)) & 1 != 0 {
         return TO_NAT;
     }
-    let (word, shift) = filter_position(&h.src);
+    let (word, shift) = filter_position(&src());
     match VIP_FILTER.get(word) {
         Some(w) if (w >> (shift + FILTER_TARGET)) & 1 != 0 => TO_NAT,
         _ => TO_OTHER,
