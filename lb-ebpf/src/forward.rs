@@ -13,7 +13,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4, FAMILY_V6,
     NeighbourEvent,
-    encap::{outer_ipv4, outer_ipv6_first_words},
+    encap::{outer_ipv4_words, outer_ipv6_first_words},
     icmp::announced_mtu,
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -512,14 +512,14 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
             && pkt.write(l3 + 24, &backend.addr)
     } else {
         let d = &backend.addr;
-        match outer_ipv4(
-            cfg.source_v4,
-            [d[0], d[1], d[2], d[3]],
+        match outer_ipv4_words(
+            u32::from_ne_bytes(cfg.source_v4),
+            u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
             h.ip_len,
             inner_next,
             h.tos,
         ) {
-            Some(outer) => ok && pkt.write(l3, &outer),
+            Some(outer) => ok && pkt.write_words(l3, &outer),
             None => false,
         }
     }
