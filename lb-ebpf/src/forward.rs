@@ -23,7 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::packet::adjust_head;
 
-use crate::{CONFIG, NEIGH_EVENTS, NEXT_HOPS, Outcome};
+use crate::{NEIGH_EVENTS, NEXT_HOPS, Outcome};
 
 /// `struct bpf_fib_lookup` with its unions flattened to the members we use, so it can be
 /// built field by field (the bindgen type's unions would need a zeroing memset, which the
@@ -62,6 +62,8 @@ const AF_INET6: u8 = 10;
 /// The lookup and the rewrite are separate BPF subprograms so their stack frames (the FIB
 /// parameters, the outer header) are not both live at once: the verifier allows 512 bytes
 /// for the deepest chain of frames.
+///
+/// `cfg` is the `CONFIG` entry, looked up by the caller (once per packet).
 #[inline(always)]
 pub fn encapsulate_and_send(
     ctx: &XdpContext,
@@ -69,8 +71,9 @@ pub fn encapsulate_and_send(
     id: u32,
     backend: &Backend,
     hash: u32,
+    cfg: Option<&DataplaneConfig>,
 ) -> Outcome {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = cfg else {
         return Outcome::drop(Reason::DropNoSource);
     };
     let v6_outer = match (backend.family, h.family) {

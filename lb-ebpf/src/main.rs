@@ -249,7 +249,9 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
         return Outcome::drop(Reason::DropNoBackend);
     };
     s.flow = flow_key(h, h.dport, 0);
-    if let Some(why) = admit::refusal(ctx.ctx, h, admit::FORWARD) {
+    // Looked up once for the router checks and the encapsulation.
+    let cfg = CONFIG.get(0);
+    if let Some(why) = admit::refusal_with(ctx.ctx, h, admit::FORWARD, cfg) {
         // Only a packet that is for a VIP is refused; any other goes on as it would have.
         return if select::find_vip(&s.flow).is_some() {
             Outcome::drop(why)
@@ -261,7 +263,7 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let how = lb_common::resolve::how(h);
     match select::resolve(how, s) {
         select::RESOLVED if s.backend.mode != MODE_DSR => NAT_FORWARD,
-        select::RESOLVED => deliver(&ctx, h, s),
+        select::RESOLVED => deliver_with(&ctx, h, s, cfg),
         select::NOT_VIP => no_vip(ctx.ctx, h),
         _ => Outcome::drop(Reason::DropNoBackend),
     }
@@ -278,7 +280,18 @@ const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
 /// for its VIP and backend: the one place those counters move.
 #[inline(always)]
 pub fn deliver(ctx: &XdpContext, h: &Headers, s: &select::Scratch) -> Outcome {
-    let o = forward::encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
+    deliver_with(ctx, h, s, CONFIG.get(0))
+}
+
+/// `deliver` with the `CONFIG` entry the caller has already looked up.
+#[inline(always)]
+fn deliver_with(
+    ctx: &XdpContext,
+    h: &Headers,
+    s: &select::Scratch,
+    cfg: Option<&DataplaneConfig>,
+) -> Outcome {
+    let o = forward::encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash, cfg);
     select::count(s, h.ip_len, o.why == Reason::Forwarded);
     o
 }
