@@ -9,7 +9,7 @@
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
 use lb_common::{
-    FAMILY_V4,
+    DataplaneConfig, FAMILY_V4,
     admit::{
         frame_for_us, ipv4_header_checksum_ok, is_group_mac, martian_source_v4, martian_source_v6,
     },
@@ -32,14 +32,26 @@ pub const ANSWER: u32 = 2;
 /// a frame for another MAC (`not_our_mac`), a wrong IPv4 header checksum
 /// (`bad_ip_checksum`), a martian source (`martian_source`), with `FORWARD` a TTL / hop
 /// limit of 0 or 1 (`ttl_exceeded`).
-#[inline(never)]
+#[inline(always)]
 pub fn refusal(ctx: *mut xdp_md, h: &Headers, how: u32) -> Option<Reason> {
+    refusal_with(ctx, h, how, CONFIG.get(0))
+}
+
+/// `refusal` with the `CONFIG` entry the caller has already looked up (`None`: the frame
+/// check is off, as with a MAC of zero).
+#[inline(never)]
+pub fn refusal_with(
+    ctx: *mut xdp_md,
+    h: &Headers,
+    how: u32,
+    cfg: Option<&DataplaneConfig>,
+) -> Option<Reason> {
     let ctx = XdpContext::new(ctx);
     let pkt = XdpPacket::new(&ctx);
     let Some(dst_mac) = pkt.bytes::<6>(0) else {
         return Some(Reason::DropMalformed);
     };
-    let ours = CONFIG.get(0).map_or([0; 6], |c| c.mac);
+    let ours = cfg.map_or([0; 6], |c| c.mac);
     if !frame_for_us(&dst_mac, &ours) || (how & ANSWER != 0 && is_group_mac(&dst_mac)) {
         return Some(Reason::DropNotOurMac);
     }

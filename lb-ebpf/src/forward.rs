@@ -13,7 +13,7 @@ use aya_ebpf::{
 use lb_common::{
     Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4, FAMILY_V6,
     NeighbourEvent,
-    encap::{outer_ipv4, outer_ipv6_first_words},
+    encap::{outer_ipv4_words, outer_ipv6_first_words},
     icmp::announced_mtu,
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
@@ -23,7 +23,7 @@ use lb_common::{
 };
 use lb_ebpf::packet::adjust_head;
 
-use crate::{CONFIG, NEIGH_EVENTS, NEXT_HOPS, Outcome};
+use crate::{NEIGH_EVENTS, NEXT_HOPS, Outcome};
 
 /// `struct bpf_fib_lookup` with its unions flattened to the members we use, so it can be
 /// built field by field (the bindgen type's unions would need a zeroing memset, which the
@@ -62,6 +62,8 @@ const AF_INET6: u8 = 10;
 /// The lookup and the rewrite are separate BPF subprograms so their stack frames (the FIB
 /// parameters, the outer header) are not both live at once: the verifier allows 512 bytes
 /// for the deepest chain of frames.
+///
+/// `cfg` is the `CONFIG` entry, looked up by the caller (once per packet).
 #[inline(always)]
 pub fn encapsulate_and_send(
     ctx: &XdpContext,
@@ -69,8 +71,9 @@ pub fn encapsulate_and_send(
     id: u32,
     backend: &Backend,
     hash: u32,
+    cfg: Option<&DataplaneConfig>,
 ) -> Outcome {
-    let Some(cfg) = CONFIG.get(0) else {
+    let Some(cfg) = cfg else {
         return Outcome::drop(Reason::DropNoSource);
     };
     let v6_outer = match (backend.family, h.family) {
@@ -512,14 +515,14 @@ fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
             && pkt.write(l3 + 24, &backend.addr)
     } else {
         let d = &backend.addr;
-        match outer_ipv4(
-            cfg.source_v4,
-            [d[0], d[1], d[2], d[3]],
+        match outer_ipv4_words(
+            u32::from_ne_bytes(cfg.source_v4),
+            u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
             h.ip_len,
             inner_next,
             h.tos,
         ) {
-            Some(outer) => ok && pkt.write(l3, &outer),
+            Some(outer) => ok && pkt.write_words(l3, &outer),
             None => false,
         }
     }

@@ -30,7 +30,10 @@ use lb_common::{
     PROTO_UDP, SNAT_SLOTS, SnatAddr, VipInfo, VipKey, VipStats,
     hash::{VIP_FILTER_WORDS, flow_key},
     parse::Headers,
-    parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, L4, Parsed, TCP_SYN, parse},
+    parse::{
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, L4, PacketBytes, Parsed, TCP_SYN,
+        parse, parse_common,
+    },
     stats::{ACTIONS, GLOBAL_COUNTERS, Reason},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
@@ -174,16 +177,23 @@ impl Outcome {
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Outcome {
     let mut headers = MaybeUninit::<Headers>::uninit();
-    let h = match parse_packet(ctx.ctx, &mut headers) {
+    let parsed = parse_packet(ctx.ctx, &mut headers);
+    let h = match parsed {
         // SAFETY: parse_packet initialised the headers when it says the packet is IP.
-        PARSED_IP => unsafe { headers.assume_init_ref() },
+        PARSED_IP | PARSED_TO_VIP | PARSED_TO_NAT => unsafe { headers.assume_init_ref() },
+        PARSED_TO_OTHER => return Outcome::pass(Reason::PassNotVip),
         PARSED_NOT_IP => return Outcome::pass(Reason::PassNotIp),
         _ => return Outcome::pass(Reason::PassBadIp),
     };
     let is_icmp = h.proto == IPPROTO_ICMP || h.proto == IPPROTO_ICMPV6;
     match h.l4 {
         L4::Ports => {
-            let o = match select::destination(h) {
+            let to = match parsed {
+                PARSED_TO_VIP => select::TO_VIP,
+                PARSED_TO_NAT => select::TO_NAT,
+                _ => select::destination(h),
+            };
+            let o = match to {
                 select::TO_VIP => vip_packet(ctx.ctx, h),
                 // From here, not from `vip_packet`: under its frame, the reply's chain of
                 // frames would not fit the verifier's 512 bytes of stack.
@@ -239,7 +249,9 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
         return Outcome::drop(Reason::DropNoBackend);
     };
     s.flow = flow_key(h, h.dport, 0);
-    if let Some(why) = admit::refusal(ctx.ctx, h, admit::FORWARD) {
+    // Looked up once for the router checks and the encapsulation.
+    let cfg = CONFIG.get(0);
+    if let Some(why) = admit::refusal_with(ctx.ctx, h, admit::FORWARD, cfg) {
         // Only a packet that is for a VIP is refused; any other goes on as it would have.
         return if select::find_vip(&s.flow).is_some() {
             Outcome::drop(why)
@@ -251,7 +263,7 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     let how = lb_common::resolve::how(h);
     match select::resolve(how, s) {
         select::RESOLVED if s.backend.mode != MODE_DSR => NAT_FORWARD,
-        select::RESOLVED => deliver(&ctx, h, s),
+        select::RESOLVED => deliver_with(&ctx, h, s, cfg),
         select::NOT_VIP => no_vip(ctx.ctx, h),
         _ => Outcome::drop(Reason::DropNoBackend),
     }
@@ -268,7 +280,18 @@ const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
 /// for its VIP and backend: the one place those counters move.
 #[inline(always)]
 pub fn deliver(ctx: &XdpContext, h: &Headers, s: &select::Scratch) -> Outcome {
-    let o = forward::encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash);
+    deliver_with(ctx, h, s, CONFIG.get(0))
+}
+
+/// `deliver` with the `CONFIG` entry the caller has already looked up.
+#[inline(always)]
+fn deliver_with(
+    ctx: &XdpContext,
+    h: &Headers,
+    s: &select::Scratch,
+    cfg: Option<&DataplaneConfig>,
+) -> Outcome {
+    let o = forward::encapsulate_and_send(ctx, h, s.id, &s.backend, s.hash, cfg);
     select::count(s, h.ip_len, o.why == Reason::Forwarded);
     o
 }
@@ -277,10 +300,36 @@ pub fn deliver(ctx: &XdpContext, h: &Headers, s: &select::Scratch) -> Outcome {
 /// a stack frame that is released before encapsulation needs its own (the verifier allows
 /// 512 bytes for the deepest chain of frames, not per function).
 ///
-/// Returns `PARSED_*`; the headers are written to `out` when the packet is IP.
+/// The common case (untagged IPv4 without options or IPv6 without extension headers,
+/// TCP or UDP: `parse_common`) is parsed with constant offsets, and the address filter is
+/// asked first, from the addresses in the packet: traffic for other addresses is only
+/// checked to have that shape and leaves without its headers being stored (177 executed
+/// instructions instead of 235; a VIP packet pays about 20 for the second reading of its
+/// addresses). Anything else goes through the general parser.
+///
+/// Returns `PARSED_*`; the headers are written to `out` when the packet is IP, except for
+/// `PARSED_TO_OTHER`.
 #[inline(never)]
 fn parse_packet(ctx: *mut xdp_md, out: &mut MaybeUninit<Headers>) -> u32 {
-    match parse(&XdpPacket::new(&XdpContext::new(ctx))) {
+    let pkt = XdpPacket::new(&XdpContext::new(ctx));
+    let to = common_destination(&pkt);
+    if to == select::TO_OTHER {
+        // Only checked, not stored (a copy of `parse_common` whose headers are unused, so
+        // none of their fields is computed): whether the general path would also have
+        // found TCP or UDP for no VIP.
+        if matches!(parse_common(&pkt), Parsed::Ip(_)) {
+            return PARSED_TO_OTHER;
+        }
+    } else if to == select::TO_VIP {
+        if let Parsed::Ip(h) = parse_common(&pkt) {
+            out.write(h);
+            return PARSED_TO_VIP;
+        }
+    } else if let Parsed::Ip(h) = parse_common(&pkt) {
+        out.write(h);
+        return PARSED_TO_NAT;
+    }
+    match parse(&pkt) {
         Parsed::Ip(h) => {
             out.write(h);
             PARSED_IP
@@ -290,9 +339,55 @@ fn parse_packet(ctx: *mut xdp_md, out: &mut MaybeUninit<Headers>) -> u32 {
     }
 }
 
+/// What the address filter says (`select::destination`) about an untagged IPv4 or IPv6
+/// packet, from the addresses where `parse_common` finds them (IPv4 source and destination
+/// at 26 and 30, IPv6 at 22 and 38), so that the headers need not be stored to ask it;
+/// `select::TO_OTHER` for a frame too short or of another ethertype, which `parse_common`
+/// does not take either.
+#[inline(always)]
+fn common_destination(pkt: &XdpPacket) -> u32 {
+    let Some(ethertype) = pkt.bytes::<2>(12) else {
+        return select::TO_OTHER;
+    };
+    let mut dst = [0u8; 16];
+    match u16::from_be_bytes(ethertype) {
+        ETH_P_IP => {
+            let Some(a) = pkt.bytes::<8>(26) else {
+                return select::TO_OTHER;
+            };
+            dst[..4].copy_from_slice(&a[4..]);
+            select::destination_of(&dst, || {
+                let mut src = [0u8; 16];
+                src[..4].copy_from_slice(&a[..4]);
+                src
+            })
+        }
+        ETH_P_IPV6 => {
+            let Some(a) = pkt.bytes::<32>(22) else {
+                return select::TO_OTHER;
+            };
+            dst.copy_from_slice(&a[16..]);
+            select::destination_of(&dst, || {
+                let mut src = [0u8; 16];
+                src.copy_from_slice(&a[..16]);
+                src
+            })
+        }
+        _ => select::TO_OTHER,
+    }
+}
+
 const PARSED_NOT_IP: u32 = 0;
 const PARSED_BAD_IP: u32 = 1;
+/// IP, from the general parser: the address filter is still to be asked.
 const PARSED_IP: u32 = 2;
+/// TCP or UDP (`L4::Ports`) whose destination may have a VIP (`select::TO_VIP`).
+const PARSED_TO_VIP: u32 = 3;
+/// TCP or UDP that may be a NAT reply (`select::TO_NAT`).
+const PARSED_TO_NAT: u32 = 4;
+/// TCP or UDP for no VIP and no NAT (`select::TO_OTHER`): passed untouched; the headers
+/// are not written.
+const PARSED_TO_OTHER: u32 = 5;
 
 /// Whether `dst` is an address that has VIPs (`VIP_ADDRS`).
 #[inline(always)]

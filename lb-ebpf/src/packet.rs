@@ -100,6 +100,24 @@ impl XdpPacket {
 }
 
 impl XdpPacket {
+    /// Writes the `N` 32-bit words at `offset`, each as it is in memory (native byte order):
+    /// one bounds check and one store per word; `false` if they do not fit.
+    #[inline(always)]
+    pub fn write_words<const N: usize>(&self, offset: usize, words: &[u32; N]) -> bool {
+        let Some(p) = self.ptr::<[u32; N]>(offset) else {
+            return false;
+        };
+        let p = p as usize;
+        let mut i = 0;
+        while i < N {
+            // SAFETY: `ptr` checked that the N words lie inside the packet, which the program
+            // owns for the duration of the call.
+            unsafe { word::store32(p + 4 * i, words[i]) };
+            i += 1;
+        }
+        true
+    }
+
     /// The one's-complement sum of the `N` bytes at `offset` as big-endian 16-bit words
     /// (not folded, not complemented): what `lb_common::csum::sum_packet` computes, done by
     /// the kernel's `bpf_csum_diff` in one call. (Summed here word by word, LLVM issues

@@ -43,7 +43,14 @@ pub const TO_NAT: u32 = 2;
 /// (`FILTER_F_TARGETS`).
 #[inline(always)]
 pub fn destination(h: &Headers) -> u32 {
-    let (word, shift) = filter_position(&h.dst);
+    destination_of(&h.dst, || h.src)
+}
+
+/// `destination` for the addresses `dst` and (asked only while client-preserving VIPs have
+/// targets) `src()`.
+#[inline(always)]
+pub fn destination_of(dst: &Addr, src: impl FnOnce() -> Addr) -> u32 {
+    let (word, shift) = filter_position(dst);
     let Some(w) = VIP_FILTER.get(word) else {
         return TO_OTHER;
     };
@@ -57,7 +64,7 @@ pub fn destination(h: &Headers) -> u32 {
     if (w >> (shift + FILTER_NAT)) & 1 != 0 {
         return TO_NAT;
     }
-    let (word, shift) = filter_position(&h.src);
+    let (word, shift) = filter_position(&src());
     match VIP_FILTER.get(word) {
         Some(w) if (w >> (shift + FILTER_TARGET)) & 1 != 0 => TO_NAT,
         _ => TO_OTHER,
@@ -311,25 +318,33 @@ pub fn remembered(s: &mut Scratch) -> u32 {
 #[inline(always)]
 pub fn count(s: &Scratch, ip_len: u16, forwarded: bool) {
     let bytes = u64::from(ip_len);
-    let (new_flow, hit) = (u64::from(s.new_flow), u64::from(s.hit));
+    let new_flow = u64::from(s.new_flow);
     if let Some(v) = VIP_STATS.get_ptr_mut(s.vip) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {
-            (*v).new_flows += new_flow;
+            if new_flow != 0 {
+                (*v).new_flows += 1;
+            }
             if forwarded {
                 (*v).packets += 1;
                 (*v).bytes += bytes;
-                (*v).flow_hits += hit;
-                (*v).flow_misses += 1 - hit;
-                (*v).midflow_misses += (1 - hit) * u64::from(s.midflow);
+                // Only the counters that move are read and written.
+                if s.hit != 0 {
+                    (*v).flow_hits += 1;
+                } else {
+                    (*v).flow_misses += 1;
+                    (*v).midflow_misses += u64::from(s.midflow);
+                }
             }
         }
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(s.id) {
         // SAFETY: as above.
         unsafe {
-            (*b).new_flows += new_flow;
+            if new_flow != 0 {
+                (*b).new_flows += 1;
+            }
             if forwarded {
                 (*b).packets += 1;
                 (*b).bytes += bytes;
