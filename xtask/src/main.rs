@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-const BPF_LINKER_VERSION: &str = "0.10.0";
+const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
 const DEBIAN_TOOLS: [(&str, &str); 14] = [
