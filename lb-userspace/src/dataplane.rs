@@ -210,7 +210,7 @@ impl Balancer {
         }
         let mut ebpf = loader.load(programs::BALANCER)?;
         let program: &mut Xdp = program_mut(&mut ebpf)?;
-        program.load()?;
+        load_program(program)?;
         let tables = MaglevTables::map(&ebpf, limits.maglev_size, entries * 2)?;
         let mut lb = Self {
             ebpf,
@@ -246,7 +246,7 @@ impl Balancer {
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
         if p.fd().is_err() {
-            p.load()?;
+            load_program(p)?;
         }
         Ok(p)
     }
@@ -628,6 +628,25 @@ pub fn test_run(
 fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
     PerCpuValues::try_from(vec![T::default(); cpus]).map_err(DataplaneError::Cpus)
+}
+
+/// Loads an XDP program into the kernel, again when the verifier was interrupted: the
+/// kernel answers `EAGAIN` when a signal arrives during a long verification (a busy host),
+/// and a second try usually passes, as libbpf does.
+pub(crate) fn load_program(p: &mut Xdp) -> Result<(), ProgramError> {
+    const TRIES: u32 = 5;
+    let mut tries = 1;
+    loop {
+        match p.load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < TRIES =>
+            {
+                tracing::debug!(tries, "the verifier was interrupted; loading again");
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, ProgramError> {

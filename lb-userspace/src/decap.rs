@@ -46,7 +46,7 @@ impl Decap {
             .program_mut(PROGRAM)
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
-        prog.load()?;
+        crate::dataplane::load_program(prog)?;
         Ok(Self { ebpf })
     }
 
