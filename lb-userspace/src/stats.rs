@@ -260,7 +260,8 @@ fn flow_table(entries: u32) -> crate::api::FlowTableStatus {
     crate::api::FlowTableStatus {
         entries,
         cpus,
-        per_cpu: entries / cpus,
+        // The kernel rounds a per-CPU LRU's size up to a multiple of the CPUs.
+        per_cpu: entries.div_ceil(cpus),
     }
 }
 

@@ -381,3 +381,25 @@ pub fn peer_server(ns: &Netns, addr: SocketAddr, _name: &str) -> Server {
         let _ = c.shutdown(Shutdown::Write);
     })
 }
+
+/// Sets a stop flag when dropped: made first inside a `std::thread::scope` whose threads
+/// loop until the flag is set, so a failed assertion in the scope stops them and the scope
+/// can return its panic instead of waiting for them for ever.
+pub struct StopOnDrop<'a>(pub &'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `read`, again when a signal to this process interrupted it: a read with a timeout
+/// (`SO_RCVTIMEO`) is never restarted by the kernel, and nothing was lost.
+pub fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}

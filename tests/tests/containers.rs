@@ -38,12 +38,7 @@ fn get(client: &Netns, path: &str, pause: Duration) -> std::io::Result<(String, 
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // A signal to this process interrupts a read with a timeout (SO_RCVTIMEO is never
-        // restarted): that is no failure of the balancer, read on.
-        let n = match s.read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            r => r?,
-        };
+        let n = xlb_tests::servers::read_some(&mut s, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -244,6 +239,7 @@ fn labelled_containers_are_found_balanced_and_drained_when_stopped() {
     let want = format!("{:x}", Sha256::digest(vec![0u8; 8 << 20]));
     let client = &l.topo.client;
     let (requests, failed) = std::thread::scope(|scope| {
+        let _stop_on_panic = xlb_tests::servers::StopOnDrop(&stop);
         let load = scope.spawn(|| load(client, &stop, &seen));
         std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
@@ -561,6 +557,13 @@ fn registered_targets_keep_their_owner_across_reloads_and_restarts() {
     assert_eq!(list.lines().count(), 3, "{list}");
     let (_, list, _) = d.cli(&["backend", "list", "--source", "config"]);
     assert_eq!(list.lines().count(), 1, "the file has none: {list}");
+    // An edited file wins at a restart, but not over the registered targets: they are
+    // not the file's.
+    d.write_config(&(config.clone() + "# edited\n"));
+    d.restart();
+    wait_healthy(&d);
+    let (_, list, _) = d.cli(&["backend", "list", "--source", "deployer"]);
+    assert_eq!(list.lines().count(), 3, "after a restart with an edited file: {list}");
     // Registering again for the same owner updates the weight.
     register(&d, 2, "100");
     let s = shares();

@@ -11,7 +11,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     net::SocketAddr,
     sync::{
         Mutex, RwLock,
@@ -64,7 +64,7 @@ fn request(client: &Netns, path: &str, host: &str, pause: Duration) -> std::io::
     let mut out = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = s.read(&mut buf)?;
+        let n = xlb_tests::servers::read_some(&mut s, &mut buf)?;
         if n == 0 {
             break;
         }
@@ -304,6 +304,7 @@ fn paths_and_hosts_reach_their_services_and_losing_a_proxy_loses_no_request() {
     let marks = Mutex::new(Vec::<(&str, Instant)>::new());
     let mark = |what: &'static str| marks.lock().unwrap().push((what, Instant::now()));
     let ((requests, failed), downloads) = std::thread::scope(|scope| {
+        let _stop_on_panic = xlb_tests::servers::StopOnDrop(&stop);
         let loads: Vec<_> = (0..3)
             .map(|first| {
                 scope.spawn({

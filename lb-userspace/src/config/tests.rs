@@ -564,3 +564,23 @@ fn every_example_configuration_is_valid() {
         assert!(!c.vips.is_empty(), "{name}");
     }
 }
+
+#[test]
+fn two_docker_hosts_may_not_share_a_name() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "{GOOD}\n[[discovery.docker]]\nendpoint = \"unix:///run/a.sock\"\nhost_address = \"{a}\"\n\
+             [[discovery.docker]]\nendpoint = \"unix:///run/b.sock\"\nhost_address = \"{b}\"\n"
+        )
+    };
+    assert!(parse(&two("198.51.100.31", "198.51.100.32")).is_ok());
+    // Named by their host address by default: the same address twice is the same name.
+    let e = parse(&two("198.51.100.31", "198.51.100.31"))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        e.contains("discovery.docker[1].name") && e.contains("discovery.docker[0]"),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+}

@@ -93,6 +93,19 @@ pub(super) fn config(f: &File) -> Result<Config, ConfigError> {
         .enumerate()
         .map(|(i, d)| docker(i, d))
         .collect::<Result<Vec<_>, _>>()?;
+    // A host's name owns its targets: two hosts with one name would deregister each
+    // other's containers.
+    for (i, d) in docker.iter().enumerate() {
+        if let Some(j) = docker[..i].iter().position(|o| o.name == d.name) {
+            return Err(Scope::Top.err(
+                &format!("discovery.docker[{i}].name"),
+                format!(
+                    "{} is already the name of discovery.docker[{j}]; give each Docker host its own name",
+                    quote(&d.name)
+                ),
+            ));
+        }
+    }
     let config = Config {
         dataplane,
         daemon,

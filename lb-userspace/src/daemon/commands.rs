@@ -38,8 +38,16 @@ impl Origin {
 }
 
 impl Daemon {
+    /// Serialises the changes of the running configuration (see `handle`).
+    fn one_change(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Handles one request. Every change is validated whole first; on error nothing changed.
     pub(super) fn handle(&self, req: Request) -> Response {
+        // Changes are made to a copy of the running configuration and applied whole: one at
+        // a time, or one made meanwhile (by discovery, a command, a reload) would be undone.
+        let _one_change = (!matches!(req, Request::Status)).then(|| self.one_change());
         match req {
             Request::Status => match self.snapshot() {
                 Ok(s) => Response {
@@ -144,7 +152,7 @@ impl Daemon {
             _ => c.dataplane.interface = Some(self.iface.clone()),
         }
         let word = |e: &crate::config::ConfigError| match origin {
-            Origin::Command => e.for_operator(),
+            Origin::Command | Origin::Discovery => e.for_operator(),
             _ => e.to_string(),
         };
         if let Err(e) = c.check_host(&host::addresses(None)) {
@@ -226,6 +234,7 @@ impl Daemon {
     /// A target the configuration refuses (a port on a DSR VIP, a duplicate of another
     /// owner's) is left out and logged.
     pub(super) fn apply_discovered(&self, update: crate::discovery::docker::Update) {
+        let _one_change = self.one_change();
         let owner = update.owner;
         let mut file = self.engine.lock().expect("engine lock").config().to_file();
         let id_of = |v: &VipFile| -> Option<crate::config::VipId> {
@@ -298,12 +307,18 @@ impl Daemon {
                         vip_index, index, ..
                     } = e.at
                     else {
-                        tracing::warn!("{owner}: the discovered targets are refused: {e}");
+                        tracing::warn!(
+                            "{owner}: the discovered targets are refused: {}",
+                            e.for_operator()
+                        );
                         return;
                     };
                     let b = &file.vips[vip_index].backends[index];
                     if b.source.as_deref() != Some(owner.as_str()) {
-                        tracing::warn!("{owner}: the configuration is refused: {e}");
+                        tracing::warn!(
+                            "{owner}: the configuration is refused: {}",
+                            e.for_operator()
+                        );
                         return;
                     }
                     tracing::warn!(
@@ -315,6 +330,7 @@ impl Daemon {
                 }
             }
         }
+        tracing::warn!("{owner}: more than 64 discovered targets refused; this update is dropped");
     }
 }
 

@@ -82,6 +82,8 @@ struct Daemon {
     discovery_vips: tokio::sync::watch::Sender<std::collections::BTreeSet<crate::config::VipId>>,
     /// What the NAT sweeper last counted.
     nat_use: Mutex<crate::stats::NatUse>,
+    /// Held while a change of the running configuration is made (`commands::one_change`).
+    changes: Mutex<()>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -189,18 +191,33 @@ async fn serve(
 
     // After a crash or restart with an unchanged file, run exactly what ran before.
     let state_path = state_file(&d.socket);
-    let saved = Saved::load(&state_path).filter(|_| warm);
-    let saved_mode = saved.as_ref().and_then(|s| s.xdp_mode);
+    let saved = Saved::load(&state_path);
+    let saved_mode = saved.as_ref().filter(|_| warm).and_then(|s| s.xdp_mode);
     let (desired, resumed) = match saved {
-        Some(s) if s.file_hash == file_hash(&text) => {
+        Some(s) if warm && s.file_hash == file_hash(&text) => {
             let mut c = s.config;
             c.daemon = config.daemon.clone();
             c.dataplane.interface = Some(iface.clone());
             (c, true)
         }
-        _ => (config.clone(), false),
+        // An edited file wins, but the targets registered at run time (`--source`,
+        // discovery) are not the file's to drop, as on a reload.
+        Some(s) => {
+            let mut c = config.clone();
+            commands::keep_registrations(&mut c, &s.config);
+            (c, false)
+        }
+        None => (config.clone(), false),
     };
-    engine.apply_from(&desired, if resumed { "saved state" } else { "start-up" })?;
+    if let Err(e) = engine.apply_from(&desired, if resumed { "saved state" } else { "start-up" }) {
+        if resumed || desired == config {
+            return Err(e.into());
+        }
+        tracing::warn!(
+            "the targets registered before the restart do not fit the edited file ({e}); starting with the file's alone"
+        );
+        engine.apply_from(&config, "start-up")?;
+    }
     for v in &engine.config().vips {
         tracing::info!(
             vip = %v.id,
@@ -247,6 +264,7 @@ async fn serve(
         history: Mutex::new(page::History::default()),
         discovery_vips: tokio::sync::watch::channel(Default::default()).0,
         nat_use: Mutex::new(crate::stats::NatUse::default()),
+        changes: Mutex::new(()),
     });
     daemon.after_change(Some(file_hash(&text)));
 
@@ -306,9 +324,10 @@ async fn serve(
             }
         });
     }
-    if let Some(a) = &daemon.announcer {
-        tokio::spawn(announce::run(daemon.clone(), a.clone()));
-    }
+    let announcing = daemon
+        .announcer
+        .as_ref()
+        .map(|a| tokio::spawn(announce::run(daemon.clone(), a.clone())));
     let sources = daemon
         .engine
         .lock()
@@ -354,6 +373,10 @@ async fn serve(
         }
     }
     if daemon.teardown.load(std::sync::atomic::Ordering::SeqCst) {
+        // Stopped first, or its next round could install a route again.
+        if let Some(task) = &announcing {
+            task.abort();
+        }
         if let Some(a) = &daemon.announcer
             && let Err(e) = announce::remove_all(&a.settings).await
         {
