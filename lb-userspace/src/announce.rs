@@ -160,14 +160,17 @@ impl fmt::Display for SnatWhy {
 }
 
 /// The decision for every SNAT address of the configuration. `in_use` is the NAT
-/// connections per address as the sweeper last counted them; `settle` is how long after
-/// the withdrawal that count is trusted to include every connection (one sweep).
+/// connections per address as the sweeper last counted them, and `counted_for` how long
+/// ago it counted them (`None`: never); only a count made after the withdrawal began can
+/// show an address drained. `before` is the last decision: a drained address stays
+/// withdrawn until the drain ends, so a late connection does not make its route flap.
 pub fn decide_snat(
     config: &Config,
     settings: &AnnounceSettings,
     host: Host,
     in_use: &BTreeMap<IpAddr, u64>,
-    settle: Duration,
+    counted_for: Option<Duration>,
+    before: &BTreeMap<IpAddr, SnatWhy>,
 ) -> BTreeMap<IpAddr, SnatWhy> {
     let full_nat = |v4: bool| {
         config.vips.iter().any(|v| {
@@ -183,14 +186,18 @@ pub fn decide_snat(
         .map(|a| IpAddr::V4(*a))
         .chain(d.snat_v6.iter().map(|a| IpAddr::V6(*a)));
     let draining_for = host.draining_for.unwrap_or_default();
+    let fresh = counted_for.is_some_and(|c| c < draining_for);
     addrs
         .map(|a| {
             let connections = in_use.get(&a).copied().unwrap_or(0);
+            let was = before.get(&a).copied();
             let why = if !full_nat(a.is_ipv4()) {
                 SnatWhy::Unused
             } else if !host.draining() {
                 SnatWhy::Serving
-            } else if connections == 0 && draining_for >= settle {
+            } else if let Some(w @ (SnatWhy::Drained | SnatWhy::DrainTimedOut { .. })) = was {
+                w
+            } else if connections == 0 && fresh {
                 SnatWhy::Drained
             } else if draining_for >= settings.drain_timeout {
                 SnatWhy::DrainTimedOut { connections }
@@ -403,12 +410,12 @@ mod tests {
     fn snat_addresses_are_withdrawn_after_the_vips_once_their_connections_end() {
         let c = nat_config();
         let s = c.announce.clone().unwrap();
-        let settle = Duration::from_secs(3);
+        let none = BTreeMap::new();
         let a: IpAddr = "198.18.0.10".parse().unwrap();
         let b: IpAddr = "198.18.0.11".parse().unwrap();
         let v6: IpAddr = "2001:db8:18::10".parse().unwrap();
         let in_use = BTreeMap::from([(a, 2), (b, 0)]);
-        let d = decide_snat(&c, &s, UP, &in_use, settle);
+        let d = decide_snat(&c, &s, UP, &in_use, Some(Duration::ZERO), &none);
         assert_eq!(d[&a], SnatWhy::Serving);
         assert_eq!(d[&b], SnatWhy::Serving);
         // The only v6 NAT VIP preserves the client's address: nothing comes back to it.
@@ -418,14 +425,25 @@ mod tests {
             draining_for: Some(Duration::from_secs(secs)),
             ..UP
         };
-        // Right after the withdrawal the count may predate it: both stay.
-        let d = decide_snat(&c, &s, drain(1), &in_use, settle);
+        // A count made before the withdrawal proves nothing: both stay.
+        let d = decide_snat(
+            &c,
+            &s,
+            drain(1),
+            &in_use,
+            Some(Duration::from_secs(2)),
+            &none,
+        );
         assert_eq!(d[&a], SnatWhy::Draining { connections: 2 });
         assert_eq!(d[&b], SnatWhy::Draining { connections: 0 });
-        let d = decide_snat(&c, &s, drain(5), &in_use, settle);
+        let d = decide_snat(&c, &s, drain(5), &in_use, Some(Duration::from_secs(1)), &d);
         assert_eq!(d[&a], SnatWhy::Draining { connections: 2 });
         assert_eq!(d[&b], SnatWhy::Drained);
-        let d = decide_snat(&c, &s, drain(30), &in_use, settle);
+        // Drained stays drained: a late connection does not bring the route back.
+        let late = BTreeMap::from([(a, 2), (b, 1)]);
+        let d = decide_snat(&c, &s, drain(6), &late, Some(Duration::ZERO), &d);
+        assert_eq!(d[&b], SnatWhy::Drained);
+        let d = decide_snat(&c, &s, drain(30), &in_use, Some(Duration::ZERO), &d);
         assert_eq!(d[&a], SnatWhy::DrainTimedOut { connections: 2 });
         assert!(!d[&a].announced() && !d[&b].announced());
         // A stop drains the same way; a restore announces again.
@@ -434,7 +452,7 @@ mod tests {
             draining_for: Some(Duration::from_secs(5)),
             ..UP
         };
-        assert!(decide_snat(&c, &s, stop, &in_use, settle)[&a].announced());
-        assert!(decide_snat(&c, &s, UP, &BTreeMap::new(), settle)[&b].announced());
+        assert!(decide_snat(&c, &s, stop, &in_use, Some(Duration::ZERO), &none)[&a].announced());
+        assert!(decide_snat(&c, &s, UP, &BTreeMap::new(), None, &d)[&b].announced());
     }
 }

@@ -21,6 +21,8 @@ use crate::{
 pub struct NatUse {
     pub connections: std::collections::BTreeMap<crate::config::VipId, u64>,
     pub snat: Vec<SnatStatus>,
+    /// When the NAT connections counted here were read.
+    pub at: Option<std::time::Instant>,
 }
 
 /// Sum of the reasons of one kind.

@@ -563,7 +563,11 @@ fn registered_targets_keep_their_owner_across_reloads_and_restarts() {
     d.restart();
     wait_healthy(&d);
     let (_, list, _) = d.cli(&["backend", "list", "--source", "deployer"]);
-    assert_eq!(list.lines().count(), 3, "after a restart with an edited file: {list}");
+    assert_eq!(
+        list.lines().count(),
+        3,
+        "after a restart with an edited file: {list}"
+    );
     // Registering again for the same owner updates the weight.
     register(&d, 2, "100");
     let s = shares();

@@ -205,23 +205,26 @@ pub(super) async fn run(daemon: Arc<Daemon>, a: Arc<Announcer>) {
     let lo = super::host::ifindex("lo").unwrap_or(1);
     let mut last: BTreeMap<VipId, Why> = BTreeMap::new();
     let mut last_snat: BTreeMap<IpAddr, SnatWhy> = BTreeMap::new();
-    // A count of NAT connections is trusted once a sweep has run after the withdrawal.
-    let settle = super::sweeper::INTERVAL + Duration::from_secs(1);
     loop {
-        let in_use: BTreeMap<IpAddr, u64> = daemon
-            .nat_use
-            .lock()
-            .expect("nat lock")
-            .snat
-            .iter()
-            .map(|s| (s.address, s.ports_in_use))
-            .collect();
+        let (in_use, counted_for) = {
+            let n = daemon.nat_use.lock().expect("nat lock");
+            let in_use: BTreeMap<IpAddr, u64> =
+                n.snat.iter().map(|s| (s.address, s.ports_in_use)).collect();
+            (in_use, n.at.map(|t| t.elapsed()))
+        };
         let host = a.host();
         let (decisions, snat) = {
             let engine = daemon.engine.lock().expect("engine lock");
             (
                 announce::decide(engine.state(), engine.config(), &a.settings, host),
-                announce::decide_snat(engine.config(), &a.settings, host, &in_use, settle),
+                announce::decide_snat(
+                    engine.config(),
+                    &a.settings,
+                    host,
+                    &in_use,
+                    counted_for,
+                    &last_snat,
+                ),
             )
         };
         for (vid, why) in &decisions {

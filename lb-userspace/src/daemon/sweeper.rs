@@ -160,6 +160,7 @@ pub(super) async fn run(daemon: Arc<Daemon>) {
     let mut warned: BTreeMap<IpAddr, bool> = BTreeMap::new();
     loop {
         tick.tick().await;
+        let read_at = std::time::Instant::now();
         let result = {
             let mut engine = daemon.engine.lock().expect("engine lock");
             let config = engine.config().clone();
@@ -224,7 +225,10 @@ pub(super) async fn run(daemon: Arc<Daemon>) {
                     }
                     warned.insert(s.address, high);
                 }
-                *daemon.nat_use.lock().expect("nat lock") = usage;
+                *daemon.nat_use.lock().expect("nat lock") = crate::stats::NatUse {
+                    at: Some(read_at),
+                    ..usage
+                };
             }
             Err(e) => tracing::error!("reading the NAT connections failed: {e}"),
         }

@@ -225,6 +225,10 @@ pub async fn watch(
             if let Some(t) = down_since.take() {
                 tracing::info!(docker = %src.name, "Docker reachable again after {:.0?}; reconciling", t.elapsed());
             }
+            // A container seen stopping before the outage may have been started again
+            // meanwhile, unseen: the listing decides now (one still stopping is a target
+            // until its `die`, a moment).
+            stopping.clear();
             backoff = Duration::from_secs(1);
             loop {
                 let known = vips.borrow_and_update().clone();
@@ -249,7 +253,9 @@ pub async fn watch(
                         }),
                     },
                     r = vips.changed() => if r.is_err() { return Ok(()) },
-                    () = tokio::time::sleep(Duration::from_secs(30)) => {}
+                    // Sent again even if unchanged: an update the daemon could not apply
+                    // (a refused configuration, a full map) is retried.
+                    () = tokio::time::sleep(Duration::from_secs(30)) => last = None,
                 }
             }
         }
