@@ -147,12 +147,15 @@ impl fmt::Display for SnatWhy {
             SnatWhy::Serving => f.write_str("announced: full-NAT replies come back here"),
             SnatWhy::Draining { connections } => write!(
                 f,
-                "announced while draining: {connections} NAT connections still use it"
+                "announced while draining: {connections} NAT connection{} still use{} it",
+                if *connections == 1 { "" } else { "s" },
+                if *connections == 1 { "s" } else { "" }
             ),
             SnatWhy::Drained => f.write_str("not announced: drained, no NAT connection uses it"),
             SnatWhy::DrainTimedOut { connections } => write!(
                 f,
-                "not announced: the drain timeout passed with {connections} NAT connections left"
+                "not announced: the drain timeout passed with {connections} NAT connection{} left",
+                if *connections == 1 { "" } else { "s" }
             ),
             SnatWhy::Unused => f.write_str("not announced: no full-NAT VIP of its family"),
         }

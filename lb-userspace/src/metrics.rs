@@ -313,15 +313,15 @@ pub fn render(s: &Snapshot) -> String {
     let flow_entries: Gauge = Gauge::default();
     flow_entries.set(i64::from(s.flow_table.entries));
     r.register(
-        "xlb_flow_table_entries",
-        "Flows the flow table holds (dataplane.flow_table_entries), split evenly between CPUs",
+        "xlb_flow_table_capacity",
+        "Capacity of the flow table in flows (dataplane.flow_table_entries), split evenly between CPUs",
         flow_entries,
     );
     let flow_per_cpu: Gauge = Gauge::default();
     flow_per_cpu.set(i64::from(s.flow_table.per_cpu));
     r.register(
-        "xlb_flow_table_entries_per_cpu",
-        "Flows one CPU's share of the flow table holds: new flows on that CPU evict the least recently used of it",
+        "xlb_flow_table_capacity_per_cpu",
+        "Capacity of one CPU's share of the flow table: new flows on that CPU evict the least recently used of it",
         flow_per_cpu,
     );
     let all_failing: Gauge = Gauge::default();

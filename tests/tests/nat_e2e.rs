@@ -459,7 +459,7 @@ fn a_drain_withdraws_the_vip_first_and_the_snat_route_after_its_connections() {
     let text = xlb::stats::status_text(&s.daemon.status());
     assert!(
         text.contains(&format!(
-            "SNAT address {SNAT} announced while draining: 1 NAT connections"
+            "SNAT address {SNAT} announced while draining: 1 NAT connection still uses it"
         )),
         "{text}"
     );
