@@ -212,6 +212,7 @@ fn a_drained_host_fails_no_request_and_its_traffic_stops() {
     c.wait_next_hops(2, Duration::from_secs(30));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (failures, requests, drained) = std::thread::scope(|scope| {
+        let _stop_on_panic = xlb_tests::servers::StopOnDrop(&stop);
         let c = &c;
         let stop = &stop;
         let load = scope.spawn(move || {
