@@ -30,13 +30,16 @@ words! {
 
 words! {
     /// A backend's state as operators see it (`xlb status`, `xlb_backend_state`).
-    pub enum BackendState expecting "active, drained, deregistering or down" {
+    pub enum BackendState expecting "active, drained, deregistering, failing or down" {
         /// Takes new flows (when healthy) and keeps its flows.
         Active = "active",
         /// Drained by an operator: keeps its flows, takes no new ones.
         Drained = "drained",
         /// Removed: keeps its flows until its deregistration delay ends.
         Deregistering = "deregistering",
+        /// Unhealthy on a VIP with `on_unhealthy = "keep"`: keeps its flows, takes no new
+        /// ones.
+        Failing = "failing",
         /// Down (unhealthy): its flows move to other backends.
         Down = "down",
     }
@@ -107,10 +110,15 @@ impl BackendRecord {
             BackendState::Deregistering
         } else if self.drained {
             BackendState::Drained
-        } else if self.entry.state == BACKEND_DOWN
-            || (self.health == Health::Unhealthy && !self.in_table)
-        {
+        } else if self.entry.state == BACKEND_DOWN {
             BackendState::Down
+        } else if self.health == Health::Unhealthy && !self.in_table {
+            // Out of the table but still in the data plane: its flows stay.
+            if self.entry.state == BACKEND_DRAINING {
+                BackendState::Failing
+            } else {
+                BackendState::Down
+            }
         } else {
             BackendState::Active
         }

@@ -654,7 +654,7 @@ fn on_unhealthy_keep_leaves_flows_with_a_failing_target_and_survives_a_restart()
     assert_eq!((entry.state, entry.admin), (BACKEND_DRAINING, 0));
     assert_eq!(share(e.maps(), "198.51.100.13"), 0);
     let b = &e.vips()[&vip()].backends[&t("198.51.100.13")];
-    assert_eq!(b.state(), crate::engine::BackendState::Down);
+    assert_eq!(b.state(), crate::engine::BackendState::Failing);
     // A restart reads it back as unhealthy, not as healthy and serving.
     let mut again = Engine::new(e.maps().clone(), c.dataplane.clone());
     again.adopt().unwrap();
@@ -665,4 +665,6 @@ fn on_unhealthy_keep_leaves_flows_with_a_failing_target_and_survives_a_restart()
     // Switching back to the default moves its flows away.
     again.apply(&text("move")).unwrap();
     assert_eq!(again.maps().backends[id as usize].state, BACKEND_DOWN);
+    let b = &again.vips()[&vip()].backends[&t("198.51.100.13")];
+    assert_eq!(b.state(), crate::engine::BackendState::Down);
 }
