@@ -343,6 +343,11 @@ fn main() -> ExitCode {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Prints `v` as pretty JSON (`-o json`).
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
 fn dispatch(cli: Cli) -> Result<(), Failure> {
     use Command as C;
     let (socket, json) = match &cli.command {
@@ -364,12 +369,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Err(Failure(1, r.error.unwrap_or_else(|| "refused".to_owned())))
         }
     };
+    let status = || -> Result<api::Snapshot, Failure> {
+        request(Request::Status)?
+            .status
+            .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))
+    };
     let print_changes = |r: Response| {
         if json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&r.changes).expect("serialisable")
-            );
+            print_json(&r.changes);
         } else {
             for c in r.changes {
                 println!("{c}");
@@ -402,10 +409,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             daemon::host::check_paths(&c).map_err(|e| Failure(1, format!("{e:#}")))?;
             if json {
                 // In the schema the file is written in.
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&c.to_file()).expect("serialisable")
-                );
+                print_json(&c.to_file());
             } else {
                 let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
                 println!(
@@ -459,19 +463,14 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             cmd: VipCommand::List,
             ..
         } => {
-            let s = request(Request::Status)?
-                .status
-                .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            let s = status()?;
             if json {
                 let list: Vec<_> = s
                     .vips
                     .iter()
                     .map(|v| serde_json::json!({"vip": v.vip, "name": v.name, "hash": v.hash, "backends": v.backends.len(), "fail_open": v.fail_open}))
                     .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("serialisable")
-                );
+                print_json(&list);
             } else {
                 println!(
                     "{:<32} {:<20} {:<15} {:>8}",
@@ -502,9 +501,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                     source,
                 },
                 BackendCommand::List { vip, source } => {
-                    let s = request(Request::Status)?
-                        .status
-                        .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+                    let s = status()?;
                     let rows: Vec<_> = s
                         .vips
                         .iter()
@@ -521,10 +518,7 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
                             .iter()
                             .map(|(v, b)| serde_json::json!({"vip": v.vip, "backend": b.address.to_string(), "weight": b.weight, "state": b.state, "health": b.health, "source": b.source.as_deref().unwrap_or("config"), "instance": b.instance}))
                             .collect();
-                        println!(
-                            "{}",
-                            serde_json::to_string_pretty(&list).expect("serialisable")
-                        );
+                        print_json(&list);
                     } else {
                         println!(
                             "{:<28} {:<28} {:>7} {:<14} {:<10} {:<20} INSTANCE",
@@ -567,42 +561,29 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { .. } => {
-            let s = request(Request::Status)?
-                .status
-                .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))?;
+            let s = status()?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&s).expect("serialisable")
-                );
+                print_json(&s);
             } else {
                 print!("{}", stats::status_text(&s));
             }
             Ok(())
         }
         Command::Stats { watch, .. } => {
-            let take = || -> Result<api::Snapshot, Failure> {
-                request(Request::Status)?
-                    .status
-                    .ok_or_else(|| Failure(1, "no status in the answer".to_owned()))
-            };
             let Some(interval) = watch else {
-                let s = take()?;
+                let s = status()?;
                 if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).expect("serialisable")
-                    );
+                    print_json(&s);
                 } else {
                     print!("{}", stats::stats_table(&s, None));
                 }
                 return Ok(());
             };
             let interval = Duration::from_secs_f64(interval.max(0.1));
-            let mut previous = take()?;
+            let mut previous = status()?;
             loop {
                 std::thread::sleep(interval);
-                let now = take()?;
+                let now = status()?;
                 if json {
                     println!("{}", serde_json::to_string(&now).expect("serialisable"));
                 } else {
