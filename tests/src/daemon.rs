@@ -211,6 +211,29 @@ impl Daemon {
         self.call(Request::Status).status.expect("status")
     }
 
+    /// Polls the status until `done` holds, for at most `within` (then fails with `what`
+    /// and the status); returns how long it took.
+    pub fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        done: impl Fn(&Snapshot) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            let st = self.status();
+            if done(&st) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "{what} did not happen within {within:?}:\n{}",
+                xlb::stats::status_text(&st)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Runs the `xlb` command line against this daemon: (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
         let out = std::process::Command::new(xlb_bin())

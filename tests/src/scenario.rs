@@ -143,27 +143,14 @@ impl Scenario {
         });
     }
 
-    /// Polls the daemon's status until `done` holds, for at most `within` (then fails with
-    /// `what` and the status); returns how long it took.
+    /// Polls the daemon's status until `done` holds (`Daemon::wait_for`).
     pub fn wait_for(
         &self,
         within: std::time::Duration,
         what: &str,
         done: impl Fn(&xlb::api::Snapshot) -> bool,
     ) -> std::time::Duration {
-        let start = std::time::Instant::now();
-        loop {
-            let st = self.daemon.status();
-            if done(&st) {
-                return start.elapsed();
-            }
-            assert!(
-                start.elapsed() < within,
-                "{what} did not happen within {within:?}:\n{}",
-                xlb::stats::status_text(&st)
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        self.daemon.wait_for(within, what, done)
     }
 
     /// The daemon's maps, opened from their pins (for predictions).

@@ -403,3 +403,44 @@ pub fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
 }
+
+/// How [`http_get`] waits: for the connection, for each read, and between reads (a slow
+/// reader when not zero).
+#[derive(Clone, Copy, Debug)]
+pub struct HttpWait {
+    pub connect: Duration,
+    pub read: Duration,
+    pub pause: Duration,
+}
+
+/// One HTTP/1.0 `GET path` with `Host: host` from `client` to `to`, read to the end:
+/// (the response head, the body).
+pub fn http_get(
+    client: &Netns,
+    to: SocketAddr,
+    path: &str,
+    host: &str,
+    wait: HttpWait,
+) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = connect(client, None, to, wait.connect)?;
+    s.set_read_timeout(Some(wait.read))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = read_some(&mut s, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if !wait.pause.is_zero() {
+            std::thread::sleep(wait.pause);
+        }
+    }
+    let at = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {} bytes", out.len())))?;
+    let head = String::from_utf8_lossy(&out[..at]).into_owned();
+    Ok((head, out.split_off(at + 4)))
+}

@@ -20,7 +20,7 @@ use xlb_tests::{
     docker::{DockerHost, WEB_IMAGE},
     nat_scenario::{nat_header, nat_vip, prepare_nat},
     netns::Netns,
-    servers::{connect, http_server},
+    servers::{HttpWait, connect, http_get, http_server},
     topology::{Topology, backend_v4},
 };
 
@@ -32,31 +32,15 @@ fn vip() -> SocketAddr {
 
 /// One GET through the VIP: (the task's hostname or the body, the body).
 fn get(client: &Netns, path: &str, pause: Duration) -> std::io::Result<(String, Vec<u8>)> {
-    let mut s = connect(client, None, vip(), Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: vip\r\n\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = xlb_tests::servers::read_some(&mut s, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
+    let wait = HttpWait {
+        connect: Duration::from_secs(3),
+        read: Duration::from_secs(10),
+        pause,
+    };
+    let (head, body) = http_get(client, vip(), path, "vip", wait)?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head));
     }
-    let at = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {} bytes", out.len())))?;
-    if !out.starts_with(b"HTTP/1.0 200") && !out.starts_with(b"HTTP/1.1 200") {
-        return Err(std::io::Error::other(
-            String::from_utf8_lossy(&out[..at]).into_owned(),
-        ));
-    }
-    let body = out[at + 4..].to_vec();
     Ok((String::from_utf8_lossy(&body).trim().to_owned(), body))
 }
 
@@ -120,17 +104,7 @@ impl Lab {
 
     /// The discovered targets: instance -> (health, state).
     fn targets(&self) -> BTreeMap<String, (Health, String)> {
-        self.daemon.status().vips[0]
-            .backends
-            .iter()
-            .filter(|b| b.source.as_deref() == Some("docker:host-1"))
-            .map(|b| {
-                (
-                    b.instance.clone().unwrap_or_default(),
-                    (b.health, b.state.to_string()),
-                )
-            })
-            .collect()
+        targets(&self.daemon.status())
     }
 
     fn wait(
@@ -139,16 +113,23 @@ impl Lab {
         what: &str,
         done: impl Fn(&BTreeMap<String, (Health, String)>) -> bool,
     ) -> Duration {
-        let t = Instant::now();
-        loop {
-            let now = self.targets();
-            if done(&now) {
-                return t.elapsed();
-            }
-            assert!(t.elapsed() < within, "{what} within {within:?}: {now:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.wait_for(within, what, |st| done(&targets(st)))
     }
+}
+
+/// The discovered targets in a status: instance -> (health, state).
+fn targets(st: &xlb::api::Snapshot) -> BTreeMap<String, (Health, String)> {
+    st.vips[0]
+        .backends
+        .iter()
+        .filter(|b| b.source.as_deref() == Some("docker:host-1"))
+        .map(|b| {
+            (
+                b.instance.clone().unwrap_or_default(),
+                (b.health, b.state.to_string()),
+            )
+        })
+        .collect()
 }
 
 fn active_healthy(t: &BTreeMap<String, (Health, String)>, name: &str) -> bool {

@@ -11,7 +11,6 @@
 
 use std::{
     collections::BTreeMap,
-    io::Write,
     net::SocketAddr,
     sync::{
         Mutex, RwLock,
@@ -28,7 +27,7 @@ use xlb_tests::{
     haproxy::{Haproxy, example_config},
     nat_scenario::{nat_header, nat_vip, prepare_nat},
     netns::Netns,
-    servers::connect,
+    servers::{HttpWait, http_get},
     topology::{Topology, backend_v4},
 };
 
@@ -58,26 +57,12 @@ impl Answer {
 /// `GET path` with `Host: host` through the edge VIP, reading slowly when `pause` is set.
 /// The connect timeout is a real client's (several SYN retransmissions), not a test's.
 fn request(client: &Netns, path: &str, host: &str, pause: Duration) -> std::io::Result<Answer> {
-    let mut s = connect(client, None, EDGE.parse().unwrap(), Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = xlb_tests::servers::read_some(&mut s, &mut buf)?;
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        if !pause.is_zero() {
-            std::thread::sleep(pause);
-        }
-    }
-    let at = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no HTTP head in {} bytes", out.len())))?;
-    let head = String::from_utf8_lossy(&out[..at]).into_owned();
+    let wait = HttpWait {
+        connect: Duration::from_secs(10),
+        read: Duration::from_secs(15),
+        pause,
+    };
+    let (head, body) = http_get(client, EDGE.parse().unwrap(), path, host, wait)?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -94,7 +79,7 @@ fn request(client: &Netns, path: &str, host: &str, pause: Duration) -> std::io::
     Ok(Answer {
         status,
         proxy,
-        body: out[at + 4..].to_vec(),
+        body,
     })
 }
 
@@ -201,19 +186,7 @@ impl Lab {
         what: &str,
         done: impl Fn(&xlb::api::Snapshot) -> bool,
     ) -> Duration {
-        let t = Instant::now();
-        loop {
-            let st = self.daemon.status();
-            if done(&st) {
-                return t.elapsed();
-            }
-            assert!(
-                t.elapsed() < within,
-                "{what} within {within:?}: {:#?}",
-                st.vips
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.wait_for(within, what, done)
     }
 
     /// Waits until proxy `i`'s health as the edge VIP's target is `h`.

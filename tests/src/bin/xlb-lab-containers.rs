@@ -241,13 +241,5 @@ fn show(seen: &BTreeMap<String, usize>) {
 
 /// Polls the status until `f` holds (at most 30 s).
 fn wait(d: &Daemon, what: &str, f: impl Fn(&xlb::api::Snapshot) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f(&d.status()) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 30s\n{}",
-            d.cli(&["status"]).1
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_for(Duration::from_secs(30), what, f);
 }

@@ -227,17 +227,9 @@ fn nat_traffic(topo: &Topology) -> BTreeMap<String, (usize, usize)> {
     seen
 }
 
-/// Polls `xlb status` until `f` holds (at most 30 s).
+/// Polls the status until `f` holds (at most 30 s).
 fn wait(d: &Daemon, what: &str, f: impl Fn(&xlb::api::Snapshot) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f(&d.status()) {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within 30s\n{}",
-            d.cli(&["status"]).1
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    d.wait_for(Duration::from_secs(30), what, f);
 }
 
 /// Sends the connections and queries; counts answers per backend (and failures).
