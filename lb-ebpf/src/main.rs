@@ -303,9 +303,9 @@ fn deliver_with(
 /// The common case (untagged IPv4 without options or IPv6 without extension headers,
 /// TCP or UDP: `parse_common`) is parsed with constant offsets, and the address filter is
 /// asked first, from the addresses in the packet: traffic for other addresses is only
-/// checked to have that shape and leaves without its headers being stored (177 executed
-/// instructions instead of 235; a VIP packet pays about 20 for the second reading of its
-/// addresses). Anything else goes through the general parser.
+/// checked to have that shape and leaves without its headers being stored (a VIP packet
+/// pays for a second reading of its addresses). Anything else goes through the general
+/// parser.
 ///
 /// Returns `PARSED_*`; the headers are written to `out` when the packet is IP, except for
 /// `PARSED_TO_OTHER`.
