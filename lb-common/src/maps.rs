@@ -278,6 +278,36 @@ pub struct DataplaneConfig {
 }
 const _: () = assert!(size_of::<DataplaneConfig>() == 40);
 
+/// `TraceFilter::flags`: only packets to `vip` (and `vip_port` unless 0).
+pub const TRACE_F_VIP: u8 = 1;
+/// `TraceFilter::flags`: only packets from `client` (or, for a NAT reply, to it).
+pub const TRACE_F_CLIENT: u8 = 2;
+
+/// Entry 0 of the `TRACE` array: which packets a trace logs (while the program's
+/// `XLB_TRACE` global is set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceFilter {
+    pub vip: Addr,
+    pub client: Addr,
+    /// Network order in memory; 0: any port.
+    pub vip_port: u16,
+    pub vip_family: u8,
+    pub client_family: u8,
+    /// `TRACE_F_*` bits.
+    pub flags: u8,
+    /// Must be zero.
+    pub reserved: [u8; 3],
+}
+const _: () = assert!(size_of::<TraceFilter>() == 40);
+
+/// What part of the program decided a traced packet (the `path` of a trace record).
+pub const TRACE_PATH_OTHER: u8 = 0;
+/// The VIP path: the flow table, the VIP, Maglev (`vip_packet`).
+pub const TRACE_PATH_VIP: u8 = 1;
+/// A NAT target's reply, translated back to the client.
+pub const TRACE_PATH_NAT_REPLY: u8 = 2;
+
 /// Entry 0 of the `BENCH` array: the frame the benchmark entry point (`xlb_balancer_bench`)
 /// restores before each run, given by its length and its L2 header.
 #[repr(C)]
@@ -364,6 +394,7 @@ mod pod {
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for SnatAddr {}
     unsafe impl aya::Pod for DataplaneConfig {}
+    unsafe impl aya::Pod for TraceFilter {}
     unsafe impl aya::Pod for BenchTemplate {}
     unsafe impl aya::Pod for NeighbourEvent {}
     unsafe impl aya::Pod for VipStats {}

@@ -17,6 +17,7 @@ mod forward;
 mod icmp;
 mod nat;
 mod select;
+mod trace;
 
 use aya_ebpf::{
     Global,
@@ -121,12 +122,23 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
 }
 
 /// Balances one packet and counts its action and reason (the one place global counters
-/// move).
+/// move); with a trace on (`trace::on`), logs the decision (`trace`).
+///
+/// The trace flag is read twice rather than kept: a value live across `balance` would
+/// have the verifier walk every path of it once per value.
 #[inline(always)]
 fn run(ctx: &XdpContext) -> u32 {
-    let o = balance(ctx);
+    let mut headers = MaybeUninit::<Headers>::uninit();
+    let parsed = parse_packet(ctx.ctx, &mut headers);
+    if trace::on() {
+        trace::begin();
+    }
+    let o = balance(ctx, parsed, &headers);
     bump(&GLOBAL_STATS, o.action);
     bump(&GLOBAL_STATS, ACTIONS + o.why.index());
+    if trace::on() {
+        trace::packet(ctx.ctx, parsed, &headers, o.action, o.why.index());
+    }
     o.action
 }
 
@@ -168,16 +180,15 @@ impl Outcome {
     }
 }
 
-/// Decides the fate of one packet.
+/// Decides the fate of one packet, parsed by `parse_packet` into `headers` (`parsed` says
+/// what it found).
 ///
-/// This frame holds only the parsed headers: each kind of packet is handled by a BPF
+/// The program's frame holds only the parsed headers: each kind of packet is handled by a BPF
 /// subprogram of its own, so their stack frames are never stacked on one another (the
 /// verifier allows 512 bytes for the deepest chain). For the same reason a VIP packet that
 /// is too big once encapsulated is answered from here, not from the bottom of its chain.
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Outcome {
-    let mut headers = MaybeUninit::<Headers>::uninit();
-    let parsed = parse_packet(ctx.ctx, &mut headers);
+fn balance(ctx: &XdpContext, parsed: u32, headers: &MaybeUninit<Headers>) -> Outcome {
     let h = match parsed {
         // SAFETY: parse_packet initialised the headers when it says the packet is IP.
         PARSED_IP | PARSED_TO_VIP | PARSED_TO_NAT => unsafe { headers.assume_init_ref() },
@@ -377,17 +388,17 @@ fn common_destination(pkt: &XdpPacket) -> u32 {
     }
 }
 
-const PARSED_NOT_IP: u32 = 0;
-const PARSED_BAD_IP: u32 = 1;
+pub(crate) const PARSED_NOT_IP: u32 = 0;
+pub(crate) const PARSED_BAD_IP: u32 = 1;
 /// IP, from the general parser: the address filter is still to be asked.
-const PARSED_IP: u32 = 2;
+pub(crate) const PARSED_IP: u32 = 2;
 /// TCP or UDP (`L4::Ports`) whose destination may have a VIP (`select::TO_VIP`).
-const PARSED_TO_VIP: u32 = 3;
+pub(crate) const PARSED_TO_VIP: u32 = 3;
 /// TCP or UDP that may be a NAT reply (`select::TO_NAT`).
-const PARSED_TO_NAT: u32 = 4;
+pub(crate) const PARSED_TO_NAT: u32 = 4;
 /// TCP or UDP for no VIP and no NAT (`select::TO_OTHER`): passed untouched; the headers
 /// are not written.
-const PARSED_TO_OTHER: u32 = 5;
+pub(crate) const PARSED_TO_OTHER: u32 = 5;
 
 /// Whether `dst` is an address that has VIPs (`VIP_ADDRS`).
 #[inline(always)]

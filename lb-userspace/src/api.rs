@@ -80,6 +80,15 @@ pub enum Request {
     AnnounceWithdraw,
     /// Announce the VIPs again (each as its own state allows).
     AnnounceRestore,
+    /// Trace the packets `filter` matches: the answer is a line saying the trace is on,
+    /// then one line per packet (`Response::trace`) until `count` packets or the client
+    /// hangs up, then a last line saying how many were shown. One trace at a time.
+    Trace {
+        #[serde(default)]
+        filter: crate::trace::Filter,
+        #[serde(default)]
+        count: Option<u64>,
+    },
 }
 
 /// The daemon's answer.
@@ -95,6 +104,9 @@ pub struct Response {
     /// For `Status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Snapshot>,
+    /// For `Trace`: one traced packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::Record>,
 }
 
 impl Response {
@@ -104,6 +116,7 @@ impl Response {
             error: None,
             changes,
             status: None,
+            trace: None,
         }
     }
 
@@ -113,6 +126,7 @@ impl Response {
             error: Some(message.to_string().replace('\n', " ")),
             changes: Vec::new(),
             status: None,
+            trace: None,
         }
     }
 }
@@ -369,6 +383,38 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the xlb daemon sent an answer this xlb does not understand: {0}")]
     Decode(#[from] serde_json::Error),
+}
+
+/// Starts a trace (`Request::Trace`): returns the daemon's first answer and, if it is ok,
+/// the stream of the answers that follow, one per line (read without a timeout: a trace
+/// waits for packets).
+pub fn trace(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<
+    (
+        Response,
+        impl Iterator<Item = Result<Response, ClientError>>,
+    ),
+    ClientError,
+> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    let first: Response = serde_json::from_str(&answer)?;
+    reader.get_ref().set_read_timeout(None)?;
+    let rest = reader.lines().map(|l| Ok(serde_json::from_str(&l?)?));
+    Ok((first, rest))
 }
 
 /// Sends one request and waits for the answer (up to `timeout`).

@@ -17,8 +17,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp},
 };
 use lb_common::{
-    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse, VipInfo,
-    VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_COUNTERS,
+    Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse,
+    TraceFilter, VipInfo, VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_COUNTERS,
 };
 
 use crate::programs;
@@ -123,6 +123,8 @@ impl Limits {
 /// Errors of loading the balancer and of map access.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    #[error("packet tracing: {0}")]
+    Trace(String),
     #[error("the Maglev tables of {max_vips} VIPs of {maglev_size} entries exceed 2^32 entries")]
     TooLarge { max_vips: u32, maglev_size: u32 },
     #[error(
@@ -366,6 +368,35 @@ impl Balancer {
             ..*cfg
         };
         self.write_config(&cfg)
+    }
+
+    /// Takes the ring buffer of the data plane's trace records (aya-log's), read into
+    /// `sink` by `crate::trace::run`. Fails once taken.
+    pub fn take_trace_logger(
+        &mut self,
+        sink: crate::trace::Sink,
+    ) -> Result<aya_log::EbpfLogger<crate::trace::Sink>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, sink)
+            .map_err(|e| DataplaneError::Trace(e.to_string()))
+    }
+
+    /// Starts tracing the packets `filter` matches (the filter is written first), or with
+    /// `None` stops.
+    pub fn set_trace(&mut self, filter: Option<&TraceFilter>) -> Result<()> {
+        if let Some(f) = filter {
+            let mut a: Array<_, TraceFilter> = typed("TRACE", self.map_mut("TRACE"))?;
+            a.set(0, f, 0).map_err(|source| DataplaneError::Map {
+                map: "TRACE",
+                source,
+            })?;
+        }
+        // The program's `.bss` holds one u32, `XLB_TRACE` (lb-ebpf/src/trace.rs).
+        let mut bss: Array<_, u32> = typed(".bss", self.map_mut(".bss"))?;
+        bss.set(0, u32::from(filter.is_some()), 0)
+            .map_err(|source| DataplaneError::Map {
+                map: ".bss",
+                source,
+            })
     }
 
     fn write_config(&mut self, cfg: &DataplaneConfig) -> Result<()> {

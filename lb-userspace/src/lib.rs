@@ -22,4 +22,5 @@ pub mod nic;
 pub mod predict;
 pub mod programs;
 pub mod stats;
+pub mod trace;
 pub mod words;

@@ -139,6 +139,27 @@ enum Command {
         #[command(flatten)]
         out: Out,
     },
+    /// Show where packets go and why: each matching packet's decision as the data plane made
+    /// it (flow table, VIP, Maglev slot, backend, NAT, action and reason), until COUNT
+    /// packets or Ctrl-C. Only one trace runs at a time.
+    #[command(
+        after_help = "Examples:\n  xlb trace --vip 203.0.113.10:80 --count 10\n  xlb trace --client 192.0.2.50 -o json"
+    )]
+    Trace {
+        /// Only packets to this VIP: ADDRESS, or ADDRESS:PORT ([2001:db8::1]:443).
+        #[arg(long, value_parser = parse_vip_filter)]
+        vip: Option<std::net::SocketAddr>,
+        /// Only packets from this client address (and NAT replies to it).
+        #[arg(long)]
+        client: Option<std::net::IpAddr>,
+        /// Stop after this many packets (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+        #[command(flatten)]
+        conn: Conn,
+        #[command(flatten)]
+        out: Out,
+    },
     /// On a backend: decapsulate packets that balancers send to this host's addresses.
     #[command(
         after_help = "Examples:\n  xlb decap --iface eth0\n  xlb decap --iface eth0 --address 198.51.100.21\n  xlb decap --iface eth0 --detach"
@@ -343,6 +364,18 @@ fn main() -> ExitCode {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `xlb trace --vip`: ADDRESS or ADDRESS:PORT (port 0: any).
+fn parse_vip_filter(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, 0))
+        .map_err(|_| {
+            format!("{s:?} is not ADDRESS or ADDRESS:PORT (203.0.113.10:80, [2001:db8::1]:443)")
+        })
+}
+
 /// Prints `v` as pretty JSON (`-o json`).
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
@@ -355,7 +388,8 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
         | C::Vip { conn, out, .. }
         | C::Backend { conn, out, .. }
         | C::Status { conn, out }
-        | C::Stats { conn, out, .. } => (conn.socket.clone(), out.json()),
+        | C::Stats { conn, out, .. }
+        | C::Trace { conn, out, .. } => (conn.socket.clone(), out.json()),
         C::Announce { conn, .. } | C::Teardown { conn, .. } => (conn.socket.clone(), false),
         C::Check { out, .. } => (PathBuf::new(), out.json()),
         C::Decap(d) => (PathBuf::new(), d.out.json()),
@@ -634,6 +668,35 @@ fn dispatch(cli: Cli) -> Result<(), Failure> {
             ))
         }
         Command::Decap(args) => run_decap(args, json),
+        Command::Trace {
+            vip, client, count, ..
+        } => {
+            let req = Request::Trace {
+                filter: xlb::trace::Filter { vip, client },
+                count,
+            };
+            let (first, rest) = api::trace(&socket, &req, TIMEOUT)?;
+            if !first.ok {
+                return Err(Failure(
+                    1,
+                    first.error.unwrap_or_else(|| "refused".to_owned()),
+                ));
+            }
+            for c in first.changes {
+                eprintln!("{c} (Ctrl-C stops)");
+            }
+            for r in rest {
+                let r = r?;
+                match r.trace {
+                    Some(t) if json => {
+                        println!("{}", serde_json::to_string(&t).expect("serialisable"))
+                    }
+                    Some(t) => println!("{t}"),
+                    None => r.changes.iter().for_each(|c| eprintln!("{c}")),
+                }
+            }
+            Ok(())
+        }
         Command::Teardown { iface, pin_dir, .. } => {
             match api::call(&socket, &Request::Teardown, TIMEOUT) {
                 Ok(r) if r.ok => {

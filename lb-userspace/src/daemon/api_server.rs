@@ -78,6 +78,10 @@ async fn connection(daemon: &Daemon, s: UnixStream, held: &Held) {
         let response = match std::str::from_utf8(&line) {
             Err(e) => Response::error(format!("malformed request: not UTF-8 ({e})")),
             Ok(text) => match serde_json::from_str::<Request>(text.trim_end()) {
+                Ok(Request::Trace { filter, count }) => {
+                    super::trace::session(daemon, filter, count, &mut reader, &mut w).await;
+                    return;
+                }
                 Ok(req) => {
                     let teardown = matches!(req, Request::Teardown);
                     let r = daemon.handle(req);
@@ -98,7 +102,7 @@ async fn connection(daemon: &Daemon, s: UnixStream, held: &Held) {
     }
 }
 
-async fn write_response(
+pub(super) async fn write_response(
     w: &mut tokio::net::unix::OwnedWriteHalf,
     r: &Response,
 ) -> std::io::Result<()> {

@@ -47,8 +47,11 @@ impl Daemon {
     pub(super) fn handle(&self, req: Request) -> Response {
         // Changes are made to a copy of the running configuration and applied whole: one at
         // a time, or one made meanwhile (by discovery, a command, a reload) would be undone.
-        let _one_change = (!matches!(req, Request::Status)).then(|| self.one_change());
+        let _one_change =
+            (!matches!(req, Request::Status | Request::Trace { .. })).then(|| self.one_change());
         match req {
+            // Served as a stream by the API server (`trace::session`), never here.
+            Request::Trace { .. } => Response::error("a trace needs its own connection"),
             Request::Status => match self.snapshot() {
                 Ok(s) => Response {
                     status: Some(s),

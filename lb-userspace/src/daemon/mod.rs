@@ -23,6 +23,7 @@ pub mod pins;
 pub mod saved;
 mod slots;
 pub mod sweeper;
+mod trace;
 pub use slots::Throttled;
 
 use std::{
@@ -84,6 +85,8 @@ struct Daemon {
     nat_use: Mutex<crate::stats::NatUse>,
     /// Held while a change of the running configuration is made (`commands::one_change`).
     changes: Mutex<()>,
+    /// Where the data plane's trace records go (`xlb trace`).
+    trace_sink: crate::trace::Sink,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (data plane left running) or `xlb teardown`.
@@ -186,6 +189,8 @@ async fn serve(
     // Neighbour resolution for the data plane, and the interface MAC it checks frames
     // against (set now, before the program is attached; re-checked every second).
     let neighbours = crate::neighbour::prepare(&mut lb, &iface)?;
+    let trace_sink = crate::trace::Sink::default();
+    tokio::spawn(crate::trace::run(lb.take_trace_logger(trace_sink.clone())?));
     let mut engine = Engine::new(lb, config.dataplane.clone());
     let adopted = engine.adopt()?;
 
@@ -265,6 +270,7 @@ async fn serve(
         discovery_vips: tokio::sync::watch::channel(Default::default()).0,
         nat_use: Mutex::new(crate::stats::NatUse::default()),
         changes: Mutex::new(()),
+        trace_sink,
     });
     daemon.after_change(Some(file_hash(&text)));
 
