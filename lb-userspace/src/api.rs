@@ -399,6 +399,24 @@ pub fn trace(
     ),
     ClientError,
 > {
+    let (first, reader) = send(socket, request, timeout)?;
+    reader.get_ref().set_read_timeout(None)?;
+    let rest = reader.lines().map(|l| Ok(serde_json::from_str(&l?)?));
+    Ok((first, rest))
+}
+
+/// Sends one request and waits for the answer (up to `timeout`).
+pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
+    Ok(send(socket, request, timeout)?.0)
+}
+
+/// Connects, sends `request` and reads the first answer (each step within `timeout`);
+/// returns it with the connection, for the answers that may follow.
+fn send(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(Response, BufReader<UnixStream>), ClientError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: socket.display().to_string(),
         source,
@@ -411,24 +429,5 @@ pub fn trace(
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
-    let first: Response = serde_json::from_str(&answer)?;
-    reader.get_ref().set_read_timeout(None)?;
-    let rest = reader.lines().map(|l| Ok(serde_json::from_str(&l?)?));
-    Ok((first, rest))
-}
-
-/// Sends one request and waits for the answer (up to `timeout`).
-pub fn call(socket: &Path, request: &Request, timeout: Duration) -> Result<Response, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    Ok(serde_json::from_str(&answer)?)
+    Ok((serde_json::from_str(&answer)?, reader))
 }
