@@ -78,7 +78,15 @@ pub const FILTER_F_TARGETS: u64 = 1 << 63;
 /// positive only costs a lookup).
 #[inline(always)]
 pub fn filter_position(addr: &crate::maps::Addr) -> (u32, u32) {
-    let h = absorb(absorb(K2, le64(addr, 0)), le64(addr, 8));
+    filter_position_words(le64(addr, 0), le64(addr, 8))
+}
+
+/// `filter_position` of the address whose two halves, read as little-endian words, are
+/// `lo` and `hi` (an IPv4 address: its four bytes as a little-endian `u32` and 0), for a
+/// caller that has the address in registers rather than in an array.
+#[inline(always)]
+pub fn filter_position_words(lo: u64, hi: u64) -> (u32, u32) {
+    let h = absorb(absorb(K2, lo), hi);
     let word = (h >> 54) as u32;
     ((word), ((h >> 48) as u32 & 0xf) << 2)
 }

@@ -1,9 +1,11 @@
 //! Indexes of the global counters (`GLOBAL_STATS`, `DECAP_STATS`) and their names.
 //!
-//! Every packet the balancer sees is counted once under the XDP action it got and once
-//! under the reason for it, so `sum(actions) == sum(reasons) == packets seen`.
+//! Every packet the balancer sees is counted once, under the pair of the XDP action it got
+//! and the reason for it (`slot`): one counter moves per packet. The totals users read,
+//! per action and per reason (`totals`), are sums of those, so `sum(actions) ==
+//! sum(reasons) == packets seen`.
 
-/// The XDP actions, in kernel numbering: `GLOBAL_STATS[action]` counts packets that got it.
+/// The XDP actions, in kernel numbering: `totals()[action]` counts packets that got it.
 pub const ACTION_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
 
 /// Number of action counters (indexes `0..ACTIONS`).
@@ -36,10 +38,10 @@ impl Kind {
 }
 
 /// Defines [`Reason`] from one table: variant, counter name, kind, and its documentation.
-/// The index of a reason is its position in the table (`GLOBAL_STATS[ACTIONS + index]`).
+/// The index of a reason is its position in the table (`totals()[ACTIONS + index]`).
 macro_rules! reasons {
     ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident;)*) => {
-        /// Why a packet got its action: one counter each, at `GLOBAL_STATS[ACTIONS + reason]`.
+        /// Why a packet got its action: one total each, at `totals()[ACTIONS + reason]`.
         /// One byte, so the data plane's `Outcome` (action, reason, MTU) fits a register.
         #[repr(u8)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,8 +168,29 @@ const _: () = {
     }
 };
 
-/// Length of the `GLOBAL_STATS` array.
+/// Number of totals: the actions, then the reasons (`totals`).
 pub const GLOBAL_COUNTERS: u32 = ACTIONS + Reason::COUNT;
+
+/// Length of the `GLOBAL_STATS` array: one counter per (reason, action) pair.
+pub const GLOBAL_SLOTS: u32 = Reason::COUNT * ACTIONS;
+
+/// The `GLOBAL_STATS` counter of packets that got `action` (below `ACTIONS`) for `why`.
+#[inline(always)]
+pub const fn slot(action: u32, why: Reason) -> u32 {
+    why.index() * ACTIONS + action
+}
+
+/// The totals per action (indexes `0..ACTIONS`) and per reason (`ACTIONS + reason`) of
+/// the `GLOBAL_STATS` counters `slots` (`GLOBAL_SLOTS` of them, summed over CPUs).
+pub fn totals(slots: &[u64; GLOBAL_SLOTS as usize]) -> [u64; GLOBAL_COUNTERS as usize] {
+    let mut t = [0; GLOBAL_COUNTERS as usize];
+    for (i, n) in slots.iter().enumerate() {
+        let (why, action) = (i / ACTIONS as usize, i % ACTIONS as usize);
+        t[action] += n;
+        t[ACTIONS as usize + why] += n;
+    }
+    t
+}
 
 /// Counters of the decapsulator (`DECAP_STATS`).
 pub mod decap {
@@ -191,4 +214,27 @@ pub mod decap {
         "malformed",
         "adjust_failed",
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_slot_per_packet_adds_to_its_action_and_its_reason() {
+        let mut slots = [0u64; GLOBAL_SLOTS as usize];
+        slots[slot(3, Reason::Forwarded) as usize] += 5;
+        slots[slot(4, Reason::Forwarded) as usize] += 2;
+        slots[slot(2, Reason::PassNotVip) as usize] += 7;
+        slots[slot(1, Reason::DropNatNoEntry) as usize] += 1;
+        let t = totals(&slots);
+        assert_eq!(t[..ACTIONS as usize], [0, 1, 7, 5, 2]);
+        let reason = |r: Reason| t[(ACTIONS + r.index()) as usize];
+        assert_eq!(reason(Reason::Forwarded), 7);
+        assert_eq!(reason(Reason::PassNotVip), 7);
+        assert_eq!(reason(Reason::DropNatNoEntry), 1);
+        assert_eq!(t.iter().sum::<u64>(), 2 * 15);
+        // Every pair has its own counter.
+        assert_eq!(slot(ACTIONS - 1, Reason::DropNatNoEntry), GLOBAL_SLOTS - 1);
+    }
 }

@@ -118,7 +118,7 @@ pub fn encapsulate_and_send(
     if !rewrite(ctx.ctx, &job, hop) {
         return Outcome::drop(Reason::DropEncapFailed);
     }
-    send(ingress, hop, h.vlan, Reason::Forwarded)
+    send(ingress, hop.ifindex, h.vlan, Reason::Forwarded)
 }
 
 /// Fills `hop` with the next hop for a packet of `total` bytes: from this CPU's cache slot
@@ -142,7 +142,7 @@ pub fn find_hop(
         // Only packets known to fit are answered from the cache; a bigger one asks the FIB,
         // which decides whether it is too big (so a kernel or an MTU the cache reads
         // wrongly can cost a lookup, never a false "too big").
-        Some(c) if c.fresh(now, generation, ingress) && total <= c.mtu => {
+        Some(c) if c.fits(now, generation, ingress, total) => {
             hop.write(NextHop {
                 rc: BPF_FIB_LKUP_RET_SUCCESS,
                 ifindex: c.ifindex,
@@ -168,6 +168,7 @@ pub fn find_hop(
                         smac: fresh.smac,
                         dmac: fresh.dmac,
                         notified: c.notified,
+                        reserved: 0,
                     };
                 } else if fresh.rc == BPF_FIB_LKUP_RET_NO_NEIGH {
                     ask_for_neighbour(c, fresh);
@@ -200,16 +201,16 @@ pub fn usable(hop: &NextHop, overhead: u16, family: u8) -> Result<(), Outcome> {
     }
 }
 
-/// Sends a rewritten packet to its next hop: `XDP_TX` when it leaves by the interface it
-/// came in on (`ingress`; or is VLAN-tagged: a tagged packet goes back out its trunk with
-/// its tag), a redirect otherwise; counted under `why`.
+/// Sends a rewritten packet to its next hop's interface `ifindex`: `XDP_TX` when it leaves
+/// by the interface it came in on (`ingress`; or is VLAN-tagged: a tagged packet goes back
+/// out its trunk with its tag), a redirect otherwise; counted under `why`.
 #[inline(always)]
-pub fn send(ingress: u32, hop: &NextHop, vlan: bool, why: Reason) -> Outcome {
-    if hop.ifindex == ingress || vlan {
+pub fn send(ingress: u32, ifindex: u32, vlan: bool, why: Reason) -> Outcome {
+    if ifindex == ingress || vlan {
         return Outcome::new(xdp_action::XDP_TX, why);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
-    let action = unsafe { bpf_redirect(hop.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     if action == xdp_action::XDP_REDIRECT {
         Outcome::new(action, why)
     } else {
@@ -279,31 +280,50 @@ pub struct CachedHop {
     generation: u32,
     /// The ingress interface the lookup was made for.
     ingress: u32,
-    ifindex: u32,
-    /// The route's MTU (the FIB returns it on success too, since 5.12; before, it echoes
-    /// the packet's length, which still bounds what the entry answers for).
-    mtu: u16,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    pub ifindex: u32,
     /// When this CPU last sent a neighbour event for the backend (`ask_for_neighbour`), in
     /// units of 2^20 ns, with bit 0 set; 0 = never.
     notified: u32,
+    /// The MACs in the order of an Ethernet header, 8-byte aligned: `macs` reads them as
+    /// two words.
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The route's MTU (the FIB returns it on success too, since 5.12; before, it echoes
+    /// the packet's length, which still bounds what the entry answers for).
+    mtu: u16,
+    reserved: u16,
 }
 const _: () = assert!(size_of::<CachedHop>() == 40);
+const _: () = assert!(align_of::<CachedHop>() == 8 && core::mem::offset_of!(CachedHop, dmac) == 24);
+const _: () = assert!(core::mem::offset_of!(CachedHop, smac) == 30);
 
 impl CachedHop {
+    /// The destination and source MACs as the first 12 bytes of an Ethernet header: an
+    /// 8-byte and a 4-byte word as they are in memory.
+    #[inline(always)]
+    pub fn macs(&self) -> (u64, u32) {
+        let p = (&raw const self.dmac).cast::<u8>();
+        // SAFETY: the 12 bytes of `dmac` and `smac`, which follow it; at offsets 24 and 32
+        // of a struct aligned to 8 (asserted above), so both reads are aligned.
+        unsafe { (p.cast::<u64>().read(), p.add(8).cast::<u32>().read()) }
+    }
+
     /// Marks the slot as never looked up (it is about to serve another destination).
     #[inline(always)]
     pub fn invalidate(&mut self) {
         self.looked_up = 0;
     }
 
+    /// Whether the slot answers for a packet of `total` bytes to the backend of
+    /// `generation` that came in on `ingress`, at `now` (`bpf_jiffies64`): looked up for
+    /// them less than `NEXT_HOP_TTL_JIFFIES` ago, and the packet fits its MTU.
     #[inline(always)]
-    fn fresh(&self, now: u64, generation: u32, ingress: u32) -> bool {
+    pub fn fits(&self, now: u64, generation: u32, ingress: u32, total: u16) -> bool {
         self.looked_up != 0
             && now.wrapping_sub(self.looked_up) < NEXT_HOP_TTL_JIFFIES
             && self.generation == generation
             && self.ingress == ingress
+            && total <= self.mtu
     }
 }
 
@@ -311,7 +331,7 @@ impl CachedHop {
 pub struct NextHop {
     /// `BPF_FIB_LKUP_RET_*`.
     rc: u32,
-    ifindex: u32,
+    pub ifindex: u32,
     /// The route's MTU (on `SUCCESS` too: the kernel reports it since 5.12).
     mtu: u16,
     pub smac: [u8; 6],

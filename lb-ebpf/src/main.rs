@@ -13,6 +13,7 @@ use core::mem::MaybeUninit;
 
 mod admit;
 mod bench;
+mod fast;
 mod forward;
 mod icmp;
 mod nat;
@@ -35,7 +36,7 @@ use lb_common::{
         ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_ICMPV6, L4, PacketBytes, Parsed, TCP_SYN,
         parse, parse_common,
     },
-    stats::{ACTIONS, GLOBAL_COUNTERS, Reason},
+    stats::{GLOBAL_SLOTS, Reason, slot},
 };
 use lb_ebpf::{packet::XdpPacket, stats::bump};
 
@@ -90,9 +91,9 @@ static REPLY_HOPS: PerCpuArray<nat::ClientHop> =
 /// Run-time settings (entry 0).
 #[map]
 static CONFIG: Array<DataplaneConfig> = Array::with_max_entries(1, 0);
-/// Counters by XDP action and by reason (`lb_common::stats`).
+/// Counters by (reason, XDP action) pair (`lb_common::stats::slot`).
 #[map]
-static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_COUNTERS, 0);
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
 /// Counters per VIP id.
 #[map]
 static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(1, 0);
@@ -121,25 +122,37 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
     run(&ctx)
 }
 
-/// Balances one packet and counts its action and reason (the one place global counters
-/// move); with a trace on (`trace::on`), logs the decision (`trace`).
+/// Balances one packet and counts its action and reason (`count`, the one place global
+/// counters move): by the fast path (`fast`) when it is one of the common kinds, else by
+/// the general path (`balance`); with a trace on (`trace::on`), always the general path,
+/// which logs the decision (`trace`).
 ///
 /// The trace flag is read twice rather than kept: a value live across `balance` would
 /// have the verifier walk every path of it once per value.
 #[inline(always)]
 fn run(ctx: &XdpContext) -> u32 {
+    let o = fast::packet(ctx.ctx);
+    if o.action != fast::FALLBACK {
+        count(o);
+        return o.action;
+    }
     let mut headers = MaybeUninit::<Headers>::uninit();
     let parsed = parse_packet(ctx.ctx, &mut headers);
     if trace::on() {
         trace::begin();
     }
     let o = balance(ctx, parsed, &headers);
-    bump(&GLOBAL_STATS, o.action);
-    bump(&GLOBAL_STATS, ACTIONS + o.why.index());
+    count(o);
     if trace::on() {
         trace::packet(ctx.ctx, parsed, &headers, o.action, o.why.index());
     }
     o.action
+}
+
+/// Counts a packet's action and reason: one counter for the pair.
+#[inline(always)]
+fn count(o: Outcome) {
+    bump(&GLOBAL_STATS, slot(o.action, o.why));
 }
 
 /// What happens to a packet: the XDP action and the reason counted for it.

@@ -203,7 +203,7 @@ fn rewrite_and_send(
     if !done {
         return Outcome::drop(Reason::DropMalformed);
     }
-    send(ingress, hop, h.vlan, why)
+    send(ingress, hop.ifindex, h.vlan, why)
 }
 
 /// Rewrites the frame's MACs (the next hop's), addresses and ports. A subprogram: the

@@ -333,6 +333,77 @@ pub mod word {
         v
     }
 
+    macro_rules! access_at {
+        ($load:ident, $store:ident, $t:ty, $load_asm:literal, $store_asm:literal) => {
+            /// At the constant offset `OFF` from `p`, which the instruction itself carries
+            /// (no address arithmetic).
+            ///
+            /// # Safety
+            /// `p + OFF` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $load<const OFF: i16>(p: usize) -> $t {
+                let v: u64;
+                // SAFETY: the caller's; the instruction reads nothing else.
+                unsafe {
+                    asm!($load_asm, v = lateout(reg) v, p = in(reg) p, off = const OFF,
+                         options(nostack, readonly, preserves_flags))
+                };
+                v as $t
+            }
+
+            /// At the constant offset `OFF` from `p`, which the instruction itself carries.
+            ///
+            /// # Safety
+            /// `p + OFF` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $store<const OFF: i16>(p: usize, v: $t) {
+                // SAFETY: the caller's; the instruction writes nothing else.
+                unsafe {
+                    asm!($store_asm, p = in(reg) p, v = in(reg) u64::from(v), off = const OFF,
+                         options(nostack, preserves_flags))
+                };
+            }
+        };
+    }
+
+    /// `load32_at` into a 64-bit register, which BPF zero-extends: no truncation for the
+    /// compiler to undo with shifts.
+    ///
+    /// # Safety
+    /// `p + OFF` must be a packet address with the whole value inside the packet.
+    #[inline(always)]
+    pub unsafe fn load32_wide_at<const OFF: i16>(p: usize) -> u64 {
+        let v: u64;
+        // SAFETY: the caller's; the instruction reads nothing else.
+        unsafe {
+            asm!("{v} = *(u32 *)({p} + {off})", v = lateout(reg) v, p = in(reg) p,
+                 off = const OFF, options(nostack, readonly, preserves_flags))
+        };
+        v
+    }
+
+    access_at!(
+        load16_at,
+        store16_at,
+        u16,
+        "{v} = *(u16 *)({p} + {off})",
+        "*(u16 *)({p} + {off}) = {v}"
+    );
+    access_at!(
+        load32_at,
+        store32_at,
+        u32,
+        "{v} = *(u32 *)({p} + {off})",
+        "*(u32 *)({p} + {off}) = {v}"
+    );
+    access_at!(
+        load64_at,
+        store64_at,
+        u64,
+        "{v} = *(u64 *)({p} + {off})",
+        "*(u64 *)({p} + {off}) = {v}"
+    );
+
     access!(
         load16,
         store16,

@@ -18,7 +18,7 @@ use aya::{
 };
 use lb_common::{
     Backend, BackendStats, BenchTemplate, DataplaneConfig, FlowKey, FlowValue, NatReverse,
-    TraceFilter, VipInfo, VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_COUNTERS,
+    TraceFilter, VipInfo, VipKey, VipStats, hash::VIP_FILTER_WORDS, stats::GLOBAL_SLOTS,
 };
 
 use crate::programs;
@@ -105,7 +105,7 @@ impl Limits {
             ),
             "FLOWS" => (s::<FlowKey>(), s::<FlowValue>(), self.flow_table_entries),
             "CONFIG" => (s::<u32>(), s::<DataplaneConfig>(), 1),
-            "GLOBAL_STATS" => (s::<u32>(), s::<u64>(), GLOBAL_COUNTERS),
+            "GLOBAL_STATS" => (s::<u32>(), s::<u64>(), GLOBAL_SLOTS),
             "VIP_STATS" => (s::<u32>(), s::<VipStats>(), self.max_vips),
             "BACKEND_STATS" => (s::<u32>(), s::<BackendStats>(), self.max_backends),
             "NAT_REV" => (s::<FlowKey>(), s::<NatReverse>(), self.nat_table_entries),
@@ -544,19 +544,22 @@ impl Balancer {
         Ok(m.iter().filter_map(Result::ok).collect())
     }
 
-    /// The global counters summed over CPUs (`lb_common::stats` indexes).
+    /// The global totals per action and per reason, summed over CPUs
+    /// (`lb_common::stats::totals` indexes).
     pub fn global_stats(&self) -> Result<Vec<u64>> {
         let a: PerCpuArray<_, u64> = typed("GLOBAL_STATS", self.map("GLOBAL_STATS"))?;
-        (0..GLOBAL_COUNTERS)
-            .map(|i| {
-                a.get(&i, 0)
-                    .map(|v| v.iter().sum())
-                    .map_err(|source| DataplaneError::Map {
-                        map: "GLOBAL_STATS",
-                        source,
-                    })
-            })
-            .collect()
+        let mut slots = [0u64; GLOBAL_SLOTS as usize];
+        for (i, n) in slots.iter_mut().enumerate() {
+            *n = a
+                .get(&(i as u32), 0)
+                .map_err(|source| DataplaneError::Map {
+                    map: "GLOBAL_STATS",
+                    source,
+                })?
+                .iter()
+                .sum();
+        }
+        Ok(lb_common::stats::totals(&slots).to_vec())
     }
 
     /// Counters of VIP `id`, summed over CPUs.

@@ -600,3 +600,133 @@ fn the_frame_check_follows_the_configured_mac() {
     let (action, _) = lab.run(&Packet::tcp(client4(), 53001, vip_addr(), 80, SYN).build());
     assert_eq!(action, xlb_tests::fixtures::XDP_DROP, "our MAC changed");
 }
+
+/// A known flow's packets are decided as a new flow's are: every check a router makes, and
+/// every shape the common path does not take, gives the same action, output and counter
+/// as it would without the flow entry; the good ones go to the flow's backend, counted as
+/// hits.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_known_flows_packets_are_checked_and_counted_like_any_other() {
+    use lb_common::{parse::TCP_FIN, stats::Reason};
+    use xlb_tests::fixtures::{Fixture, OTHER_MAC, Output, XDP_DROP, XDP_PASS, check};
+    let lab = Lab::new();
+    let (web4, _) = lab.vip("web4");
+    let (dns4, _) = lab.vip("dns4");
+    let syn = Packet::tcp(client4(), 43000, vip_addr(), 80, SYN);
+    let first = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+    assert_sent_to(&lab, &syn, first);
+    let udp = Packet::udp(client4(), 5300, vip_addr(), 53).payload(b"first");
+    let (action, _) = lab.run(&udp.build());
+    assert_eq!(action, XDP_TX);
+    let (web_before, dns_before) = (
+        lab.lb.vip_stats(web4).unwrap(),
+        lab.lb.vip_stats(dns4).unwrap(),
+    );
+    let ack = || Packet::tcp(client4(), 43000, vip_addr(), 80, ACK).payload(b"data");
+    let forwarded = |name, p: Packet| {
+        let (id, frame) = lab.expected_encap(&p);
+        assert_eq!(id, first, "{name}: predicted on another backend");
+        Fixture {
+            name,
+            input: p.build(),
+            action: XDP_TX,
+            output: Output::Frame(frame),
+            reason: Reason::Forwarded,
+            backend: Some(id),
+        }
+    };
+    let refused = |name, p: Packet, action, reason| Fixture {
+        name,
+        input: p.build(),
+        action,
+        output: Output::Unchanged,
+        reason,
+        backend: None,
+    };
+    let cases = [
+        forwarded("data", ack()),
+        forwarded(
+            "FIN",
+            Packet::tcp(client4(), 43000, vip_addr(), 80, FIN_ACK),
+        ),
+        forwarded("with IPv4 options", ack().ipv4_options(&[1, 1, 1, 0])),
+        forwarded("behind a VLAN tag", ack().vlan(7)),
+        forwarded("with a trailer after the datagram", ack().trailer(&[0; 6])),
+        refused("TTL 1", ack().ttl(1), XDP_DROP, Reason::DropTtl),
+        refused(
+            "a bad header checksum",
+            ack().ipv4_checksum(0x1234),
+            XDP_DROP,
+            Reason::DropBadIpChecksum,
+        ),
+        refused(
+            "a frame for another MAC",
+            ack().macs(OTHER_MAC, xlb_tests::packet::ROUTER_MAC),
+            XDP_DROP,
+            Reason::DropNotOurMac,
+        ),
+        refused(
+            "a TCP data offset below 5",
+            ack().tcp_data_offset(4),
+            XDP_DROP,
+            Reason::DropMalformed,
+        ),
+        refused(
+            "a first fragment",
+            ack().ipv4_frag(0x2000),
+            XDP_DROP,
+            Reason::DropFragment,
+        ),
+        refused(
+            "a total length past the frame",
+            ack().ipv4_total_len(400),
+            XDP_PASS,
+            Reason::PassBadIp,
+        ),
+    ];
+    let failures: Vec<String> = cases.iter().filter_map(|f| check(&lab, f).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // A UDP flow's second datagram, and one with a wrong UDP length.
+    let (action, _) = lab.run(&udp.clone().payload(b"second").build());
+    assert_eq!(action, XDP_TX);
+    let bad = refused(
+        "a UDP length past the datagram",
+        udp.clone().udp_len(300),
+        XDP_DROP,
+        Reason::DropMalformed,
+    );
+    check(&lab, &bad).unwrap();
+    // The five forwarded packets were hits of the flow, counted with their bytes.
+    let web = lab.lb.vip_stats(web4).unwrap();
+    let bytes: u64 = cases[..5]
+        .iter()
+        .map(|f| match &f.output {
+            Output::Frame(_) => ipv4_len(&f.input),
+            Output::Unchanged => 0,
+        })
+        .sum();
+    assert_eq!(web.flow_hits - web_before.flow_hits, 5);
+    assert_eq!(web.packets - web_before.packets, 5);
+    assert_eq!(web.bytes - web_before.bytes, bytes);
+    assert_eq!(web.flow_misses, web_before.flow_misses);
+    let dns = lab.lb.vip_stats(dns4).unwrap();
+    assert_eq!(
+        (
+            dns.flow_hits - dns_before.flow_hits,
+            dns.packets - dns_before.packets
+        ),
+        (1, 1)
+    );
+    const FIN_ACK: u8 = TCP_FIN | ACK;
+}
+
+/// The IP length of an Ethernet frame's datagram (behind at most one VLAN tag).
+fn ipv4_len(frame: &[u8]) -> u64 {
+    let l3 = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    u64::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))
+}

@@ -17,7 +17,8 @@ use crate::{config::XdpMode, dataplane::Balancer};
 /// 3: NAT: FLOWS values of 16 bytes, BACKENDS with mode and port, CONFIG with the SNAT
 /// settings, VIP_STATS/BACKEND_STATS with reply counters, NAT_REV and SNAT_POOL, the
 /// address filter with four bits per address, the NAT reasons.
-pub const LAYOUT_VERSION: u32 = 3;
+/// 4: GLOBAL_STATS with one counter per (reason, action) pair, so a packet moves one.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// The pin directory of an interface: `<pin_dir>/v<layout>/<interface>`.
 pub fn pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
