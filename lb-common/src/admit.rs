@@ -48,6 +48,17 @@ pub fn fold16(mut sum: u64) -> u32 {
     sum as u32
 }
 
+/// Whether `sum`, a sum of at most eight 32-bit words (an IPv4 header without options is
+/// five), read in any byte order, is that of a correct header: `fold16(sum) == 0xffff`,
+/// in three folds. (After two, the value is at most 0x10000, which folds to 1: only a
+/// sum that is already 0xffff there is correct.)
+#[inline(always)]
+pub fn words_sum_ok(sum: u64) -> bool {
+    let t = (sum & 0xffff_ffff) + (sum >> 32);
+    let u = (t & 0xffff) + (t >> 16);
+    (u & 0xffff) + (u >> 16) == 0xffff
+}
+
 /// Whether an IPv4 source address is one no packet to a VIP may come from: "this network"
 /// 0/8, loopback 127/8, multicast 224/4, the reserved 240/4 with the limited broadcast
 /// 255.255.255.255, or the destination (the VIP) itself (RFC 1812 5.3.7; the kernel drops
@@ -132,6 +143,33 @@ mod tests {
         h[10] = c[0];
         h[11] = c[1];
         (f, 14 + ihl)
+    }
+
+    #[test]
+    fn three_folds_decide_a_words_sum_as_fold16_does() {
+        // Every sum of up to eight words near multiples of 0xffff, and pseudo-random ones.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for k in 0..(8u64 << 32) / 0xffff / 4096 {
+            for d in [0, 1, 2, 0xfffe, 0xffff, 0x1_0000] {
+                let sum = (k * 4096 * 0xffff).wrapping_add(d) % (8 << 32);
+                assert_eq!(words_sum_ok(sum), fold16(sum) == 0xffff, "{sum:#x}");
+            }
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let sum = x % (8 << 32);
+            assert_eq!(words_sum_ok(sum), fold16(sum) == 0xffff, "{sum:#x}");
+        }
+        for sum in [
+            0,
+            0xffff,
+            0x1fffe,
+            0xffff_ffff,
+            0x1_0000_fffe,
+            7 * 0xffff_ffff,
+        ] {
+            assert_eq!(words_sum_ok(sum), fold16(sum) == 0xffff, "{sum:#x}");
+        }
     }
 
     #[test]

@@ -40,12 +40,25 @@ pub fn flow_hash(key: &FlowKey) -> u32 {
         | (u64::from(key.dport) << 16)
         | (u64::from(key.proto) << 32)
         | (u64::from(key.family) << 40);
+    flow_hash_words(&[
+        le64(&key.src, 0),
+        le64(&key.src, 8),
+        le64(&key.dst, 0),
+        le64(&key.dst, 8),
+        tail,
+    ])
+}
+
+/// `flow_hash` of the key whose five 8-byte words are `w` (on a little-endian host, the
+/// words the key is in memory), for a caller that has them in registers.
+#[inline(always)]
+pub fn flow_hash_words(w: &[u64; 5]) -> u32 {
     let mut h = K2;
-    h = absorb(h, le64(&key.src, 0));
-    h = absorb(h, le64(&key.src, 8));
-    h = absorb(h, le64(&key.dst, 0));
-    h = absorb(h, le64(&key.dst, 8));
-    h = absorb(h, tail);
+    h = absorb(h, w[0]);
+    h = absorb(h, w[1]);
+    h = absorb(h, w[2]);
+    h = absorb(h, w[3]);
+    h = absorb(h, w[4]);
     h ^= h >> 33;
     h = h.wrapping_mul(K1);
     h ^= h >> 33;

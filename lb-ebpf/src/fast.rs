@@ -13,21 +13,35 @@
 //! path decides it from the start: refusals and rare cases pay for the fast path's reads
 //! once more, the common packet pays for nothing else.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{bindings::xdp_md, helpers::bpf_jiffies64, programs::XdpContext};
 use lb_common::{
-    CFG_F_SOURCE_V4, DataplaneConfig, FAMILY_V4, FlowKey, MODE_DSR, PROTO_TCP, PROTO_UDP,
-    admit::fold16,
+    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, DataplaneConfig, FAMILY_V4, FlowKey, FlowValue,
+    MODE_DSR, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
+    admit::words_sum_ok,
     encap::outer_ipv4_words,
-    hash::{FILTER_F_TARGETS, FILTER_NAT, FILTER_VIP, filter_position_words},
-    parse::{ETH_HLEN, ETH_P_IP, IPPROTO_IPIP, IPV4_HLEN, PacketBytes, TCP_ACK, TCP_RST, TCP_SYN},
+    hash::{
+        FILTER_F_TARGETS, FILTER_NAT, FILTER_VIP, filter_position_words, flow_hash,
+        flow_hash_words, table_index,
+    },
+    parse::{
+        ETH_HLEN, ETH_P_IP, Headers, IPPROTO_IPIP, IPV4_HLEN, L4 as Layer4, PacketBytes, TCP_ACK,
+        TCP_RST, TCP_SYN,
+    },
     stats::Reason,
 };
 use lb_ebpf::packet::{XdpPacket, adjust_head, word};
 
 use crate::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, NEXT_HOPS, Outcome, VIP_FILTER, VIP_STATS, forward,
-    trace,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, NAT_FORWARD, NEXT_HOPS, Outcome,
+    VIP_FILTER, VIP_STATS, VIPS, forward,
+    forward::{Tunnel, cache_hop},
+    select, trace,
 };
+
+/// `BPF_NOEXIST`: insert only if the key is not there.
+const BPF_NOEXIST: u64 = 1;
 
 /// `packet`'s answer when the general path is to decide: not an XDP action, it never
 /// leaves the program.
@@ -39,27 +53,32 @@ const FALL: Outcome = Outcome::new(FALLBACK, Reason::PassNotIp);
 const IP: usize = ETH_HLEN;
 const L4: usize = ETH_HLEN + IPV4_HLEN;
 
-/// Decides the packet when it is one of the fast path's two kinds; `FALLBACK` (the packet
-/// untouched) otherwise. A subprogram: its frame is not under the general path's.
+/// Decides the packet when it is one of the fast path's kinds; `FALLBACK` (the packet
+/// untouched) otherwise. A packet of a known NAT flow gets `crate::NAT_FORWARD`, with its
+/// headers written to `headers` and its flow resolved into the scratch slot, as the
+/// general path hands it to the translation. A subprogram: its frame is not under the
+/// general path's.
 #[inline(never)]
-pub fn packet(ctx: *mut xdp_md) -> Outcome {
+pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     if trace::on() {
         return FALL;
     }
     let xdp = XdpContext::new(ctx);
     let pkt = XdpPacket::new(&xdp);
-    // Ethernet, IPv4 and the first 8 bytes of TCP or UDP.
-    let Some(p) = pkt.ptr::<[u8; L4 + 8]>(0) else {
+    // Ethernet, IPv4 and the first 14 bytes of TCP (to its flags), or UDP and 6 bytes of
+    // payload: every packet of either kind that crosses an Ethernet (a frame has 60 bytes
+    // at least); a shorter frame is the general path's.
+    let Some(p) = pkt.ptr::<[u8; L4 + 14]>(0) else {
         return FALL;
     };
     let p = p as usize;
-    // SAFETY (every load below): within the L4 + 8 bytes just checked.
-    if unsafe { word::load16_at::<12>(p) } != ETH_P_IP.to_be() {
+    // SAFETY (every load below): within the L4 + 14 bytes just checked.
+    if unsafe { word::load16_wide_at::<12>(p) } != u64::from(ETH_P_IP.to_be()) {
         return FALL;
     }
     let vl = unsafe { word::load32_at::<{ IP as i16 }>(p) }.to_ne_bytes();
     let total = usize::from(u16::from_be_bytes([vl[2], vl[3]]));
-    let proto = unsafe { word::load16_at::<{ IP as i16 + 8 }>(p) }.to_ne_bytes()[1];
+    let proto = unsafe { word::load8_wide_at::<{ IP as i16 + 9 }>(p) };
     // An IPv4 header without options that the general parser takes (`parse`: the whole
     // datagram in the frame, no shorter than its header), of TCP or UDP. For no VIP that
     // is all it needs: whatever the rest (a fragment, a cut or invalid TCP or UDP header),
@@ -67,13 +86,18 @@ pub fn packet(ctx: *mut xdp_md) -> Outcome {
     if vl[0] != 0x45
         || total < IPV4_HLEN
         || total > pkt.len() - IP
-        || (proto != PROTO_TCP && proto != PROTO_UDP)
+        || (proto != u64::from(PROTO_TCP) && proto != u64::from(PROTO_UDP))
     {
         return FALL;
     }
     // The address filter, as `select::destination_of` asks it.
-    let dst = unsafe { word::load32_at::<{ IP as i16 + 16 }>(p) };
-    let (fw, shift) = filter_position_words(u64::from(u32::from_le_bytes(dst.to_ne_bytes())), 0);
+    let dst = unsafe { word::load32_wide_at::<{ IP as i16 + 16 }>(p) };
+    let dst = if cfg!(target_endian = "little") {
+        dst
+    } else {
+        u64::from((dst as u32).swap_bytes())
+    };
+    let (fw, shift) = filter_position_words(dst, 0);
     let Some(bits) = VIP_FILTER.get(fw) else {
         return FALL;
     };
@@ -85,25 +109,19 @@ pub fn packet(ctx: *mut xdp_md) -> Outcome {
         return FALL;
     }
     // For a VIP: what `parse_common` accepts (not a fragment, a complete TCP or UDP header
-    // inside the datagram), not a TCP SYN (`lb_common::resolve::START`: the general path
-    // chooses anew).
+    // inside the datagram). A TCP SYN starts a flow (`lb_common::resolve::START`).
     let frag = u16::from_be(unsafe { word::load16_at::<{ IP as i16 + 6 }>(p) });
     if frag & 0x3fff != 0 {
         return FALL;
     }
-    if proto == PROTO_TCP {
-        if pkt.ptr::<[u8; L4 + 14]>(0).is_none() {
-            return FALL;
-        }
-        // SAFETY: within the 14 bytes of TCP header just checked.
+    if proto == u64::from(PROTO_TCP) {
         let t = unsafe { word::load16_at::<{ L4 as i16 + 12 }>(p) }.to_ne_bytes();
         let data_offset = usize::from(t[0] >> 4) * 4;
-        if total < IPV4_HLEN + 20
-            || data_offset < 20
-            || IPV4_HLEN + data_offset > total
-            || t[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
-        {
+        if total < IPV4_HLEN + 20 || data_offset < 20 || IPV4_HLEN + data_offset > total {
             return FALL;
+        }
+        if t[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+            return to_vip(&xdp, p, total as u16, true, headers);
         }
     } else {
         let len = usize::from(u16::from_be(unsafe {
@@ -113,16 +131,23 @@ pub fn packet(ctx: *mut xdp_md) -> Outcome {
             return FALL;
         }
     }
-    known_flow(&xdp, p, total as u16)
+    to_vip(&xdp, p, total as u16, false, headers)
 }
 
-/// The rest of `packet` for a TCP or UDP packet to a VIP address, whose first `L4 + 8`
-/// bytes at `p` were checked, `total` bytes of IP datagram: forwarded when its flow is
-/// known (`select::remembered`), to an IPv4 DSR backend, and the general path would neither
-/// refuse it (`admit::refusal`) nor ask the FIB about it (`forward::find_hop`).
+/// The rest of `packet` for a TCP or UDP packet to a VIP address, whose first `L4 + 14`
+/// bytes at `p` were checked, `total` bytes of IP datagram: forwarded to an IPv4 DSR
+/// backend — its flow's (`select::remembered`), or for a SYN (`start`) the Maglev choice of
+/// its 5-tuple VIP (`select::choose_backend`, remembered) — when the general path would
+/// neither refuse it (`admit::refusal`) nor ask the FIB about it (`forward::find_hop`).
 #[inline(always)]
-fn known_flow(xdp: &XdpContext, p: usize, total: u16) -> Outcome {
-    // SAFETY (every packet load until `adjust_head`): within the L4 + 8 bytes checked.
+fn to_vip(
+    xdp: &XdpContext,
+    p: usize,
+    total: u16,
+    start: bool,
+    headers: &mut MaybeUninit<Headers>,
+) -> Outcome {
+    // SAFETY (every packet load until `adjust_head`): within the L4 + 14 bytes checked.
     let (src, dst) = unsafe {
         (
             word::load32_wide_at::<{ IP as i16 + 12 }>(p),
@@ -138,89 +163,269 @@ fn known_flow(xdp: &XdpContext, p: usize, total: u16) -> Outcome {
         )
     };
     let sum = w0 + unsafe { word::load32_wide_at::<{ IP as i16 + 4 }>(p) } + w2 + src + dst;
-    let first = (src as u32).to_ne_bytes()[0];
-    let tp = (w2 as u32).to_ne_bytes();
-    if fold16(sum) != 0xffff
-        || first == 0
-        || first == 127
-        || first >= 224
-        || src == dst
-        || tp[0] <= 1
-    {
+    let (first, ttl) = unsafe {
+        (
+            word::load8_wide_at::<{ IP as i16 + 12 }>(p),
+            word::load8_wide_at::<{ IP as i16 + 8 }>(p),
+        )
+    };
+    if !words_sum_ok(sum) || first == 0 || first == 127 || first >= 224 || src == dst || ttl <= 1 {
         return FALL;
     }
-    let ports = unsafe { word::load32_wide_at::<{ L4 as i16 }>(p) };
-    let key = flow_key_v4(src, dst, ports, tp[1]);
-    // SAFETY: FlowValue is plain integers, read at once.
-    let Some(v) = (unsafe { FLOWS.get(&key) }) else {
-        return FALL;
+    let (ports, proto) = unsafe {
+        (
+            word::load32_wide_at::<{ L4 as i16 }>(p),
+            word::load8_wide_at::<{ IP as i16 + 9 }>(p),
+        )
     };
-    let (id, generation) = (v.backend, v.generation);
-    let Some(b) = BACKENDS.get(id) else {
-        return FALL;
+    let words = flow_key_words_v4(src, dst, ports, proto);
+    let key = as_flow_key(&words);
+    let (vip, id, b) = if start {
+        let Some((vip, id, b, hash)) = choose(key, &words) else {
+            return FALL;
+        };
+        if b.mode != MODE_DSR && b.family == FAMILY_V4 {
+            return nat_flow(p, total, key, Known::New { vip, hash }, id, b, headers);
+        }
+        (vip, id, b)
+    } else {
+        // SAFETY: FlowValue is plain integers, read at once.
+        let Some(v) = (unsafe { FLOWS.get(key) }) else {
+            return FALL;
+        };
+        let id = v.backend;
+        let b = match BACKENDS.get(id) {
+            Some(b) if b.keeps_flow(v.generation) => b,
+            _ => return FALL,
+        };
+        if b.mode != MODE_DSR && b.family == FAMILY_V4 {
+            return nat_flow(p, total, key, Known::Hit(v), id, b, headers);
+        }
+        (u32::from(b.vip), id, b)
     };
-    if !b.keeps_flow(generation) || b.mode != MODE_DSR || b.family != FAMILY_V4 {
+    if b.mode != MODE_DSR || b.family != FAMILY_V4 {
         return FALL;
     }
-    let Some(cfg) = CONFIG.get(0) else {
-        return FALL;
-    };
-    // The frame's MAC (`admit::frame_for_us`), and the source `encapsulate_and_send` needs.
-    let (mac_hi, mac_lo) = unsafe { (word::load32_at::<0>(p), word::load16_at::<4>(p)) };
-    let (our_hi, our_lo) = config_mac(cfg);
-    if !((mac_hi == our_hi && mac_lo == our_lo) || (our_hi == 0 && our_lo == 0))
-        || cfg.flags & CFG_F_SOURCE_V4 == 0
-    {
-        return FALL;
-    }
-    let d = &b.addr;
-    // SAFETY: within the bytes checked.
-    let tos = unsafe { word::load16_at::<{ IP as i16 }>(p) }.to_ne_bytes()[1];
-    let Some(outer) = outer_ipv4_words(
-        u32::from_ne_bytes(cfg.source_v4),
-        u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
-        total,
-        IPPROTO_IPIP,
-        tos,
-    ) else {
+    let Some(outer_total) = total.checked_add(IPV4_HLEN as u16) else {
         return FALL;
     };
     let ingress = xdp.ingress_ifindex() as u32;
-    let Some(hop) = NEXT_HOPS.get_ptr_mut(id) else {
+    let Some(slot) = NEXT_HOPS.get_ptr_mut(id) else {
         return FALL;
     };
     // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
-    let hop = unsafe { &*hop };
+    let hop = unsafe { &mut *slot };
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_jiffies64() };
-    if !hop.fits(now, generation, ingress, total + IPV4_HLEN as u16) {
+    // The frame's MAC (`admit::frame_for_us`), and the source `encapsulate_and_send` needs.
+    let Some(cfg) = our_frame(p) else {
+        return FALL;
+    };
+    if cfg.flags & CFG_F_SOURCE_V4 == 0 {
         return FALL;
     }
-    // The packet is changed from here on: no more falling back.
+    if !hop.fits(now, b.generation, ingress, outer_total) {
+        // The FIB is asked, its answer cached, as `encapsulate_and_send` would; any answer
+        // but a next hop the packet fits (no route, no neighbour, too big) is the general
+        // path's to act on, which asks again.
+        let tunnel = Tunnel {
+            cfg,
+            backend: b,
+            v6_outer: false,
+            outer_total,
+        };
+        if !cache_hop(xdp.ctx, &tunnel, hop, now) {
+            return FALL;
+        }
+    }
+    // A new flow is remembered last, when nothing sends the packet back to the general path
+    // (which would find the entry and count a retransmission). The key already there (a
+    // SYN retransmitted, a port reused) is the general path's to judge: a failed insert
+    // changes nothing.
+    let value = FlowValue {
+        backend: id,
+        generation: b.generation,
+        ..FlowValue::default()
+    };
+    if start && FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
+        return FALL;
+    }
     let Some(pkt) = adjust_head(xdp, -(IPV4_HLEN as i32)) else {
-        return FALL;
+        if !start {
+            // The packet is as it was: the general path fails the same way.
+            return FALL;
+        }
+        // No headroom: as the general path would, after remembering the flow.
+        let o = Outcome::drop(Reason::DropEncapFailed);
+        count(vip, id, total, start, false);
+        return o;
     };
-    let Some(q) = pkt.ptr::<[u8; L4]>(0) else {
-        return Outcome::drop(Reason::DropEncapFailed);
+    // From here the packet is changed: it is the fast path's, whatever happens.
+    let written = pkt
+        .ptr::<[u8; L4 + IPV4_HLEN + 2]>(0)
+        .and_then(|q| {
+            let q = q as usize;
+            // SAFETY: within the bytes just checked; the original IP header is now at L4.
+            let tos = unsafe { word::load8_wide_at::<{ L4 as i16 + 1 }>(q) } as u8;
+            let d = &b.addr;
+            let outer = outer_ipv4_words(
+                u32::from_ne_bytes(cfg.source_v4),
+                u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+                total,
+                IPPROTO_IPIP,
+                tos,
+            )?;
+            let (macs_hi, macs_lo) = hop.macs();
+            // SAFETY: within the bytes checked.
+            unsafe {
+                word::store64_at::<0>(q, macs_hi);
+                word::store32_at::<8>(q, macs_lo);
+                word::store16_at::<12>(q, ETH_P_IP.to_be());
+                word::store32_at::<{ IP as i16 }>(q, outer[0]);
+                word::store32_at::<{ IP as i16 + 4 }>(q, outer[1]);
+                word::store32_at::<{ IP as i16 + 8 }>(q, outer[2]);
+                word::store32_at::<{ IP as i16 + 12 }>(q, outer[3]);
+                word::store32_at::<{ IP as i16 + 16 }>(q, outer[4]);
+            }
+            Some(())
+        })
+        .is_some();
+    let o = if written {
+        forward::send(ingress, hop.ifindex, false, Reason::Forwarded)
+    } else {
+        Outcome::drop(Reason::DropEncapFailed)
     };
-    let q = q as usize;
-    let (macs_hi, macs_lo) = hop.macs();
-    // SAFETY: within the L4 bytes just checked.
-    unsafe {
-        word::store64_at::<0>(q, macs_hi);
-        word::store32_at::<8>(q, macs_lo);
-        word::store16_at::<12>(q, ETH_P_IP.to_be());
-        word::store32_at::<{ IP as i16 }>(q, outer[0]);
-        word::store32_at::<{ IP as i16 + 4 }>(q, outer[1]);
-        word::store32_at::<{ IP as i16 + 8 }>(q, outer[2]);
-        word::store32_at::<{ IP as i16 + 12 }>(q, outer[3]);
-        word::store32_at::<{ IP as i16 + 16 }>(q, outer[4]);
-    }
-    let o = forward::send(ingress, hop.ifindex, false, Reason::Forwarded);
+    // Spelled out per case, so that each copy of `count` knows what it counts.
     if o.why == Reason::Forwarded {
-        count_hit(u32::from(b.vip), id, total);
+        count(vip, id, total, start, true);
+    } else if start {
+        count(vip, id, total, true, false);
     }
     o
+}
+
+/// How `nat_flow`'s flow was resolved.
+enum Known<'a> {
+    /// From the flow table (`select::remembered`), with this entry.
+    Hit(&'a FlowValue),
+    /// A SYN: by the Maglev table of VIP `vip` (`select::choose_backend`), with `hash`.
+    New { vip: u32, hash: u32 },
+}
+
+/// The rest of `to_vip` for a NAT flow (`key`) to an IPv4 target (backend `id`, `b`): what
+/// `vip_packet` and `select::resolve` leave for the translation — the frame checked
+/// (`admit::refusal`'s last check), the headers as `parse_common` gives them, the scratch
+/// slot filled — and `NAT_FORWARD`.
+#[inline(always)]
+fn nat_flow(
+    p: usize,
+    total: u16,
+    key: &FlowKey,
+    known: Known,
+    id: u32,
+    b: &Backend,
+    headers: &mut MaybeUninit<Headers>,
+) -> Outcome {
+    if our_frame(p).is_none() {
+        return FALL;
+    }
+    let Some(s) = select::scratch() else {
+        return FALL;
+    };
+    // SAFETY: within the L4 + 14 bytes checked.
+    let (ip1, frag, ttl, tcp_flags) = unsafe {
+        (
+            word::load8_wide_at::<{ IP as i16 + 1 }>(p) as u8,
+            u16::from_be(word::load16_at::<{ IP as i16 + 6 }>(p)),
+            word::load8_wide_at::<{ IP as i16 + 8 }>(p) as u8,
+            word::load8_wide_at::<{ L4 as i16 + 13 }>(p) as u8,
+        )
+    };
+    let tcp = key.proto == PROTO_TCP;
+    headers.write(Headers {
+        src: key.src,
+        dst: key.dst,
+        l3_offset: IP as u16,
+        l4_offset: L4 as u16,
+        ip_len: total,
+        sport: key.sport,
+        dport: key.dport,
+        vlan: false,
+        family: FAMILY_V4,
+        proto: key.proto,
+        tos: ip1,
+        dont_fragment: frag & 0x4000 != 0,
+        tcp_flags: if tcp { tcp_flags } else { 0 },
+        ttl,
+        l4: Layer4::Ports,
+    });
+    s.flow = *key;
+    s.midflow = u8::from(tcp && tcp_flags & TCP_SYN == 0);
+    s.backend = *b;
+    s.id = id;
+    s.new_flow = 0;
+    match known {
+        Known::Hit(v) => {
+            s.hash = 0;
+            s.vip = u32::from(b.vip);
+            s.hit = 1;
+            s.value = *v;
+        }
+        Known::New { vip, hash } => {
+            s.hash = hash;
+            s.vip = vip;
+            s.hit = 0;
+        }
+    }
+    NAT_FORWARD
+}
+
+/// The configuration, when the frame at `p` is addressed to this host's MAC (or the MAC is
+/// not known: `admit::frame_for_us`).
+#[inline(always)]
+fn our_frame(p: usize) -> Option<&'static DataplaneConfig> {
+    let cfg = CONFIG.get(0)?;
+    // SAFETY: the frame's first 6 bytes were checked by the caller.
+    let (mac_hi, mac_lo) = unsafe { (word::load32_at::<0>(p), word::load16_at::<4>(p)) };
+    let (our_hi, our_lo) = config_mac(cfg);
+    if (mac_hi == our_hi && mac_lo == our_lo) || (our_hi == 0 && our_lo == 0) {
+        Some(cfg)
+    } else {
+        None
+    }
+}
+
+/// The Maglev choice for a new flow `key` (`words`, as `flow_key_words_v4` made them):
+/// (VIP index, backend id, backend, flow hash) when the exact port's VIP
+/// (`select::find_vip`; an any-port one is the general path's) hashes the 5-tuple and its
+/// table names a backend.
+#[inline(always)]
+fn choose(key: &FlowKey, words: &[u64; 5]) -> Option<(u32, u32, &'static Backend, u32)> {
+    let (dst, dport) = (&key.dst, key.dport);
+    let vk = VipKey {
+        addr: *dst,
+        port: dport,
+        proto: key.proto,
+        family: FAMILY_V4,
+    };
+    // SAFETY: VipInfo is plain integers (see `select::find_vip`).
+    let vip = unsafe { VIPS.get(vk) }?;
+    // A source-affinity VIP's key is not the 5-tuple.
+    if vip.flags & VIP_F_HASH_SOURCE != 0 {
+        return None;
+    }
+    let hash = if cfg!(target_endian = "little") {
+        flow_hash_words(words)
+    } else {
+        flow_hash(key)
+    };
+    let index = table_index(vip.table, MAGLEV_SIZE.load(), hash);
+    let id = MAGLEV.get(index >> 1)?[(index & 1) as usize];
+    let b = BACKENDS.get(id)?;
+    if id == 0 || b.state == BACKEND_UNUSED {
+        return None;
+    }
+    Some((vip.index, id, b, hash))
 }
 
 /// This host's MAC from the configuration as a 4-byte and a 2-byte word as they are in
@@ -235,51 +440,75 @@ fn config_mac(cfg: &DataplaneConfig) -> (u32, u16) {
 }
 
 /// The flow key of an IPv4 packet from `src` to `dst` (as 4-byte loads from the packet) with
-/// `ports` (the L4 header's first word) and `proto`: `Headers::five_tuple`'s, built as the
-/// five 8-byte words it is in memory.
+/// `ports` (the L4 header's first word) and `proto` (`Headers::five_tuple`'s), as the five
+/// 8-byte words it is in memory.
 #[inline(always)]
-fn flow_key_v4(src: u64, dst: u64, ports: u64, proto: u8) -> FlowKey {
+fn flow_key_words_v4(src: u64, dst: u64, ports: u64, proto: u64) -> [u64; 5] {
     // An 8-byte word whose memory holds the 4 bytes of `w` (a 4-byte load, zero-extended),
-    // then `a`, `b` and two zeros.
-    let word = |w: u64, a: u8, b: u8| {
-        let tail = u64::from(u32::from_ne_bytes([a, b, 0, 0]));
+    // then the bytes `a` and `b` (zero-extended) and two zeros.
+    let word = |w: u64, a: u64, b: u64| {
         if cfg!(target_endian = "little") {
-            w | (tail << 32)
+            w | (a << 32) | (b << 40)
         } else {
-            (w << 32) | tail
+            (w << 32) | (a << 24) | (b << 16)
         }
     };
-    let words: [u64; 5] = [
+    [
         word(src, 0, 0),
         0,
         word(dst, 0, 0),
         0,
-        word(ports, proto, FAMILY_V4),
-    ];
-    const _: () = assert!(size_of::<FlowKey>() == size_of::<[u64; 5]>());
-    // SAFETY: FlowKey is 40 bytes of plain integers (src, dst, sport, dport, proto,
-    // family, reserved) in this order without padding; any bit pattern is a key.
-    unsafe { core::mem::transmute::<[u64; 5], FlowKey>(words) }
+        word(ports, proto, u64::from(FAMILY_V4)),
+    ]
 }
-/// `select::count` for a forwarded packet of `bytes` bytes whose flow the table knew: a
-/// hit for VIP `vip`, a packet for backend `id`.
+
+/// The flow key whose memory is `words`.
 #[inline(always)]
-fn count_hit(vip: u32, id: u32, bytes: u16) {
+fn as_flow_key(words: &[u64; 5]) -> &FlowKey {
+    const _: () = assert!(
+        size_of::<FlowKey>() == size_of::<[u64; 5]>()
+            && align_of::<FlowKey>() <= align_of::<[u64; 5]>()
+    );
+    // SAFETY: FlowKey is 40 bytes of plain integers (src, dst, sport, dport, proto, family,
+    // reserved) in this order without padding, any bit pattern a key, and no more aligned
+    // than the words.
+    unsafe { &*words.as_ptr().cast::<FlowKey>() }
+}
+
+/// `select::count` for a packet of `bytes` bytes for VIP `vip` and backend `id`: a
+/// flow-table hit, or with `start` a new flow (a miss that created its entry), counted as
+/// a new flow whatever became of the packet, as a packet only when it was `forwarded`.
+#[inline(always)]
+fn count(vip: u32, id: u32, bytes: u16, start: bool, forwarded: bool) {
     let bytes = u64::from(bytes);
     if let Some(v) = VIP_STATS.get_ptr_mut(vip) {
         // SAFETY: this CPU's slot of a per-CPU array; XDP runs one packet at a time per
         // CPU, so no other writer interleaves.
         unsafe {
-            (*v).packets += 1;
-            (*v).bytes += bytes;
-            (*v).flow_hits += 1;
+            if start {
+                (*v).new_flows += 1;
+            }
+            if forwarded {
+                (*v).packets += 1;
+                (*v).bytes += bytes;
+                if start {
+                    (*v).flow_misses += 1;
+                } else {
+                    (*v).flow_hits += 1;
+                }
+            }
         }
     }
     if let Some(b) = BACKEND_STATS.get_ptr_mut(id) {
         // SAFETY: as above.
         unsafe {
-            (*b).packets += 1;
-            (*b).bytes += bytes;
+            if start {
+                (*b).new_flows += 1;
+            }
+            if forwarded {
+                (*b).packets += 1;
+                (*b).bytes += bytes;
+            }
         }
     }
 }

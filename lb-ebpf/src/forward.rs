@@ -94,21 +94,23 @@ pub fn encapsulate_and_send(
     // field's address is a "modified ctx ptr", which the verifier refuses to dereference.
     let ingress = ctx.ingress_ifindex() as u32;
     let job = Encap {
-        cfg,
+        tunnel: Tunnel {
+            cfg,
+            backend,
+            v6_outer,
+            outer_total: h.ip_len.saturating_add(outer_len),
+        },
         h,
-        backend,
         hash,
-        v6_outer,
-        outer_total: h.ip_len.saturating_add(outer_len),
     };
     let mut hop = MaybeUninit::<NextHop>::uninit();
     find_hop(
         ingress,
         NEXT_HOPS.get_ptr_mut(id),
         backend.generation,
-        job.outer_total,
+        job.tunnel.outer_total,
         &mut hop,
-        |out| next_hop(ctx.ctx, &job, out),
+        |out| next_hop(ctx.ctx, &job.tunnel, out),
     );
     // SAFETY: find_hop always initialises it.
     let hop = unsafe { hop.assume_init_ref() };
@@ -150,7 +152,7 @@ pub fn find_hop(
                 smac: c.smac,
                 dmac: c.dmac,
                 family: 0,
-                next: [0; 16],
+                next: [0; 4],
             });
         }
         c => {
@@ -158,7 +160,7 @@ pub fn find_hop(
             // SAFETY: the lookup always initialises it.
             let fresh = unsafe { hop.assume_init_ref() };
             if let Some(c) = c {
-                if fresh.rc == BPF_FIB_LKUP_RET_SUCCESS && fresh.mtu >= total {
+                if fresh.carries(total) {
                     *c = CachedHop {
                         looked_up: now,
                         generation,
@@ -245,7 +247,7 @@ fn ask_for_neighbour(c: &mut CachedHop, hop: &NextHop) {
         },
         reserved: [0; 3],
         ifindex: hop.ifindex,
-        addr: hop.next,
+        addr: unwords(&hop.next),
     };
     let _ = NEIGH_EVENTS.output::<NeighbourEvent>(&event, 0);
 }
@@ -253,13 +255,18 @@ fn ask_for_neighbour(c: &mut CachedHop, hop: &NextHop) {
 /// What the two subprograms need to know about the encapsulation (BPF functions take at
 /// most five arguments, so they get it by reference).
 struct Encap<'a> {
-    cfg: &'a DataplaneConfig,
+    tunnel: Tunnel<'a>,
     h: &'a Headers,
-    backend: &'a Backend,
     hash: u32,
-    v6_outer: bool,
+}
+
+/// The outer packet towards a backend, as the FIB is asked about it (`next_hop`).
+pub struct Tunnel<'a> {
+    pub cfg: &'a DataplaneConfig,
+    pub backend: &'a Backend,
+    pub v6_outer: bool,
     /// Length of the encapsulated IP packet.
-    outer_total: u16,
+    pub outer_total: u16,
 }
 
 /// How long a CPU reuses the FIB's answer for a backend: 250 jiffies (1 s at this kernel's
@@ -340,25 +347,76 @@ pub struct NextHop {
     /// for an IPv4 route with an IPv6 gateway) and address (the gateway or the destination),
     /// set for `SUCCESS` and `NO_NEIGH`.
     family: u8,
-    next: [u8; 16],
+    /// As the FIB writes it (network order in memory, native words): turned into bytes
+    /// only for a neighbour event.
+    next: [u32; 4],
 }
 
-/// Asks the kernel's FIB for the next hop towards `backend`, as if the encapsulated packet
-/// of `outer_total` bytes had arrived on the ingress interface (so the MTU of the way out
-/// is checked too).
+impl NextHop {
+    /// Whether the answer is a next hop a packet of `total` bytes fits (the answers
+    /// `find_hop` caches).
+    #[inline(always)]
+    pub fn carries(&self, total: u16) -> bool {
+        carries(self.rc, self.mtu, total)
+    }
+}
+
+/// Whether a FIB answer `rc` with MTU `mtu` is a next hop a packet of `total` bytes fits.
+#[inline(always)]
+fn carries(rc: u32, mtu: u16, total: u16) -> bool {
+    rc == BPF_FIB_LKUP_RET_SUCCESS && mtu >= total
+}
+
+/// Asks the kernel's FIB for the next hop towards the tunnel's backend, as if the
+/// encapsulated packet of `outer_total` bytes had arrived on the ingress interface (so the
+/// MTU of the way out is checked too).
 #[inline(never)]
-fn next_hop(ctx: *mut xdp_md, job: &Encap, out: &mut MaybeUninit<NextHop>) {
-    let (cfg, backend, v6, outer_total) = (job.cfg, job.backend, job.v6_outer, job.outer_total);
-    let (src, dst) = if v6 {
-        (words(&cfg.source_v6), words(&backend.addr))
-    } else {
-        let d = &backend.addr;
-        (
-            [u32::from_ne_bytes(cfg.source_v4), 0, 0, 0],
-            [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0],
-        )
+pub fn next_hop(ctx: *mut xdp_md, job: &Tunnel, out: &mut MaybeUninit<NextHop>) {
+    let (src, dst) = job.addresses();
+    fib(ctx, job.v6_outer, src, dst, job.outer_total, out);
+}
+
+/// `find_hop` for a cold cache slot `c` of the tunnel's backend, at `now`, without the
+/// answer in between: asks the FIB as `next_hop` does and, when the answer carries the
+/// outer packet, caches it straight from the kernel's parameters and returns true. Any other
+/// answer is left to `find_hop`, which asks again and acts on it (the fast path's way to a
+/// next hop).
+#[inline(never)]
+pub fn cache_hop(ctx: *mut xdp_md, job: &Tunnel, c: &mut CachedHop, now: u64) -> bool {
+    let (src, dst) = job.addresses();
+    let (rc, fib) = fib_lookup(ctx, job.v6_outer, src, dst, job.outer_total);
+    if !carries(rc, fib.tot_len, job.outer_total) {
+        return false;
+    }
+    *c = CachedHop {
+        looked_up: now,
+        generation: job.backend.generation,
+        ingress: XdpContext::new(ctx).ingress_ifindex() as u32,
+        ifindex: fib.ifindex,
+        mtu: fib.tot_len,
+        smac: fib.smac,
+        dmac: fib.dmac,
+        notified: c.notified,
+        reserved: 0,
     };
-    fib(ctx, v6, src, dst, outer_total, out);
+    true
+}
+
+impl Tunnel<'_> {
+    /// The outer source and destination as the FIB takes them.
+    #[inline(always)]
+    fn addresses(&self) -> ([u32; 4], [u32; 4]) {
+        let (cfg, backend) = (self.cfg, self.backend);
+        if self.v6_outer {
+            (words(&cfg.source_v6), words(&backend.addr))
+        } else {
+            let d = &backend.addr;
+            (
+                [u32::from_ne_bytes(cfg.source_v4), 0, 0, 0],
+                [u32::from_ne_bytes([d[0], d[1], d[2], d[3]]), 0, 0, 0],
+            )
+        }
+    }
 }
 
 /// Asks the FIB for the next hop of the packet `h` rewritten (NAT) to the addresses of
@@ -404,6 +462,35 @@ fn fib(
     len: u16,
     out: &mut MaybeUninit<NextHop>,
 ) {
+    let (rc, fib) = fib_lookup(ctx, v6, src, dst, len);
+    let d = fib.dst;
+    let next = if fib.family == AF_INET6 {
+        d
+    } else {
+        [d[0], 0, 0, 0]
+    };
+    out.write(NextHop {
+        rc,
+        ifindex: fib.ifindex,
+        mtu: fib.tot_len,
+        smac: fib.smac,
+        dmac: fib.dmac,
+        family: fib.family,
+        next,
+    });
+}
+
+/// `bpf_fib_lookup` for a packet of `len` bytes from `src` to `dst` as if it had arrived
+/// on the ingress interface: its answer (`BPF_FIB_LKUP_RET_*`) and the parameters as the
+/// kernel left them.
+#[inline(always)]
+fn fib_lookup(
+    ctx: *mut xdp_md,
+    v6: bool,
+    src: [u32; 4],
+    dst: [u32; 4],
+    len: u16,
+) -> (u32, FibParams) {
     let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
     let mut fib = FibParams {
         family: if v6 { AF_INET6 } else { AF_INET },
@@ -429,22 +516,7 @@ fn fib(
             0,
         )
     };
-    let d = fib.dst;
-    let next = if fib.family == AF_INET6 {
-        unwords(&d)
-    } else {
-        let a = d[0].to_ne_bytes();
-        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    };
-    out.write(NextHop {
-        rc: rc as u32,
-        ifindex: fib.ifindex,
-        mtu: fib.tot_len,
-        smac: fib.smac,
-        dmac: fib.dmac,
-        family: fib.family,
-        next,
-    });
+    (rc as u32, fib)
 }
 
 /// Whether the packet `h` is for this host: the FIB, asked about it as received on the
@@ -495,7 +567,8 @@ pub fn is_local(ctx: *mut xdp_md, h: &Headers) -> bool {
 /// `false` if the kernel refused to grow the packet.
 #[inline(never)]
 fn rewrite(ctx: *mut xdp_md, job: &Encap, hop: &NextHop) -> bool {
-    let (cfg, h, backend, hash, v6_outer) = (job.cfg, job.h, job.backend, job.hash, job.v6_outer);
+    let t = &job.tunnel;
+    let (cfg, h, backend, hash, v6_outer) = (t.cfg, job.h, t.backend, job.hash, t.v6_outer);
     let ctx = XdpContext::new(ctx);
     let inner_next = if h.family == FAMILY_V4 {
         IPPROTO_IPIP

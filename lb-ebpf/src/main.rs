@@ -131,12 +131,20 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
 /// have the verifier walk every path of it once per value.
 #[inline(always)]
 fn run(ctx: &XdpContext) -> u32 {
-    let o = fast::packet(ctx.ctx);
-    if o.action != fast::FALLBACK {
+    let mut headers = MaybeUninit::<Headers>::uninit();
+    let fast = fast::packet(ctx.ctx, &mut headers);
+    // One comparison for the fast path's own decisions, XDP actions all.
+    if fast.action <= xdp_action::XDP_REDIRECT || fast.action == NAT_FORWARD.action {
+        let o = if fast.action == NAT_FORWARD.action {
+            // SAFETY: the fast path wrote the headers and resolved the flow into the
+            // scratch slot, as the general path does before it translates.
+            translate(ctx, unsafe { headers.assume_init_ref() })
+        } else {
+            fast
+        };
         count(o);
         return o.action;
     }
-    let mut headers = MaybeUninit::<Headers>::uninit();
     let parsed = parse_packet(ctx.ctx, &mut headers);
     if trace::on() {
         trace::begin();
@@ -230,11 +238,7 @@ fn balance(ctx: &XdpContext, parsed: u32, headers: &MaybeUninit<Headers>) -> Out
                 }
                 if o.action == NAT_FORWARD.action {
                     // For the same reason, a NAT VIP's packet is translated from here.
-                    let o = nat::forward(ctx.ctx, h);
-                    if o.why == Reason::DropTooBig && o.mtu != 0 {
-                        return icmp::too_big(ctx.ctx, h, o.mtu);
-                    }
-                    return o;
+                    return translate(ctx, h);
                 }
             }
             o
@@ -257,6 +261,19 @@ fn balance(ctx: &XdpContext, parsed: u32, headers: &MaybeUninit<Headers>) -> Out
         // A bad TCP/UDP header, or an IPv6 header chain too long to find one.
         L4::Malformed => refuse_if_vip_address(&h.dst, h.family, Reason::DropMalformed),
     }
+}
+
+/// Translates a NAT VIP's packet `h`, its flow resolved into the scratch slot
+/// (`NAT_FORWARD`), and sends it to its target; a packet too big for the way there is
+/// answered. Called from the program's entry, where the translation's chain of frames fits
+/// the verifier's 512 bytes of stack.
+#[inline(always)]
+fn translate(ctx: &XdpContext, h: &Headers) -> Outcome {
+    let o = nat::forward(ctx.ctx, h);
+    if o.why == Reason::DropTooBig && o.mtu != 0 {
+        return icmp::too_big(ctx.ctx, h, o.mtu);
+    }
+    o
 }
 
 /// A TCP or UDP packet whose destination may have a VIP (`select::destination`): to its
@@ -293,12 +310,13 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
     }
 }
 
-/// `vip_packet`'s answer for a NAT VIP's packet resolved into the scratch slot: the caller
-/// hands it to `nat::forward` (under `vip_packet`'s frame, the translation's chain of
-/// frames did not fit the verifier's 512 bytes of stack). Not an XDP action: it never
-/// leaves the program. It carries the `too_big` reason without an MTU so that DSR packets
-/// pay nothing for it: the caller tests that reason anyway.
-const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
+/// `vip_packet`'s (and `fast::packet`'s) answer for a NAT VIP's packet resolved into the
+/// scratch slot: the caller hands it to `nat::forward` (`translate`; under `vip_packet`'s
+/// frame, the translation's chain of frames did not fit the verifier's 512 bytes of
+/// stack). Not an XDP action: it never leaves the program. It carries the `too_big` reason
+/// without an MTU so that DSR packets pay nothing for it: the caller tests that reason
+/// anyway.
+pub const NAT_FORWARD: Outcome = Outcome::new(u32::MAX, Reason::DropTooBig);
 
 /// Encapsulates the packet to the backend resolved into `s` and sends it, and counts it
 /// for its VIP and backend: the one place those counters move.

@@ -366,21 +366,29 @@ pub mod word {
         };
     }
 
-    /// `load32_at` into a 64-bit register, which BPF zero-extends: no truncation for the
-    /// compiler to undo with shifts.
-    ///
-    /// # Safety
-    /// `p + OFF` must be a packet address with the whole value inside the packet.
-    #[inline(always)]
-    pub unsafe fn load32_wide_at<const OFF: i16>(p: usize) -> u64 {
-        let v: u64;
-        // SAFETY: the caller's; the instruction reads nothing else.
-        unsafe {
-            asm!("{v} = *(u32 *)({p} + {off})", v = lateout(reg) v, p = in(reg) p,
-                 off = const OFF, options(nostack, readonly, preserves_flags))
+    macro_rules! load_wide_at {
+        ($load:ident, $asm:literal) => {
+            /// A load at the constant offset `OFF` from `p` into a 64-bit register, which BPF
+            /// zero-extends: no truncation for the compiler to undo with shifts or masks.
+            ///
+            /// # Safety
+            /// `p + OFF` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $load<const OFF: i16>(p: usize) -> u64 {
+                let v: u64;
+                // SAFETY: the caller's; the instruction reads nothing else.
+                unsafe {
+                    asm!($asm, v = lateout(reg) v, p = in(reg) p, off = const OFF,
+                         options(nostack, readonly, preserves_flags))
+                };
+                v
+            }
         };
-        v
     }
+
+    load_wide_at!(load8_wide_at, "{v} = *(u8 *)({p} + {off})");
+    load_wide_at!(load16_wide_at, "{v} = *(u16 *)({p} + {off})");
+    load_wide_at!(load32_wide_at, "{v} = *(u32 *)({p} + {off})");
 
     access_at!(
         load16_at,
