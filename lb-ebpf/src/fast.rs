@@ -22,7 +22,7 @@ use lb_common::{
     admit::words_sum_ok,
     encap::outer_ipv4_words,
     hash::{
-        FILTER_F_TARGETS, FILTER_NAT, FILTER_VIP, filter_position_words, flow_hash,
+        FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
     parse::{
@@ -92,21 +92,21 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     }
     // The address filter, as `select::destination_of` asks it.
     let dst = unsafe { word::load32_wide_at::<{ IP as i16 + 16 }>(p) };
-    let dst = if cfg!(target_endian = "little") {
-        dst
-    } else {
-        u64::from((dst as u32).swap_bytes())
-    };
-    let (fw, shift) = filter_position_words(dst, 0);
+    let (fw, shift) = filter_position_words(le_address(dst), 0);
     let Some(bits) = VIP_FILTER.get(fw) else {
         return FALL;
     };
     let bits = *bits;
     if (bits >> (shift + FILTER_VIP)) & 1 == 0 {
-        if bits & ((1 << (shift + FILTER_NAT)) | FILTER_F_TARGETS) == 0 {
-            return Outcome::pass(Reason::PassNotVip);
+        // To a SNAT address, or (while client-preserving VIPs have targets) from a target:
+        // maybe a NAT reply, the general path's.
+        if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
+            return FALL;
         }
-        return FALL;
+        if bits & FILTER_F_TARGETS != 0 && from_target(p) {
+            return FALL;
+        }
+        return Outcome::pass(Reason::PassNotVip);
     }
     // For a VIP: what `parse_common` accepts (not a fragment, a complete TCP or UDP header
     // inside the datagram). A TCP SYN starts a flow (`lb_common::resolve::START`).
@@ -132,6 +132,29 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
         }
     }
     to_vip(&xdp, p, total as u16, false, headers)
+}
+
+/// Whether the source of the IPv4 packet at `p` is the target of a client-preserving NAT
+/// VIP (its `FILTER_TARGET` bit), as `select::destination_of` asks it.
+#[inline(always)]
+fn from_target(p: usize) -> bool {
+    // SAFETY: within the bytes the caller checked.
+    let src = unsafe { word::load32_wide_at::<{ IP as i16 + 12 }>(p) };
+    let (fw, shift) = filter_position_words(le_address(src), 0);
+    VIP_FILTER
+        .get(fw)
+        .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
+}
+
+/// An IPv4 address as a 4-byte load from the packet gave it, as the little-endian word the
+/// address filter reads (`hash::filter_position`).
+#[inline(always)]
+fn le_address(a: u64) -> u64 {
+    if cfg!(target_endian = "little") {
+        a
+    } else {
+        u64::from((a as u32).swap_bytes())
+    }
 }
 
 /// The rest of `packet` for a TCP or UDP packet to a VIP address, whose first `L4 + 14`

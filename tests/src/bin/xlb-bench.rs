@@ -637,6 +637,201 @@ fn throughput(b: &mut Bench) {
     );
 }
 
+/// The balancer's configuration for `instructions`: a DSR VIP and a NAT VIP, one backend
+/// each, no health checks (nothing answers), the frame check matching the tool's frames.
+const COUNT_CONFIG: &str = r#"
+[dataplane]
+interface = "eth0"
+source_v4 = "198.18.0.2"
+snat_v4 = "198.18.0.10"
+flow_table_entries = 1000
+maglev_table_size = 65537
+max_vips = 16
+max_backends = 64
+
+[daemon]
+socket = "@DIR@/xlb.sock"
+pin_dir = "/sys/fs/bpf/@NAME@"
+metrics_address = "off"
+
+[[vip]]
+name = "web"
+address = "203.0.113.10"
+port = 80
+protocol = "tcp"
+health_check = { protocol = "none" }
+backends = [ { address = "198.51.100.11" } ]
+
+[[vip]]
+name = "tasks"
+address = "203.0.113.20"
+port = 80
+protocol = "tcp"
+forwarding = "nat"
+health_check = { protocol = "none" }
+backends = [ { address = "198.51.100.14", port = 32768 } ]
+"#;
+
+/// Executed BPF instructions per packet path, counted by `../shared/tools/bpf-path-count`
+/// (it emulates the loaded program's translated code, so the counts are the same on every
+/// machine and every run) on a balancer run by `target/release/xlb` in a namespace of its
+/// own; skipped, with a line saying so, without the tool or bpftool.
+fn instructions(b: &mut Bench, root: &std::path::Path) {
+    use std::process::{Command, Stdio};
+    use xlb_tests::netns::Netns;
+    eprintln!("\n== executed BPF instructions per packet (bpf-path-count)");
+    let tool = root.join("../shared/tools/bpf-path-count");
+    let xlb = root.join("target/release/xlb");
+    let bpftool = Command::new("bpftool").arg("version").output();
+    if !tool.exists() || bpftool.is_err() || !xlb.exists() {
+        eprintln!(
+            "  skipped: needs {}, bpftool (Debian `bpftool`) and {}",
+            tool.display(),
+            xlb.display()
+        );
+        return;
+    }
+    let (lb, peer) = (Netns::new("count"), Netns::new("count-peer"));
+    xlb_tests::netns::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "pc-peer",
+            "netns",
+            peer.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            lb.name(),
+        ],
+    );
+    // The tool's frames are addressed to 00:00:00:00:00:02 from :01.
+    lb.ip(&["link", "set", "eth0", "address", "00:00:00:00:00:02"]);
+    lb.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"]);
+    lb.ip(&["link", "set", "eth0", "up"]);
+    peer.ip(&["link", "set", "pc-peer", "up"]);
+    lb.ip(&[
+        "neigh",
+        "add",
+        "198.18.0.1",
+        "lladdr",
+        "00:00:00:00:00:01",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    for net in ["198.51.100.0/24", "192.0.2.0/24"] {
+        lb.ip(&["route", "add", net, "via", "198.18.0.1"]);
+    }
+    lb.sysctl("net.ipv4.ip_forward=1");
+    let dir = std::env::temp_dir().join(lb.name());
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let config = COUNT_CONFIG
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@NAME@", lb.name());
+    let path = dir.join("xlb.toml");
+    std::fs::write(&path, config).expect("write the configuration");
+    let mut daemon = lb
+        .command(&xlb)
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start xlb");
+    let pins = PathBuf::from("/sys/fs/bpf").join(lb.name());
+    let prog = {
+        let start = Instant::now();
+        loop {
+            let link: serde_json::Value =
+                serde_json::from_str(&lb.ip(&["-j", "-d", "link", "show", "eth0"]))
+                    .unwrap_or_default();
+            let id = link[0]["xdp"]["prog"]["id"].as_u64();
+            if id.is_some() || start.elapsed() > Duration::from_secs(60) {
+                break id;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // Give the daemon its first tick (the MAC, the VIPs' tables) before counting.
+    std::thread::sleep(Duration::from_secs(1));
+    let count = |vip: &str| -> Vec<(String, f64)> {
+        let Some(id) = prog else { return Vec::new() };
+        let out = Command::new(&tool)
+            .args(["xlb", &id.to_string(), vip, "192.0.2.50"])
+            .output()
+            .expect("run bpf-path-count");
+        // "== xlb TCP SYN (new flow): 588 BPF insns executed (xlated), ..."
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("== xlb ")?;
+                let (path, rest) = l.split_once(": ")?;
+                let n = rest.split_whitespace().next()?.parse().ok()?;
+                Some((path.to_owned(), n))
+            })
+            .collect()
+    };
+    let dsr = count("203.0.113.10");
+    let nat = count("203.0.113.20");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    // The pinned link and maps go with their files; the interface with the namespaces.
+    let _ = std::fs::remove_dir_all(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+    if dsr.is_empty() || nat.is_empty() {
+        eprintln!("  skipped: the balancer did not attach, or the tool printed no count");
+        return;
+    }
+    // The tool's names for its three packets, ours, and the targets.
+    let paths = [
+        (
+            "TCP SYN (new flow)",
+            "TCP SYN, new flow",
+            "target <= 600; Katran 578",
+        ),
+        (
+            "TCP ACK (established)",
+            "TCP established",
+            "target <= 400; Katran 388",
+        ),
+        ("non-VIP", "not for a VIP", "target <= 120; Katran 155"),
+    ];
+    for (path, n) in &dsr {
+        let Some((_, name, note)) = paths.iter().find(|p| p.0 == path) else {
+            continue;
+        };
+        let name = if *name == "not for a VIP" {
+            format!("{name}: executed instructions")
+        } else {
+            format!("DSR VIP, IPv4 {name}: executed instructions")
+        };
+        b.add("instructions", &name, *n, "insns", note);
+    }
+    for (path, n) in &nat {
+        let Some((_, name, _)) = paths.iter().find(|p| p.0 == path && p.0 != "non-VIP") else {
+            continue;
+        };
+        let note = if *name == "TCP established" {
+            "target <= DSR established + 60"
+        } else {
+            ""
+        };
+        b.add(
+            "instructions",
+            &format!("NAT VIP, IPv4 {name}: executed instructions"),
+            *n,
+            "insns",
+            note,
+        );
+    }
+}
+
 fn machine() -> BTreeMap<String, String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -690,13 +885,22 @@ fn main() {
         throughput(&mut b);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    if run("instructions") {
+        instructions(&mut b, &root);
+    }
     let baseline_path = root.join("bench/baseline.json");
     // Compared only with a baseline of the same kind (a --quick run uses smaller tables
-    // and fewer calls).
-    let baseline: BTreeMap<String, f64> = std::fs::read(&baseline_path)
+    // and fewer calls) from the same CPU model: times on another CPU say nothing about a
+    // change.
+    let saved = std::fs::read(&baseline_path)
         .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let saved_cpu = saved
+        .as_ref()
+        .and_then(|v| v["machine"]["cpu"].as_str().map(str::to_owned));
+    let baseline: BTreeMap<String, f64> = saved
         .filter(|v| v["quick"].as_bool() == Some(quick))
+        .filter(|_| saved_cpu.as_deref() == Some(m["cpu"].as_str()))
         .and_then(|v| serde_json::from_value::<Vec<Figure>>(v["figures"].clone()).ok())
         .map(|f| f.into_iter().map(|x| (x.name, x.value)).collect())
         .unwrap_or_default();
@@ -723,6 +927,12 @@ fn main() {
         m["kernel"],
         if quick { " (quick)" } else { "" }
     );
+    match &saved_cpu {
+        Some(cpu) if *cpu != m["cpu"] => println!(
+            "(bench/baseline.json is from {cpu}: not compared; --save-baseline records this CPU)"
+        ),
+        _ => {}
+    }
     let mut section = String::new();
     for f in &b.figures {
         if f.section != section {
