@@ -54,8 +54,8 @@ commands:
   setup   install prerequisites (rust-src for nightly, bpf-linker, Debian packages)
   demo    run the lab: namespaces with a client, router, xlb and 3 backends (run as root)
           [containers]: the lab with a Docker host whose labelled containers xlb finds
-  bench   measure: per-packet cost, forwarding rate, Maglev, throughput (run as root)
-          [--quick] [--json] [--save-baseline] [--no-criterion] [dataplane|maglev|throughput]
+  bench   measure: per-packet cost, forwarding rate, Maglev, throughput, instructions (run as root)
+          [--quick] [--json] [--save-baseline] [--no-criterion] [dataplane|maglev|throughput|instructions]
   build   build xlb in release mode
   test    run every test, including the root-only ones (run as root)
   lint    rustfmt --check and clippy -D warnings (userspace and eBPF)

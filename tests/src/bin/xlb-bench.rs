@@ -12,8 +12,11 @@
 //!    backend change.
 //! 4. TCP throughput client -> VIP -> backend through the balancer, against the same path
 //!    without it.
+//! 5. Executed BPF instructions per packet path (`../shared/tools/bpf-path-count` on a
+//!    balancer `target/release/xlb` loaded; skipped without the tool).
 //!
-//! Prints a table (or `--json`), and the change against `bench/baseline.json`.
+//! Prints a table (or `--json`), and the change against `bench/baseline.json` when that
+//! was recorded on the same CPU model.
 
 use std::{
     collections::BTreeMap,
