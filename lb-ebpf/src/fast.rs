@@ -1,17 +1,20 @@
-//! The fast path: the two kinds of packet nearly all traffic is made of, handled with
-//! constant offsets, from registers, without the general path's stored headers and
-//! scratch slot:
-//! - an untagged IPv4 TCP or UDP packet (no options, not a fragment, not a TCP SYN) of a
-//!   flow the flow table knows, to an IPv4 DSR backend whose next hop this CPU has cached;
-//! - an untagged IPv4 TCP or UDP packet for an address with no VIP and no NAT role.
+//! The fast path: the kinds of packet nearly all traffic is made of, read at constant
+//! offsets into registers, without the general path's stored headers and scratch slot.
+//! All are untagged IPv4 TCP or UDP without options and not fragments:
+//! - a packet of a flow the flow table knows, to an IPv4 DSR backend: encapsulated and sent;
+//! - a TCP SYN to a 5-tuple VIP whose Maglev choice is an IPv4 DSR backend: the same, the
+//!   flow remembered;
+//! - a packet of a known NAT flow, or a SYN to a NAT VIP: its headers and scratch slot
+//!   filled as the general path leaves them, handed to the translation (`NAT_FORWARD`);
+//! - a packet for an address with no VIP and no NAT role: passed.
 //!
 //! It takes only decisions the general path (`crate::balance`) would take for the same
 //! packet, and counts them the same way (`crate::run` counts the action and reason). A
-//! packet it is not sure of — another shape, a flow-table miss, a NAT flow, a check that
-//! fails (the frame's MAC, the header checksum, a martian source, the TTL), a next hop to
-//! ask the FIB for, a trace on — gets `FALLBACK` with the packet untouched, and the general
-//! path decides it from the start: refusals and rare cases pay for the fast path's reads
-//! once more, the common packet pays for nothing else.
+//! packet it is not sure of — another shape, a flow-table miss, a check that fails (the
+//! frame's MAC, the header checksum, a martian source, the TTL), a FIB answer other than a
+//! next hop that carries it, a trace on — gets `FALLBACK` with the packet untouched, and
+//! the general path decides it from the start: refusals and rare cases pay for the fast
+//! path's reads once more, the common packet pays for nothing else.
 
 use core::mem::MaybeUninit;
 
