@@ -12,6 +12,8 @@
 //!    backend change.
 //! 4. TCP throughput client -> VIP -> backend through the balancer, against the same path
 //!    without it.
+//!    Paired: the same rows as ratios to the floor, each batch of the program next to a
+//!    batch of the floor on the same frames, the order swapped every batch (`paired`).
 //! 5. Executed BPF instructions per packet path (`../shared/tools/bpf-path-count` on a
 //!    balancer `target/release/xlb` loaded; skipped without the tool).
 //!
@@ -127,6 +129,27 @@ impl Floor<'_> {
             .sum::<f64>()
             / calls as f64
     }
+}
+
+/// The paired figure of `prog` on `frame`: 10 batches of `calls` runs each of the program
+/// and of the floor program on the same frame, in one process, the order swapped every
+/// batch; the median of the per-batch ratios program / floor. A ratio of two batches
+/// taken moments apart holds still when a shared machine's speed drifts between them.
+fn paired(floor: &Xdp, prog: &Xdp, ifindex: u32, calls: usize, frame: &[u8]) -> f64 {
+    let batch = |p: &Xdp| (0..calls).map(|_| one_run(p, frame, ifindex)).sum::<f64>();
+    let ratios = (0..10)
+        .map(|i| {
+            let (f, x) = if i % 2 == 0 {
+                let f = batch(floor);
+                (f, batch(prog))
+            } else {
+                let x = batch(prog);
+                (batch(floor), x)
+            };
+            x / f
+        })
+        .collect();
+    median(ratios)
 }
 
 /// Per-call time of `prog` in 5 batches, each right after a batch of the floor program:
@@ -275,6 +298,21 @@ fn data_plane(b: &mut Bench) {
     b.per_packet("IPv4 UDP, established flow", udp, "");
     let non_vip = per_call(&floor, lb, ifx, calls, |_| other.clone());
     b.per_packet("non-VIP packet (passed)", non_vip, "");
+    for (frame, name) in [
+        (&ack4, "IPv4 TCP, established flow"),
+        (&ack6, "IPv6 TCP, established flow"),
+        (&udp4, "IPv4 UDP, established flow"),
+        (&other, "non-VIP packet (passed)"),
+    ] {
+        let r = paired(floor.prog, lb, ifx, calls, frame);
+        b.add(
+            "paired",
+            &format!("{name}: time / the floor's on the same frames"),
+            r,
+            "ratio",
+            "median of 10 alternated batch pairs",
+        );
+    }
     drop(_inside);
 
     // New flow, same key: the entry is removed (untimed) before every call.
