@@ -1,11 +1,14 @@
 //! The fast path: the kinds of packet nearly all traffic is made of, read at constant
 //! offsets into registers, without the general path's stored headers and scratch slot.
-//! All are untagged IPv4 TCP or UDP without options and not fragments:
-//! - a packet of a flow the flow table knows, to an IPv4 DSR backend: encapsulated and sent;
-//! - a TCP SYN to a 5-tuple VIP whose Maglev choice is an IPv4 DSR backend: the same, the
-//!   flow remembered;
-//! - a packet of a known NAT flow, or a SYN to a NAT VIP: its headers and scratch slot
-//!   filled as the general path leaves them, handed to the translation (`NAT_FORWARD`);
+//! All are untagged TCP or UDP, IPv4 without options and not a fragment, or IPv6 without
+//! extension headers:
+//! - a packet of a flow the flow table knows, to a DSR backend of the packet's family:
+//!   encapsulated and sent (IPv6 with the flow hash as the outer flow label);
+//! - a TCP SYN to a 5-tuple VIP whose Maglev choice is such a backend: the same, the flow
+//!   remembered;
+//! - IPv4 only: a packet of a known NAT flow, or a SYN to a NAT VIP: its headers and scratch
+//!   slot filled as the general path leaves them, handed to the translation
+//!   (`NAT_FORWARD`);
 //! - a packet for an address with no VIP and no NAT role: passed.
 //!
 //! It takes only decisions the general path (`crate::balance`) would take for the same
@@ -20,17 +23,17 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{bindings::xdp_md, helpers::bpf_jiffies64, programs::XdpContext};
 use lb_common::{
-    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, DataplaneConfig, FAMILY_V4, FlowKey, FlowValue,
-    MODE_DSR, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
+    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4,
+    FAMILY_V6, FlowKey, FlowValue, MODE_DSR, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
     admit::words_sum_ok,
-    encap::outer_ipv4_words,
+    encap::{outer_ipv4_words, outer_ipv6_first_words},
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
     parse::{
-        ETH_HLEN, ETH_P_IP, Headers, IPPROTO_IPIP, IPV4_HLEN, L4 as Layer4, PacketBytes, TCP_ACK,
-        TCP_RST, TCP_SYN,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
+        L4 as Layer4, PacketBytes, TCP_ACK, TCP_RST, TCP_SYN,
     },
     stats::Reason,
 };
@@ -76,7 +79,11 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     };
     let p = p as usize;
     // SAFETY (every load below): within the L4 + 14 bytes just checked.
-    if unsafe { word::load16_wide_at::<12>(p) } != u64::from(ETH_P_IP.to_be()) {
+    let ethertype = unsafe { word::load16_wide_at::<12>(p) };
+    if ethertype == u64::from(ETH_P_IPV6.to_be()) {
+        return packet6(&xdp, &pkt);
+    }
+    if ethertype != u64::from(ETH_P_IP.to_be()) {
         return FALL;
     }
     let vl = unsafe { word::load32_at::<{ IP as i16 }>(p) }.to_ne_bytes();
@@ -135,6 +142,245 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
         }
     }
     to_vip(&xdp, p, total as u16, false, headers)
+}
+
+/// Offsets in an untagged IPv6 frame without extension headers.
+const IP6: usize = ETH_HLEN;
+const L4_6: usize = ETH_HLEN + IPV6_HLEN;
+
+/// `packet` for an IPv6 frame: the same kinds, IPv6 without extension headers, to a DSR
+/// backend of IPv6 (IPv6-in-IPv6); NAT flows are the general path's.
+#[inline(always)]
+fn packet6(xdp: &XdpContext, pkt: &XdpPacket) -> Outcome {
+    // Ethernet, IPv6 and the first 14 bytes of TCP, or UDP and 6 bytes of payload.
+    let Some(p) = pkt.ptr::<[u8; L4_6 + 14]>(0) else {
+        return FALL;
+    };
+    let p = p as usize;
+    // SAFETY (every load below): within the bytes just checked.
+    let (version, plen, next) = unsafe {
+        (
+            word::load8_wide_at::<{ IP6 as i16 }>(p) >> 4,
+            usize::from(u16::from_be(word::load16_at::<{ IP6 as i16 + 4 }>(p))),
+            word::load8_wide_at::<{ IP6 as i16 + 6 }>(p),
+        )
+    };
+    let total = IPV6_HLEN + plen;
+    // What the general parser takes (`parse`: version 6, the whole datagram in the frame)
+    // with TCP or UDP right after the fixed header. For no VIP that is all it needs.
+    if version != 6
+        || total > pkt.len() - IP6
+        || (next != u64::from(PROTO_TCP) && next != u64::from(PROTO_UDP))
+    {
+        return FALL;
+    }
+    let dst = unsafe {
+        [
+            le_half(word::load64_at::<{ IP6 as i16 + 24 }>(p)),
+            le_half(word::load64_at::<{ IP6 as i16 + 32 }>(p)),
+        ]
+    };
+    let (fw, shift) = filter_position_words(dst[0], dst[1]);
+    let Some(bits) = VIP_FILTER.get(fw) else {
+        return FALL;
+    };
+    let bits = *bits;
+    if (bits >> (shift + FILTER_VIP)) & 1 == 0 {
+        if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
+            return FALL;
+        }
+        if bits & FILTER_F_TARGETS != 0 {
+            let src = unsafe {
+                [
+                    le_half(word::load64_at::<{ IP6 as i16 + 8 }>(p)),
+                    le_half(word::load64_at::<{ IP6 as i16 + 16 }>(p)),
+                ]
+            };
+            let (fw, shift) = filter_position_words(src[0], src[1]);
+            if VIP_FILTER
+                .get(fw)
+                .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
+            {
+                return FALL;
+            }
+        }
+        return Outcome::pass(Reason::PassNotVip);
+    }
+    // For a VIP: a complete TCP or UDP header inside the datagram (`parse_common`).
+    if next == u64::from(PROTO_TCP) {
+        let t = unsafe { word::load16_at::<{ L4_6 as i16 + 12 }>(p) }.to_ne_bytes();
+        let data_offset = usize::from(t[0] >> 4) * 4;
+        if total < IPV6_HLEN + 20 || data_offset < 20 || IPV6_HLEN + data_offset > total {
+            return FALL;
+        }
+        if t[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
+            return to_vip6(xdp, p, total as u16, true);
+        }
+    } else {
+        let len = usize::from(u16::from_be(unsafe {
+            word::load16_at::<{ L4_6 as i16 + 4 }>(p)
+        }));
+        if total < IPV6_HLEN + 8 || len < 8 || IPV6_HLEN + len > total {
+            return FALL;
+        }
+    }
+    to_vip6(xdp, p, total as u16, false)
+}
+
+/// An 8-byte load of half an IPv6 address as the little-endian word the hashes read
+/// (`hash::filter_position`, `hash::flow_hash`).
+#[inline(always)]
+fn le_half(w: u64) -> u64 {
+    if cfg!(target_endian = "little") {
+        w
+    } else {
+        w.swap_bytes()
+    }
+}
+
+/// `to_vip` for IPv6 (the first `L4_6 + 14` bytes at `p` checked, `total` bytes of IP
+/// datagram): to an IPv6 DSR backend, encapsulated in IPv6 with the flow hash as the outer
+/// flow label (`select::remembered` computes it on hits too, for IPv6 backends).
+#[inline(always)]
+fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
+    // SAFETY (every packet load until `adjust_head`): within the bytes checked.
+    let (s0, s1, d0, d1) = unsafe {
+        (
+            word::load64_at::<{ IP6 as i16 + 8 }>(p),
+            word::load64_at::<{ IP6 as i16 + 16 }>(p),
+            word::load64_at::<{ IP6 as i16 + 24 }>(p),
+            word::load64_at::<{ IP6 as i16 + 32 }>(p),
+        )
+    };
+    // `admit::martian_source_v6`, and the hop limit (`FORWARD`); IPv6 has no header
+    // checksum.
+    let (first, last) = (u64::from_be(s0), u64::from_be(s1));
+    let hop_limit = unsafe { word::load8_wide_at::<{ IP6 as i16 + 7 }>(p) };
+    if (first == 0 && (last <= 1 || last >> 32 == 0xffff))
+        || first >> 56 == 0xff
+        || (s0 == d0 && s1 == d1)
+        || hop_limit <= 1
+    {
+        return FALL;
+    }
+    let (ports, proto) = unsafe {
+        (
+            word::load32_wide_at::<{ L4_6 as i16 }>(p),
+            word::load8_wide_at::<{ IP6 as i16 + 6 }>(p),
+        )
+    };
+    let words = [s0, s1, d0, d1, key_tail(ports, proto, FAMILY_V6)];
+    let key = as_flow_key(&words);
+    let (vip, id, b, hash) = if start {
+        let Some(chosen) = choose(key, &words) else {
+            return FALL;
+        };
+        chosen
+    } else {
+        // SAFETY: FlowValue is plain integers, read at once.
+        let Some(v) = (unsafe { FLOWS.get(key) }) else {
+            return FALL;
+        };
+        let id = v.backend;
+        let b = match BACKENDS.get(id) {
+            Some(b) if b.keeps_flow(v.generation) => b,
+            _ => return FALL,
+        };
+        let hash = if cfg!(target_endian = "little") {
+            flow_hash_words(&words)
+        } else {
+            flow_hash(key)
+        };
+        (u32::from(b.vip), id, b, hash)
+    };
+    if b.mode != MODE_DSR || b.family != FAMILY_V6 {
+        return FALL;
+    }
+    let Some(outer_total) = total.checked_add(IPV6_HLEN as u16) else {
+        return FALL;
+    };
+    let ingress = xdp.ingress_ifindex() as u32;
+    let Some(slot) = NEXT_HOPS.get_ptr_mut(id) else {
+        return FALL;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
+    let hop = unsafe { &mut *slot };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    let Some(cfg) = our_frame(p) else {
+        return FALL;
+    };
+    if cfg.flags & CFG_F_SOURCE_V6 == 0 {
+        return FALL;
+    }
+    if !hop.fits(now, b.generation, ingress, outer_total) {
+        let tunnel = Tunnel {
+            cfg,
+            backend: b,
+            v6_outer: true,
+            outer_total,
+        };
+        if !cache_hop(xdp.ctx, &tunnel, hop, now) {
+            return FALL;
+        }
+    }
+    // Remembered last, as in `to_vip`.
+    let value = FlowValue {
+        backend: id,
+        generation: b.generation,
+        ..FlowValue::default()
+    };
+    if start && FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
+        return FALL;
+    }
+    let Some(pkt) = adjust_head(xdp, -(IPV6_HLEN as i32)) else {
+        if !start {
+            return FALL;
+        }
+        count(vip, id, total, true, false);
+        return Outcome::drop(Reason::DropEncapFailed);
+    };
+    let written = pkt
+        .ptr::<[u8; L4_6 + 2]>(0)
+        .map(|q| {
+            let q = q as usize;
+            // SAFETY: within the bytes just checked; the original IPv6 header is now at
+            // L4_6. Its traffic class is the low nibble of byte 0 and the high one of 1.
+            let v = unsafe { word::load16_at::<{ L4_6 as i16 }>(q) }.to_ne_bytes();
+            let tclass = (v[0] << 4) | (v[1] >> 4);
+            let first = outer_ipv6_first_words(total, IPPROTO_IPV6, tclass, hash);
+            let (macs_hi, macs_lo) = hop.macs();
+            let (src, dst) = (&cfg.source_v6, &b.addr);
+            let w =
+                |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+            // SAFETY: within the bytes checked.
+            unsafe {
+                word::store64_at::<0>(q, macs_hi);
+                word::store32_at::<8>(q, macs_lo);
+                word::store16_at::<12>(q, ETH_P_IPV6.to_be());
+                word::store64_at::<{ IP6 as i16 }>(q, u64::from_ne_bytes(first));
+                word::store32_at::<{ IP6 as i16 + 8 }>(q, w(src, 0));
+                word::store32_at::<{ IP6 as i16 + 12 }>(q, w(src, 4));
+                word::store32_at::<{ IP6 as i16 + 16 }>(q, w(src, 8));
+                word::store32_at::<{ IP6 as i16 + 20 }>(q, w(src, 12));
+                word::store32_at::<{ IP6 as i16 + 24 }>(q, w(dst, 0));
+                word::store32_at::<{ IP6 as i16 + 28 }>(q, w(dst, 4));
+                word::store32_at::<{ IP6 as i16 + 32 }>(q, w(dst, 8));
+                word::store32_at::<{ IP6 as i16 + 36 }>(q, w(dst, 12));
+            }
+        })
+        .is_some();
+    let o = if written {
+        forward::send(ingress, hop.ifindex, false, Reason::Forwarded)
+    } else {
+        Outcome::drop(Reason::DropEncapFailed)
+    };
+    if o.why == Reason::Forwarded {
+        count(vip, id, total, start, true);
+    } else if start {
+        count(vip, id, total, true, false);
+    }
+    o
 }
 
 /// Whether the source of the IPv4 packet at `p` is the target of a client-preserving NAT
@@ -432,7 +678,7 @@ fn choose(key: &FlowKey, words: &[u64; 5]) -> Option<(u32, u32, &'static Backend
         addr: *dst,
         port: dport,
         proto: key.proto,
-        family: FAMILY_V4,
+        family: key.family,
     };
     // SAFETY: VipInfo is plain integers (see `select::find_vip`).
     let vip = unsafe { VIPS.get(vk) }?;
@@ -484,8 +730,20 @@ fn flow_key_words_v4(src: u64, dst: u64, ports: u64, proto: u64) -> [u64; 5] {
         0,
         word(dst, 0, 0),
         0,
-        word(ports, proto, u64::from(FAMILY_V4)),
+        key_tail(ports, proto, FAMILY_V4),
     ]
+}
+
+/// The flow key's last 8-byte word as it is in memory: `ports` (the L4 header's first word,
+/// a 4-byte load), then the bytes `proto`, `family` and two zeros.
+#[inline(always)]
+fn key_tail(ports: u64, proto: u64, family: u8) -> u64 {
+    let family = u64::from(family);
+    if cfg!(target_endian = "little") {
+        ports | (proto << 32) | (family << 40)
+    } else {
+        (ports << 32) | (proto << 24) | (family << 16)
+    }
 }
 
 /// The flow key whose memory is `words`.

@@ -721,6 +721,72 @@ fn a_known_flows_packets_are_checked_and_counted_like_any_other() {
     const FIN_ACK: u8 = TCP_FIN | ACK;
 }
 
+/// The same for a known IPv6 flow (IPv6-in-IPv6 to its backend, the flow hash as the outer
+/// flow label on every packet): refusals keep their reasons, the good packets go to the
+/// flow's backend as exact frames, counted as hits.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_known_ipv6_flows_packets_are_checked_and_counted_like_any_other() {
+    use lb_common::stats::Reason;
+    use xlb_tests::fixtures::{Fixture, OTHER_MAC, Output, XDP_DROP, check, client6};
+    let lab = Lab::new();
+    let (web6, _) = lab.vip("web6");
+    let vip6: std::net::IpAddr = "2001:db8:203::10".parse().unwrap();
+    let syn = Packet::tcp(client6(), 43100, vip6, 443, SYN);
+    let (first, frame) = lab.expected_encap(&syn);
+    let (action, out) = lab.run(&syn.build());
+    assert_eq!(
+        (action, &out),
+        (XDP_TX, &frame),
+        "the SYN: {}",
+        diff(&out, &frame)
+    );
+    let before = lab.lb.vip_stats(web6).unwrap();
+    let ack = || Packet::tcp(client6(), 43100, vip6, 443, ACK).payload(b"data6");
+    let forwarded = |name, p: Packet| {
+        let (id, frame) = lab.expected_encap(&p);
+        assert_eq!(id, first, "{name}: predicted on another backend");
+        Fixture {
+            name,
+            input: p.build(),
+            action: XDP_TX,
+            output: Output::Frame(frame),
+            reason: Reason::Forwarded,
+            backend: Some(id),
+        }
+    };
+    let refused = |name, p: Packet, reason| Fixture {
+        name,
+        input: p.build(),
+        action: XDP_DROP,
+        output: Output::Unchanged,
+        reason,
+        backend: None,
+    };
+    let cases = [
+        forwarded("data", ack()),
+        forwarded("with a traffic class", ack().tos(0xb8)),
+        forwarded("behind a VLAN tag", ack().vlan(7)),
+        refused("hop limit 1", ack().ttl(1), Reason::DropTtl),
+        refused(
+            "a frame for another MAC",
+            ack().macs(OTHER_MAC, xlb_tests::packet::ROUTER_MAC),
+            Reason::DropNotOurMac,
+        ),
+        refused(
+            "a TCP data offset below 5",
+            ack().tcp_data_offset(4),
+            Reason::DropMalformed,
+        ),
+    ];
+    let failures: Vec<String> = cases.iter().filter_map(|f| check(&lab, f).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let after = lab.lb.vip_stats(web6).unwrap();
+    assert_eq!(after.flow_hits - before.flow_hits, 3);
+    assert_eq!(after.packets - before.packets, 3);
+    assert_eq!(after.flow_misses, before.flow_misses);
+}
+
 /// The IP length of an Ethernet frame's datagram (behind at most one VLAN tag).
 fn ipv4_len(frame: &[u8]) -> u64 {
     let l3 = if frame[12..14] == [0x81, 0x00] {
