@@ -406,8 +406,18 @@ fn slow_start_ramps_a_new_container_up() {
     for s in [at_start, middle, end] {
         expected(s);
     }
-    assert!(matches!(at_start.1, Some(10..=20)), "{at_start:?}");
-    assert!(matches!(middle.1, Some(40..=80)), "{middle:?}");
+    // The ramp is linear from 10% over the 8 s: read at once (how soon depends on the
+    // machine's load: 10-20% on a quiet one, 30% seen on a loaded one), and 4 s later about
+    // 45 points more.
+    let (first, then) = (
+        at_start.1.expect("ramping when healthy"),
+        middle.1.expect("still ramping 4 s later"),
+    );
+    assert!((10..=50).contains(&first), "{at_start:?}");
+    assert!(
+        (25..=65).contains(&(then - first)),
+        "{at_start:?}, then {middle:?} 4 s later"
+    );
     assert_eq!(end.1, None, "slow start over");
 }
 
