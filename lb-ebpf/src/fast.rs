@@ -108,15 +108,14 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     };
     let bits = *bits;
     if (bits >> (shift + FILTER_VIP)) & 1 == 0 {
-        // To a SNAT address, or (while client-preserving VIPs have targets) from a target:
-        // maybe a NAT reply, the general path's.
-        if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
-            return FALL;
-        }
-        if bits & FILTER_F_TARGETS != 0 && from_target(p) {
-            return FALL;
-        }
-        return Outcome::pass(Reason::PassNotVip);
+        // SAFETY: within the bytes checked.
+        let src = || {
+            (
+                le_address(unsafe { word::load32_wide_at::<{ IP as i16 + 12 }>(p) }),
+                0,
+            )
+        };
+        return no_vip(bits, shift, src);
     }
     // For a VIP: what `parse_common` accepts (not a fragment, a complete TCP or UDP header
     // inside the datagram). A TCP SYN starts a flow (`lb_common::resolve::START`).
@@ -186,25 +185,14 @@ fn packet6(xdp: &XdpContext, pkt: &XdpPacket) -> Outcome {
     };
     let bits = *bits;
     if (bits >> (shift + FILTER_VIP)) & 1 == 0 {
-        if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
-            return FALL;
-        }
-        if bits & FILTER_F_TARGETS != 0 {
-            let src = unsafe {
-                [
-                    le_half(word::load64_at::<{ IP6 as i16 + 8 }>(p)),
-                    le_half(word::load64_at::<{ IP6 as i16 + 16 }>(p)),
-                ]
-            };
-            let (fw, shift) = filter_position_words(src[0], src[1]);
-            if VIP_FILTER
-                .get(fw)
-                .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
-            {
-                return FALL;
-            }
-        }
-        return Outcome::pass(Reason::PassNotVip);
+        // SAFETY (both loads): within the bytes checked.
+        let src = || unsafe {
+            (
+                le_half(word::load64_at::<{ IP6 as i16 + 8 }>(p)),
+                le_half(word::load64_at::<{ IP6 as i16 + 16 }>(p)),
+            )
+        };
+        return no_vip(bits, shift, src);
     }
     // For a VIP: a complete TCP or UDP header inside the datagram (`parse_common`).
     if next == u64::from(PROTO_TCP) {
@@ -277,14 +265,8 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
         };
         chosen
     } else {
-        // SAFETY: FlowValue is plain integers, read at once.
-        let Some(v) = (unsafe { FLOWS.get(key) }) else {
+        let Some((_, id, b)) = remembered(key) else {
             return FALL;
-        };
-        let id = v.backend;
-        let b = match BACKENDS.get(id) {
-            Some(b) if b.keeps_flow(v.generation) => b,
-            _ => return FALL,
         };
         let hash = if cfg!(target_endian = "little") {
             flow_hash_words(&words)
@@ -293,106 +275,30 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
         };
         (u32::from(b.vip), id, b, hash)
     };
-    if b.mode != MODE_DSR || b.family != FAMILY_V6 {
-        return FALL;
-    }
-    let Some(outer_total) = total.checked_add(IPV6_HLEN as u16) else {
-        return FALL;
-    };
-    let ingress = xdp.ingress_ifindex() as u32;
-    let Some(slot) = NEXT_HOPS.get_ptr_mut(id) else {
-        return FALL;
-    };
-    // SAFETY: this CPU's slot of a per-CPU array; XDP handles one packet at a time per CPU.
-    let hop = unsafe { &mut *slot };
-    // SAFETY: a plain helper call without arguments.
-    let now = unsafe { bpf_jiffies64() };
-    let Some(cfg) = our_frame(p) else {
-        return FALL;
-    };
-    if cfg.flags & CFG_F_SOURCE_V6 == 0 {
-        return FALL;
-    }
-    if !hop.fits(now, b.generation, ingress, outer_total) {
-        let tunnel = Tunnel {
-            cfg,
-            backend: b,
-            v6_outer: true,
-            outer_total,
-        };
-        if !cache_hop(xdp.ctx, &tunnel, hop, now) {
-            return FALL;
-        }
-    }
-    // Remembered last, as in `to_vip`.
-    let value = FlowValue {
-        backend: id,
-        generation: b.generation,
-        ..FlowValue::default()
-    };
-    if start && FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
-        return FALL;
-    }
-    let Some(pkt) = adjust_head(xdp, -(IPV6_HLEN as i32)) else {
-        if !start {
-            return FALL;
-        }
-        count(vip, id, total, true, false);
-        return Outcome::drop(Reason::DropEncapFailed);
-    };
-    let written = pkt
-        .ptr::<[u8; L4_6 + 2]>(0)
-        .map(|q| {
-            let q = q as usize;
-            // SAFETY: within the bytes just checked; the original IPv6 header is now at
-            // L4_6. Its traffic class is the low nibble of byte 0 and the high one of 1.
-            let v = unsafe { word::load16_at::<{ L4_6 as i16 }>(q) }.to_ne_bytes();
-            let tclass = (v[0] << 4) | (v[1] >> 4);
-            let first = outer_ipv6_first_words(total, IPPROTO_IPV6, tclass, hash);
-            let (macs_hi, macs_lo) = hop.macs();
-            let (src, dst) = (&cfg.source_v6, &b.addr);
-            let w =
-                |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-            // SAFETY: within the bytes checked.
-            unsafe {
-                word::store64_at::<0>(q, macs_hi);
-                word::store32_at::<8>(q, macs_lo);
-                word::store16_at::<12>(q, ETH_P_IPV6.to_be());
-                word::store64_at::<{ IP6 as i16 }>(q, u64::from_ne_bytes(first));
-                word::store32_at::<{ IP6 as i16 + 8 }>(q, w(src, 0));
-                word::store32_at::<{ IP6 as i16 + 12 }>(q, w(src, 4));
-                word::store32_at::<{ IP6 as i16 + 16 }>(q, w(src, 8));
-                word::store32_at::<{ IP6 as i16 + 20 }>(q, w(src, 12));
-                word::store32_at::<{ IP6 as i16 + 24 }>(q, w(dst, 0));
-                word::store32_at::<{ IP6 as i16 + 28 }>(q, w(dst, 4));
-                word::store32_at::<{ IP6 as i16 + 32 }>(q, w(dst, 8));
-                word::store32_at::<{ IP6 as i16 + 36 }>(q, w(dst, 12));
-            }
-        })
-        .is_some();
-    let o = if written {
-        forward::send(ingress, hop.ifindex, false, Reason::Forwarded)
-    } else {
-        Outcome::drop(Reason::DropEncapFailed)
-    };
-    if o.why == Reason::Forwarded {
-        count(vip, id, total, start, true);
-    } else if start {
-        count(vip, id, total, true, false);
-    }
-    o
+    encapsulate::<true>(xdp, p, total, start, key, Chosen { vip, id, b, hash })
 }
 
-/// Whether the source of the IPv4 packet at `p` is the target of a client-preserving NAT
-/// VIP (its `FILTER_TARGET` bit), as `select::destination_of` asks it.
+/// A packet whose destination's VIP bit is clear in its filter word `bits` (the
+/// address's bits at `shift`): passed as `not_vip`, unless it may be a NAT reply, the
+/// general path's — to a SNAT address, or (while client-preserving VIPs have targets) from
+/// a target, whose address `src` gives as the filter reads it. `select::destination_of`'s
+/// order.
 #[inline(always)]
-fn from_target(p: usize) -> bool {
-    // SAFETY: within the bytes the caller checked.
-    let src = unsafe { word::load32_wide_at::<{ IP as i16 + 12 }>(p) };
-    let (fw, shift) = filter_position_words(le_address(src), 0);
-    VIP_FILTER
-        .get(fw)
-        .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
+fn no_vip(bits: u64, shift: u32, src: impl FnOnce() -> (u64, u64)) -> Outcome {
+    if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
+        return FALL;
+    }
+    if bits & FILTER_F_TARGETS != 0 {
+        let (lo, hi) = src();
+        let (fw, shift) = filter_position_words(lo, hi);
+        if VIP_FILTER
+            .get(fw)
+            .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
+        {
+            return FALL;
+        }
+    }
+    Outcome::pass(Reason::PassNotVip)
 }
 
 /// An IPv4 address as a 4-byte load from the packet gave it, as the little-endian word the
@@ -461,24 +367,62 @@ fn to_vip(
         }
         (vip, id, b)
     } else {
-        // SAFETY: FlowValue is plain integers, read at once.
-        let Some(v) = (unsafe { FLOWS.get(key) }) else {
+        let Some((v, id, b)) = remembered(key) else {
             return FALL;
-        };
-        let id = v.backend;
-        let b = match BACKENDS.get(id) {
-            Some(b) if b.keeps_flow(v.generation) => b,
-            _ => return FALL,
         };
         if b.mode != MODE_DSR && b.family == FAMILY_V4 {
             return nat_flow(p, total, key, Known::Hit(v), id, b, headers);
         }
         (u32::from(b.vip), id, b)
     };
-    if b.mode != MODE_DSR || b.family != FAMILY_V4 {
+    encapsulate::<false>(
+        xdp,
+        p,
+        total,
+        start,
+        key,
+        Chosen {
+            vip,
+            id,
+            b,
+            hash: 0,
+        },
+    )
+}
+
+/// The VIP and backend a packet goes to (`Chosen::hash`: the flow hash, for an IPv6
+/// backend's outer flow label).
+struct Chosen {
+    vip: u32,
+    id: u32,
+    b: &'static Backend,
+    hash: u32,
+}
+
+/// The rest of `to_vip` and `to_vip6` once the backend is chosen (`c`): encapsulated in
+/// IPv6 (`V6`) or IPv4 to a DSR backend of that family, when the frame is for us, a source
+/// address is configured and the next hop is cached or the FIB gives it (`forward::find_hop`
+/// otherwise); a new flow (`start`, `key`) remembered; sent and counted as
+/// `crate::deliver` does. `p` is the packet as received (before `adjust_head`).
+#[inline(always)]
+fn encapsulate<const V6: bool>(
+    xdp: &XdpContext,
+    p: usize,
+    total: u16,
+    start: bool,
+    key: &FlowKey,
+    c: Chosen,
+) -> Outcome {
+    let Chosen { vip, id, b, hash } = c;
+    let (family, outer_len, have_source) = if V6 {
+        (FAMILY_V6, IPV6_HLEN, CFG_F_SOURCE_V6)
+    } else {
+        (FAMILY_V4, IPV4_HLEN, CFG_F_SOURCE_V4)
+    };
+    if b.mode != MODE_DSR || b.family != family {
         return FALL;
     }
-    let Some(outer_total) = total.checked_add(IPV4_HLEN as u16) else {
+    let Some(outer_total) = total.checked_add(outer_len as u16) else {
         return FALL;
     };
     let ingress = xdp.ingress_ifindex() as u32;
@@ -493,7 +437,7 @@ fn to_vip(
     let Some(cfg) = our_frame(p) else {
         return FALL;
     };
-    if cfg.flags & CFG_F_SOURCE_V4 == 0 {
+    if cfg.flags & have_source == 0 {
         return FALL;
     }
     if !hop.fits(now, b.generation, ingress, outer_total) {
@@ -503,7 +447,7 @@ fn to_vip(
         let tunnel = Tunnel {
             cfg,
             backend: b,
-            v6_outer: false,
+            v6_outer: V6,
             outer_total,
         };
         if !cache_hop(xdp.ctx, &tunnel, hop, now) {
@@ -522,42 +466,33 @@ fn to_vip(
     if start && FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
         return FALL;
     }
-    let Some(pkt) = adjust_head(xdp, -(IPV4_HLEN as i32)) else {
+    let Some(pkt) = adjust_head(xdp, -(outer_len as i32)) else {
         if !start {
             // The packet is as it was: the general path fails the same way.
             return FALL;
         }
         // No headroom: as the general path would, after remembering the flow.
-        let o = Outcome::drop(Reason::DropEncapFailed);
-        count(vip, id, total, start, false);
-        return o;
+        count(vip, id, total, true, false);
+        return Outcome::drop(Reason::DropEncapFailed);
     };
-    // From here the packet is changed: it is the fast path's, whatever happens.
+    // From here the packet is changed: it is the fast path's, whatever happens. The new
+    // L2 and outer headers, and the inner header's first 2 bytes behind them: 56 bytes for
+    // either family.
+    const _: () = assert!(L4 + IPV4_HLEN == L4_6);
     let written = pkt
-        .ptr::<[u8; L4 + IPV4_HLEN + 2]>(0)
+        .ptr::<[u8; L4_6 + 2]>(0)
         .and_then(|q| {
             let q = q as usize;
-            // SAFETY: within the bytes just checked; the original IP header is now at L4.
-            let tos = unsafe { word::load8_wide_at::<{ L4 as i16 + 1 }>(q) } as u8;
-            let d = &b.addr;
-            let outer = outer_ipv4_words(
-                u32::from_ne_bytes(cfg.source_v4),
-                u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
-                total,
-                IPPROTO_IPIP,
-                tos,
-            )?;
             let (macs_hi, macs_lo) = hop.macs();
-            // SAFETY: within the bytes checked.
+            // SAFETY (every store): within the bytes just checked.
             unsafe {
                 word::store64_at::<0>(q, macs_hi);
                 word::store32_at::<8>(q, macs_lo);
-                word::store16_at::<12>(q, ETH_P_IP.to_be());
-                word::store32_at::<{ IP as i16 }>(q, outer[0]);
-                word::store32_at::<{ IP as i16 + 4 }>(q, outer[1]);
-                word::store32_at::<{ IP as i16 + 8 }>(q, outer[2]);
-                word::store32_at::<{ IP as i16 + 12 }>(q, outer[3]);
-                word::store32_at::<{ IP as i16 + 16 }>(q, outer[4]);
+            }
+            if V6 {
+                write_outer_v6(q, cfg, b, total, hash);
+            } else {
+                write_outer_v4(q, cfg, b, total)?;
             }
             Some(())
         })
@@ -574,6 +509,58 @@ fn to_vip(
         count(vip, id, total, true, false);
     }
     o
+}
+
+/// Writes the ethertype and the outer IPv4 header of `total` bytes of inner IPv4 to the
+/// backend `b` into the frame at `q` (`L4_6 + 2` bytes checked; the inner header is at
+/// `L4`); `None` if the length does not fit.
+#[inline(always)]
+fn write_outer_v4(q: usize, cfg: &DataplaneConfig, b: &Backend, total: u16) -> Option<()> {
+    // SAFETY (every access): within the bytes the caller checked.
+    let tos = unsafe { word::load8_wide_at::<{ L4 as i16 + 1 }>(q) } as u8;
+    let d = &b.addr;
+    let outer = outer_ipv4_words(
+        u32::from_ne_bytes(cfg.source_v4),
+        u32::from_ne_bytes([d[0], d[1], d[2], d[3]]),
+        total,
+        IPPROTO_IPIP,
+        tos,
+    )?;
+    unsafe {
+        word::store16_at::<12>(q, ETH_P_IP.to_be());
+        word::store32_at::<{ IP as i16 }>(q, outer[0]);
+        word::store32_at::<{ IP as i16 + 4 }>(q, outer[1]);
+        word::store32_at::<{ IP as i16 + 8 }>(q, outer[2]);
+        word::store32_at::<{ IP as i16 + 12 }>(q, outer[3]);
+        word::store32_at::<{ IP as i16 + 16 }>(q, outer[4]);
+    }
+    Some(())
+}
+
+/// Writes the ethertype and the outer IPv6 header (flow label `hash`) of `total` bytes of
+/// inner IPv6 to the backend `b` into the frame at `q` (`L4_6 + 2` bytes checked; the inner
+/// header is at `L4_6`).
+#[inline(always)]
+fn write_outer_v6(q: usize, cfg: &DataplaneConfig, b: &Backend, total: u16, hash: u32) {
+    // SAFETY (every access): within the bytes the caller checked. The inner traffic class
+    // is the low nibble of its byte 0 and the high one of byte 1.
+    let v = unsafe { word::load16_at::<{ L4_6 as i16 }>(q) }.to_ne_bytes();
+    let tclass = (v[0] << 4) | (v[1] >> 4);
+    let first = outer_ipv6_first_words(total, IPPROTO_IPV6, tclass, hash);
+    let (src, dst) = (&cfg.source_v6, &b.addr);
+    let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    unsafe {
+        word::store16_at::<12>(q, ETH_P_IPV6.to_be());
+        word::store64_at::<{ IP6 as i16 }>(q, u64::from_ne_bytes(first));
+        word::store32_at::<{ IP6 as i16 + 8 }>(q, w(src, 0));
+        word::store32_at::<{ IP6 as i16 + 12 }>(q, w(src, 4));
+        word::store32_at::<{ IP6 as i16 + 16 }>(q, w(src, 8));
+        word::store32_at::<{ IP6 as i16 + 20 }>(q, w(src, 12));
+        word::store32_at::<{ IP6 as i16 + 24 }>(q, w(dst, 0));
+        word::store32_at::<{ IP6 as i16 + 28 }>(q, w(dst, 4));
+        word::store32_at::<{ IP6 as i16 + 32 }>(q, w(dst, 8));
+        word::store32_at::<{ IP6 as i16 + 36 }>(q, w(dst, 12));
+    }
 }
 
 /// How `nat_flow`'s flow was resolved.
@@ -650,6 +637,17 @@ fn nat_flow(
         }
     }
     NAT_FORWARD
+}
+
+/// The flow table's entry for `key`, with its backend id and backend, when that backend
+/// still keeps the flow (`select::remembered`'s test).
+#[inline(always)]
+fn remembered(key: &FlowKey) -> Option<(&'static FlowValue, u32, &'static Backend)> {
+    // SAFETY: FlowValue is plain integers, read at once.
+    let v = unsafe { FLOWS.get(key) }?;
+    let id = v.backend;
+    let b = BACKENDS.get(id)?;
+    b.keeps_flow(v.generation).then_some((v, id, b))
 }
 
 /// The configuration, when the frame at `p` is addressed to this host's MAC (or the MAC is

@@ -609,7 +609,7 @@ fn the_frame_check_follows_the_configured_mac() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_known_flows_packets_are_checked_and_counted_like_any_other() {
     use lb_common::{parse::TCP_FIN, stats::Reason};
-    use xlb_tests::fixtures::{Fixture, OTHER_MAC, Output, XDP_DROP, XDP_PASS, check};
+    use xlb_tests::fixtures::{OTHER_MAC, Output, XDP_DROP, XDP_PASS, check};
     let lab = Lab::new();
     let (web4, _) = lab.vip("web4");
     let (dns4, _) = lab.vip("dns4");
@@ -624,26 +624,8 @@ fn a_known_flows_packets_are_checked_and_counted_like_any_other() {
         lab.lb.vip_stats(dns4).unwrap(),
     );
     let ack = || Packet::tcp(client4(), 43000, vip_addr(), 80, ACK).payload(b"data");
-    let forwarded = |name, p: Packet| {
-        let (id, frame) = lab.expected_encap(&p);
-        assert_eq!(id, first, "{name}: predicted on another backend");
-        Fixture {
-            name,
-            input: p.build(),
-            action: XDP_TX,
-            output: Output::Frame(frame),
-            reason: Reason::Forwarded,
-            backend: Some(id),
-        }
-    };
-    let refused = |name, p: Packet, action, reason| Fixture {
-        name,
-        input: p.build(),
-        action,
-        output: Output::Unchanged,
-        reason,
-        backend: None,
-    };
+    let forwarded = |name, p: Packet| forwarded_to(&lab, first, name, p);
+    let refused = refused_as;
     let cases = [
         forwarded("data", ack()),
         forwarded(
@@ -728,7 +710,7 @@ fn a_known_flows_packets_are_checked_and_counted_like_any_other() {
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_known_ipv6_flows_packets_are_checked_and_counted_like_any_other() {
     use lb_common::stats::Reason;
-    use xlb_tests::fixtures::{Fixture, OTHER_MAC, Output, XDP_DROP, check, client6};
+    use xlb_tests::fixtures::{OTHER_MAC, XDP_DROP, check, client6};
     let lab = Lab::new();
     let (web6, _) = lab.vip("web6");
     let vip6: std::net::IpAddr = "2001:db8:203::10".parse().unwrap();
@@ -743,26 +725,8 @@ fn a_known_ipv6_flows_packets_are_checked_and_counted_like_any_other() {
     );
     let before = lab.lb.vip_stats(web6).unwrap();
     let ack = || Packet::tcp(client6(), 43100, vip6, 443, ACK).payload(b"data6");
-    let forwarded = |name, p: Packet| {
-        let (id, frame) = lab.expected_encap(&p);
-        assert_eq!(id, first, "{name}: predicted on another backend");
-        Fixture {
-            name,
-            input: p.build(),
-            action: XDP_TX,
-            output: Output::Frame(frame),
-            reason: Reason::Forwarded,
-            backend: Some(id),
-        }
-    };
-    let refused = |name, p: Packet, reason| Fixture {
-        name,
-        input: p.build(),
-        action: XDP_DROP,
-        output: Output::Unchanged,
-        reason,
-        backend: None,
-    };
+    let forwarded = |name, p: Packet| forwarded_to(&lab, first, name, p);
+    let refused = |name, p, reason| refused_as(name, p, XDP_DROP, reason);
     let cases = [
         forwarded("data", ack()),
         forwarded("with a traffic class", ack().tos(0xb8)),
@@ -785,6 +749,42 @@ fn a_known_ipv6_flows_packets_are_checked_and_counted_like_any_other() {
     assert_eq!(after.flow_hits - before.flow_hits, 3);
     assert_eq!(after.packets - before.packets, 3);
     assert_eq!(after.flow_misses, before.flow_misses);
+}
+
+/// The fixture of `p` forwarded, as the general path would, to backend `first` (the flow's).
+fn forwarded_to(
+    lab: &Lab,
+    first: u32,
+    name: &'static str,
+    p: Packet,
+) -> xlb_tests::fixtures::Fixture {
+    let (id, frame) = lab.expected_encap(&p);
+    assert_eq!(id, first, "{name}: predicted on another backend");
+    xlb_tests::fixtures::Fixture {
+        name,
+        input: p.build(),
+        action: XDP_TX,
+        output: xlb_tests::fixtures::Output::Frame(frame),
+        reason: lb_common::stats::Reason::Forwarded,
+        backend: Some(id),
+    }
+}
+
+/// The fixture of `p` refused untouched with `action` and `reason`.
+fn refused_as(
+    name: &'static str,
+    p: Packet,
+    action: u32,
+    reason: lb_common::stats::Reason,
+) -> xlb_tests::fixtures::Fixture {
+    xlb_tests::fixtures::Fixture {
+        name,
+        input: p.build(),
+        action,
+        output: xlb_tests::fixtures::Output::Unchanged,
+        reason,
+        backend: None,
+    }
 }
 
 /// The IP length of an Ethernet frame's datagram (behind at most one VLAN tag).
