@@ -6,9 +6,13 @@
 //!   encapsulated and sent (IPv6 with the flow hash as the outer flow label);
 //! - a TCP SYN to a 5-tuple VIP whose Maglev choice is such a backend: the same, the flow
 //!   remembered;
-//! - IPv4 only: a packet of a known NAT flow, or a SYN to a NAT VIP: its headers and scratch
-//!   slot filled as the general path leaves them, handed to the translation
-//!   (`NAT_FORWARD`);
+//! - IPv4 only: a packet of an established NAT connection, translated to its target from
+//!   registers (`nat_established`), and a target's reply to one, translated back to its
+//!   client (`nat_reply`), each when its next hop is cached; a reply no connection has is
+//!   passed;
+//! - IPv4 only: a SYN to a NAT VIP, or a NAT flow's entry without a translation yet: its
+//!   headers and scratch slot filled as the general path leaves them, handed to the
+//!   translation (`NAT_FORWARD`), which allocates the SNAT port;
 //! - a packet for an address with no VIP and no NAT role: passed.
 //!
 //! It takes only decisions the general path (`crate::balance`) would take for the same
@@ -21,29 +25,35 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{bindings::xdp_md, helpers::bpf_jiffies64, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_md,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    programs::XdpContext,
+};
 use lb_common::{
-    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, DataplaneConfig, FAMILY_V4,
-    FAMILY_V6, FlowKey, FlowValue, MODE_DSR, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
+    Addr, BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CT_F_FIN, CT_F_REPLIED,
+    CT_F_RST, DataplaneConfig, FAMILY_V4, FAMILY_V6, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
+    MODE_NAT, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
     admit::words_sum_ok,
     encap::{outer_ipv4_words, outer_ipv6_first_words},
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
+    nat::{nat_clock, update, word_delta},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
-        L4 as Layer4, PacketBytes, TCP_ACK, TCP_RST, TCP_SYN,
+        L4 as Layer4, PacketBytes, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
     },
     stats::Reason,
 };
 use lb_ebpf::packet::{XdpPacket, adjust_head, word};
 
 use crate::{
-    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, NAT_FORWARD, NEXT_HOPS, Outcome,
-    VIP_FILTER, VIP_STATS, VIPS, forward,
-    forward::{Tunnel, cache_hop},
-    select, trace,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, MAGLEV, MAGLEV_SIZE, NAT_FORWARD, NAT_REV, NEXT_HOPS,
+    Outcome, REPLY_HOPS, SNAT_POOL, VIP_FILTER, VIP_STATS, VIPS, forward,
+    forward::{CachedHop, Tunnel, cache_hop},
+    nat, select, trace,
 };
 
 /// `BPF_NOEXIST`: insert only if the key is not there.
@@ -53,7 +63,8 @@ const BPF_NOEXIST: u64 = 1;
 /// leaves the program.
 pub const FALLBACK: u32 = u32::MAX - 1;
 
-const FALL: Outcome = Outcome::new(FALLBACK, Reason::PassNotIp);
+/// Its reason is never counted; `Forwarded` (0) makes it a 32-bit constant.
+const FALL: Outcome = Outcome::new(FALLBACK, Reason::Forwarded);
 
 /// Offsets in an untagged IPv4 frame without options.
 const IP: usize = ETH_HLEN;
@@ -115,32 +126,49 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
                 0,
             )
         };
-        return no_vip(bits, shift, src);
+        if !may_be_reply(bits, shift, src) {
+            return Outcome::pass(Reason::PassNotVip);
+        }
+        return match ports_packet(p, total, proto) {
+            Some(_) => nat_reply(xdp.ctx),
+            None => FALL,
+        };
     }
-    // For a VIP: what `parse_common` accepts (not a fragment, a complete TCP or UDP header
-    // inside the datagram). A TCP SYN starts a flow (`lb_common::resolve::START`).
+    // Each kind its own copy of `to_vip`, which then knows whether it starts a flow.
+    match ports_packet(p, total, proto) {
+        Some(true) => to_vip(&xdp, p, total as u16, true, headers),
+        Some(false) => to_vip(&xdp, p, total as u16, false, headers),
+        None => FALL,
+    }
+}
+
+/// For a VIP or a NAT reply, whether the IPv4 packet at `p` (its first `L4 + 14` bytes
+/// checked, `total` bytes of datagram, protocol `proto`: TCP or UDP) is what `parse_common`
+/// accepts — not a fragment, a complete TCP or UDP header inside the datagram — and if so,
+/// whether it is a TCP SYN, which starts a flow (`lb_common::resolve::START`).
+#[inline(always)]
+fn ports_packet(p: usize, total: usize, proto: u64) -> Option<bool> {
+    // SAFETY (every load): within the bytes checked.
     let frag = u16::from_be(unsafe { word::load16_at::<{ IP as i16 + 6 }>(p) });
     if frag & 0x3fff != 0 {
-        return FALL;
+        return None;
     }
     if proto == u64::from(PROTO_TCP) {
         let t = unsafe { word::load16_at::<{ L4 as i16 + 12 }>(p) }.to_ne_bytes();
         let data_offset = usize::from(t[0] >> 4) * 4;
         if total < IPV4_HLEN + 20 || data_offset < 20 || IPV4_HLEN + data_offset > total {
-            return FALL;
+            return None;
         }
-        if t[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN {
-            return to_vip(&xdp, p, total as u16, true, headers);
-        }
+        Some(t[1] & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN)
     } else {
         let len = usize::from(u16::from_be(unsafe {
             word::load16_at::<{ L4 as i16 + 4 }>(p)
         }));
         if total < IPV4_HLEN + 8 || len < 8 || IPV4_HLEN + len > total {
-            return FALL;
+            return None;
         }
+        Some(false)
     }
-    to_vip(&xdp, p, total as u16, false, headers)
 }
 
 /// Offsets in an untagged IPv6 frame without extension headers.
@@ -192,7 +220,12 @@ fn packet6(xdp: &XdpContext, pkt: &XdpPacket) -> Outcome {
                 le_half(word::load64_at::<{ IP6 as i16 + 16 }>(p)),
             )
         };
-        return no_vip(bits, shift, src);
+        // An IPv6 NAT reply is the general path's.
+        return if may_be_reply(bits, shift, src) {
+            FALL
+        } else {
+            Outcome::pass(Reason::PassNotVip)
+        };
     }
     // For a VIP: a complete TCP or UDP header inside the datagram (`parse_common`).
     if next == u64::from(PROTO_TCP) {
@@ -278,27 +311,24 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
     encapsulate::<true>(xdp, p, total, start, key, Chosen { vip, id, b, hash })
 }
 
-/// A packet whose destination's VIP bit is clear in its filter word `bits` (the
-/// address's bits at `shift`): passed as `not_vip`, unless it may be a NAT reply, the
-/// general path's — to a SNAT address, or (while client-preserving VIPs have targets) from
-/// a target, whose address `src` gives as the filter reads it. `select::destination_of`'s
-/// order.
+/// Whether a packet whose destination's VIP bit is clear in its filter word `bits` (the
+/// address's bits at `shift`) may be a NAT reply: to a SNAT address, or (while
+/// client-preserving VIPs have targets) from a target, whose address `src` gives as the
+/// filter reads it. Any other such packet is passed as `not_vip`
+/// (`select::destination_of`'s order).
 #[inline(always)]
-fn no_vip(bits: u64, shift: u32, src: impl FnOnce() -> (u64, u64)) -> Outcome {
+fn may_be_reply(bits: u64, shift: u32, src: impl FnOnce() -> (u64, u64)) -> bool {
     if (bits >> (shift + FILTER_NAT)) & 1 != 0 {
-        return FALL;
+        return true;
     }
-    if bits & FILTER_F_TARGETS != 0 {
-        let (lo, hi) = src();
-        let (fw, shift) = filter_position_words(lo, hi);
-        if VIP_FILTER
-            .get(fw)
-            .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
-        {
-            return FALL;
-        }
+    if bits & FILTER_F_TARGETS == 0 {
+        return false;
     }
-    Outcome::pass(Reason::PassNotVip)
+    let (lo, hi) = src();
+    let (fw, shift) = filter_position_words(lo, hi);
+    VIP_FILTER
+        .get(fw)
+        .is_some_and(|w| (w >> (shift + FILTER_TARGET)) & 1 != 0)
 }
 
 /// An IPv4 address as a 4-byte load from the packet gave it, as the little-endian word the
@@ -332,22 +362,7 @@ fn to_vip(
             word::load32_wide_at::<{ IP as i16 + 16 }>(p),
         )
     };
-    // `admit::refusal` with `FORWARD`, but for the frame's MAC: the header checksum, a
-    // martian source, the TTL.
-    let (w0, w2) = unsafe {
-        (
-            word::load32_wide_at::<{ IP as i16 }>(p),
-            word::load32_wide_at::<{ IP as i16 + 8 }>(p),
-        )
-    };
-    let sum = w0 + unsafe { word::load32_wide_at::<{ IP as i16 + 4 }>(p) } + w2 + src + dst;
-    let (first, ttl) = unsafe {
-        (
-            word::load8_wide_at::<{ IP as i16 + 12 }>(p),
-            word::load8_wide_at::<{ IP as i16 + 8 }>(p),
-        )
-    };
-    if !words_sum_ok(sum) || first == 0 || first == 127 || first >= 224 || src == dst || ttl <= 1 {
+    if !forwardable(p, src, dst) {
         return FALL;
     }
     let (ports, proto) = unsafe {
@@ -371,7 +386,12 @@ fn to_vip(
             return FALL;
         };
         if b.mode != MODE_DSR && b.family == FAMILY_V4 {
-            return nat_flow(p, total, key, Known::Hit(v), id, b, headers);
+            // SAFETY: FlowValue is plain integers; the element is valid for the program run.
+            if unsafe { (*v).state } & FLOW_F_NAT != 0 {
+                return nat_established(xdp.ctx, total, v, id, b);
+            }
+            // SAFETY: as above.
+            return nat_flow(p, total, key, Known::Hit(unsafe { &*v }), id, b, headers);
         }
         (u32::from(b.vip), id, b)
     };
@@ -639,15 +659,304 @@ fn nat_flow(
     NAT_FORWARD
 }
 
+/// What `admit::refusal` with `FORWARD` checks of an IPv4 packet from `src` to `dst` (as
+/// 4-byte loads) whose first `L4 + 14` bytes at `p` were checked, but for the frame's MAC:
+/// the header checksum, a martian source, the TTL.
+#[inline(always)]
+fn forwardable(p: usize, src: u64, dst: u64) -> bool {
+    // SAFETY (every load): within the bytes checked.
+    let (w0, w2) = unsafe {
+        (
+            word::load32_wide_at::<{ IP as i16 }>(p),
+            word::load32_wide_at::<{ IP as i16 + 8 }>(p),
+        )
+    };
+    let sum = w0 + unsafe { word::load32_wide_at::<{ IP as i16 + 4 }>(p) } + w2 + src + dst;
+    let (first, ttl) = unsafe {
+        (
+            word::load8_wide_at::<{ IP as i16 + 12 }>(p),
+            word::load8_wide_at::<{ IP as i16 + 8 }>(p),
+        )
+    };
+    words_sum_ok(sum) && first != 0 && first != 127 && first < 224 && src != dst && ttl > 1
+}
+
+/// A packet of an established NAT flow to an IPv4 target (entry `v`, backend `id`, `b`),
+/// whose first `L4 + 14` bytes at `p` were checked, `total` bytes of IP datagram, that
+/// `to_vip` found forwardable: translated to the target and sent as `nat::forward` does for
+/// a flow-table hit — the entry's state and time refreshed, destination the target,
+/// source the SNAT address and port (or the client, preserved) — when the frame is for
+/// us, the SNAT slot has its address and the next hop towards the target is cached.
+///
+#[inline(always)]
+fn nat_established(
+    ctx: *mut xdp_md,
+    total: u16,
+    v: *mut FlowValue,
+    id: u32,
+    b: &Backend,
+) -> Outcome {
+    let xdp = XdpContext::new(ctx);
+    let Some(p) = XdpPacket::new(&xdp).ptr::<[u8; L4 + 18]>(0) else {
+        return FALL;
+    };
+    let p = p as usize;
+    if our_frame(p).is_none() {
+        return FALL;
+    }
+    // SAFETY: FlowValue is plain integers; the element is valid for the program run.
+    let (slot, nat_port) = unsafe { ((*v).nat_slot, (*v).nat_port) };
+    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 14 bytes checked.
+    let (src, dst, ports) = unsafe {
+        (
+            word::load32_at::<{ IP as i16 + 12 }>(p),
+            word::load32_at::<{ IP as i16 + 16 }>(p),
+            word::load32_at::<{ L4 as i16 }>(p),
+        )
+    };
+    let new_src = if b.mode == MODE_NAT {
+        let Some(a) = SNAT_POOL.get(u32::from(slot)) else {
+            return FALL;
+        };
+        addr_word(&a.addr)
+    } else {
+        src
+    };
+    // The ports word: the source port's two bytes, then the destination's (the target's
+    // port, or the packet's when the target has none).
+    let new_ports = if cfg!(target_endian = "little") {
+        let dport = if b.port != 0 {
+            u32::from(b.port) << 16
+        } else {
+            ports & 0xffff_0000
+        };
+        u32::from(nat_port) | dport
+    } else {
+        let dport = if b.port != 0 {
+            u32::from(b.port)
+        } else {
+            ports & 0xffff
+        };
+        (u32::from(nat_port) << 16) | dport
+    };
+    let ingress = xdp.ingress_ifindex() as u32;
+    let Some(hop) = cached_hop(NEXT_HOPS.get_ptr_mut(id), b.generation, ingress, total) else {
+        return FALL;
+    };
+    let q = p;
+    // Nothing sends the packet back to the general path from here. The state and time are
+    // written only when they change, as `nat::forward` writes them.
+    let time = nat_clock_now();
+    // SAFETY: as above; single stores, which a reader on another CPU sees old or new.
+    unsafe {
+        let state = (*v).state | close_flags(q);
+        if state != (*v).state || (*v).last_seen != time {
+            (*v).state = state;
+            (*v).last_seen = time;
+        }
+    }
+    let old = [src, dst, ports];
+    rewrite_v4(q, hop, old, [new_src, addr_word(&b.addr), new_ports]);
+    let o = forward::send(ingress, hop.ifindex, false, Reason::Forwarded);
+    if o.why == Reason::Forwarded {
+        count(u32::from(b.vip), id, total, false, true);
+    }
+    o
+}
+
+/// A TCP or UDP packet that may be a NAT reply (`may_be_reply`), whose first `L4 + 14`
+/// bytes at `p` were checked, `total` bytes of IP datagram: passed as `not_nat` without a
+/// reverse entry; with one, rewritten back to its client (source the VIP) and sent as
+/// `nat::reply` does, when the router checks pass, the frame is for us and the next hop
+/// towards the client is cached (`nat::to_client`'s cache).
+///
+#[inline(always)]
+fn nat_reply(ctx: *mut xdp_md) -> Outcome {
+    let xdp = XdpContext::new(ctx);
+    let Some(p) = XdpPacket::new(&xdp).ptr::<[u8; L4 + 18]>(0) else {
+        return FALL;
+    };
+    let p = p as usize;
+    // SAFETY: within the bytes checked; `packet` checked the length.
+    let total = u16::from_be(unsafe { word::load16_at::<{ IP as i16 + 2 }>(p) });
+    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 14 bytes checked.
+    let (src, dst, ports, proto) = unsafe {
+        (
+            word::load32_wide_at::<{ IP as i16 + 12 }>(p),
+            word::load32_wide_at::<{ IP as i16 + 16 }>(p),
+            word::load32_wide_at::<{ L4 as i16 }>(p),
+            word::load8_wide_at::<{ IP as i16 + 9 }>(p),
+        )
+    };
+    let words = flow_key_words_v4(src, dst, ports, proto);
+    let Some(r) = NAT_REV.get_ptr_mut(as_flow_key(&words)) else {
+        return Outcome::pass(Reason::PassNotNat);
+    };
+    if !forwardable(p, src, dst) || our_frame(p).is_none() {
+        return FALL;
+    }
+    // SAFETY: NatReverse is plain integers; the element is valid for the program run.
+    let (client, vip, client_port, vip_port) = unsafe {
+        (
+            addr_word(&(*r).client),
+            addr_word(&(*r).vip),
+            (*r).client_port,
+            (*r).vip_port,
+        )
+    };
+    let (fw, shift) = filter_position_words(le_address(u64::from(client)), 0);
+    let Some(c) = REPLY_HOPS.get_ptr_mut(nat::reply_hop_slot(fw, shift)) else {
+        return FALL;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; one packet at a time per CPU.
+    let c = unsafe { &mut *c };
+    // The slot of another client is `nat::to_client`'s to take over.
+    if !c.is_for_v4(client) {
+        return FALL;
+    }
+    let ingress = xdp.ingress_ifindex() as u32;
+    let Some(hop) = cached_hop(Some(&raw mut c.hop), 0, ingress, total) else {
+        return FALL;
+    };
+    let q = p;
+    let time = nat_clock_now();
+    // SAFETY: as above; single stores.
+    unsafe {
+        let state = (*r).state | CT_F_REPLIED | close_flags(q);
+        if state != (*r).state || (*r).last_seen != time {
+            (*r).state = state;
+            (*r).last_seen = time;
+        }
+    }
+    let new_ports = if cfg!(target_endian = "little") {
+        u32::from(vip_port) | (u32::from(client_port) << 16)
+    } else {
+        (u32::from(vip_port) << 16) | u32::from(client_port)
+    };
+    let old = [src as u32, dst as u32, ports as u32];
+    rewrite_v4(q, hop, old, [vip, client, new_ports]);
+    let o = forward::send(ingress, hop.ifindex, false, Reason::NatReturned);
+    if o.why == Reason::NatReturned {
+        // SAFETY: as above.
+        nat::count_reply(unsafe { &*r }, total);
+    }
+    o
+}
+
+/// The next hop cached in `slot` for a packet of `total` bytes to the destination of
+/// `generation` that came in on `ingress`, when it answers for it now
+/// (`forward::find_hop`'s cache hit).
+#[inline(always)]
+fn cached_hop(
+    slot: Option<*mut CachedHop>,
+    generation: u32,
+    ingress: u32,
+    total: u16,
+) -> Option<&'static CachedHop> {
+    // SAFETY: this CPU's slot of a per-CPU array; one packet at a time per CPU.
+    let hop = unsafe { &*slot? };
+    // SAFETY: a plain helper call without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    hop.fits(now, generation, ingress, total).then_some(hop)
+}
+
+/// The NAT tracking clock now (`nat::now`).
+#[inline(always)]
+fn nat_clock_now() -> u32 {
+    // SAFETY: a plain helper call without arguments.
+    nat_clock(unsafe { bpf_ktime_get_coarse_ns() })
+}
+
+/// The `CT_F_*` bits the flags of the IPv4 TCP packet at `q` (its first `L4 + 14` bytes
+/// checked) add to its direction's state; none for UDP (`nat::close_flags`).
+#[inline(always)]
+fn close_flags(q: usize) -> u8 {
+    // SAFETY: within the bytes checked.
+    let (proto, flags) = unsafe {
+        (
+            word::load8_wide_at::<{ IP as i16 + 9 }>(q) as u8,
+            word::load8_wide_at::<{ L4 as i16 + 13 }>(q) as u8,
+        )
+    };
+    if proto != PROTO_TCP {
+        return 0;
+    }
+    let mut f = 0;
+    if flags & TCP_FIN != 0 {
+        f |= CT_F_FIN;
+    }
+    if flags & TCP_RST != 0 {
+        f |= CT_F_RST;
+    }
+    f
+}
+
+/// The first 4 bytes of `a` as a 4-byte load gives them: an IPv4 address as in the packet.
+#[inline(always)]
+fn addr_word(a: &Addr) -> u32 {
+    u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+}
+
+/// Rewrites the untagged IPv4 TCP or UDP packet at `q` (its first `L4 + 18` bytes
+/// checked, TTL above 1) from the source, destination and ports words `old` (as 4-byte
+/// loads gave them) to `new`: the next hop's MACs, the TTL decremented, the header and L4
+/// checksums updated incrementally (`lb_common::nat::rewrite`: an IPv4 UDP checksum of 0
+/// stays 0, one that comes out 0 is sent as 0xffff).
+#[inline(always)]
+fn rewrite_v4(q: usize, hop: &CachedHop, old: [u32; 3], new: [u32; 3]) {
+    let delta = |i: usize| u64::from(!old[i]) + u64::from(new[i]);
+    let addrs = delta(0) + delta(1);
+    // SAFETY (every access): within the bytes checked.
+    let (w, proto) = unsafe {
+        (
+            word::load32_at::<{ IP as i16 + 8 }>(q).to_ne_bytes(),
+            word::load8_wide_at::<{ IP as i16 + 9 }>(q) as u8,
+        )
+    };
+    // TTL and protocol, then the header checksum.
+    let ttl = w[0] - 1;
+    let ip = update(
+        u16::from_ne_bytes([w[2], w[3]]),
+        addrs
+            + word_delta(
+                u16::from_ne_bytes([w[0], w[1]]),
+                u16::from_ne_bytes([ttl, w[1]]),
+            ),
+    )
+    .to_ne_bytes();
+    let (macs_hi, macs_lo) = hop.macs();
+    unsafe {
+        word::store64_at::<0>(q, macs_hi);
+        word::store32_at::<8>(q, macs_lo);
+        word::store32_at::<{ IP as i16 + 8 }>(q, u32::from_ne_bytes([ttl, w[1], ip[0], ip[1]]));
+        word::store32_at::<{ IP as i16 + 12 }>(q, new[0]);
+        word::store32_at::<{ IP as i16 + 16 }>(q, new[1]);
+        word::store32_at::<{ L4 as i16 }>(q, new[2]);
+    }
+    let l4 = addrs + delta(2);
+    if proto == PROTO_TCP {
+        unsafe {
+            let check = word::load16_at::<{ L4 as i16 + 16 }>(q);
+            word::store16_at::<{ L4 as i16 + 16 }>(q, update(check, l4));
+        }
+    } else {
+        let check = unsafe { word::load16_at::<{ L4 as i16 + 6 }>(q) };
+        if check != 0 {
+            let n = update(check, l4);
+            unsafe { word::store16_at::<{ L4 as i16 + 6 }>(q, if n == 0 { 0xffff } else { n }) };
+        }
+    }
+}
+
 /// The flow table's entry for `key`, with its backend id and backend, when that backend
 /// still keeps the flow (`select::remembered`'s test).
 #[inline(always)]
-fn remembered(key: &FlowKey) -> Option<(&'static FlowValue, u32, &'static Backend)> {
-    // SAFETY: FlowValue is plain integers, read at once.
-    let v = unsafe { FLOWS.get(key) }?;
-    let id = v.backend;
+fn remembered(key: &FlowKey) -> Option<(*mut FlowValue, u32, &'static Backend)> {
+    let v = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: FlowValue is plain integers; the element is valid for the program run.
+    let (id, generation) = unsafe { ((*v).backend, (*v).generation) };
     let b = BACKENDS.get(id)?;
-    b.keeps_flow(v.generation).then_some((v, id, b))
+    b.keeps_flow(generation).then_some((v, id, b))
 }
 
 /// The configuration, when the frame at `p` is addressed to this host's MAC (or the MAC is

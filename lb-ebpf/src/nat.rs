@@ -48,12 +48,37 @@ const EEXIST: i32 = -17;
 /// Slots of the per-CPU cache of next hops towards clients (`REPLY_HOPS`).
 pub const REPLY_HOP_SLOTS: u32 = 256;
 
+/// The `REPLY_HOPS` slot of the client address at (`word`, `shift`) of the address filter
+/// (`hash::filter_position`).
+#[inline(always)]
+pub fn reply_hop_slot(word: u32, shift: u32) -> u32 {
+    (word.wrapping_mul(FILTER_SLOTS_PER_WORD as u32) + shift / 4) % REPLY_HOP_SLOTS
+}
+
 /// A cached next hop towards a client address (a reply's destination), per CPU.
 #[repr(C)]
 pub struct ClientHop {
     pub hop: CachedHop,
     /// The client address the hop is for.
     pub addr: Addr,
+}
+const _: () = assert!(align_of::<ClientHop>() == 8 && core::mem::offset_of!(ClientHop, addr) == 40);
+
+impl ClientHop {
+    /// Whether the slot is for the IPv4 address whose 4-byte load is `a`.
+    #[inline(always)]
+    pub fn is_for_v4(&self, a: u32) -> bool {
+        let p = (&raw const self.addr).cast::<u64>();
+        // SAFETY: the 16 bytes of `addr`, at offset 40 of a struct aligned to 8 (asserted
+        // above), so both reads are aligned.
+        let (lo, hi) = unsafe { (p.read(), p.add(1).read()) };
+        let a = if cfg!(target_endian = "little") {
+            u64::from(a)
+        } else {
+            u64::from(a) << 32
+        };
+        lo == a && hi == 0
+    }
 }
 
 /// The tracking clock now.
@@ -439,7 +464,7 @@ pub fn reply(ctx: *mut xdp_md, h: &Headers) -> Outcome {
 fn to_client(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome {
     let dst = &s.rewrite.dst;
     let (word, shift) = filter_position(dst);
-    let slot = (word.wrapping_mul(FILTER_SLOTS_PER_WORD as u32) + shift / 4) % REPLY_HOP_SLOTS;
+    let slot = reply_hop_slot(word, shift);
     let cache = REPLY_HOPS.get_ptr_mut(slot).map(|c| {
         // SAFETY: this CPU's slot of a per-CPU array; one packet at a time per CPU.
         let c = unsafe { &mut *c };
@@ -465,7 +490,7 @@ fn to_client(ctx: &XdpContext, h: &Headers, s: &Scratch, why: Reason) -> Outcome
 
 /// Counts a reply of `ip_len` bytes for its target and VIP.
 #[inline(always)]
-fn count_reply(r: &NatReverse, ip_len: u16) {
+pub fn count_reply(r: &NatReverse, ip_len: u16) {
     let bytes = u64::from(ip_len);
     if let Some(b) = BACKEND_STATS.get_ptr_mut(r.backend) {
         // SAFETY: this CPU's slot of a per-CPU array; one packet at a time per CPU.

@@ -32,12 +32,12 @@ pub fn target_of(lab: &Lab, p: &Packet) -> (IpAddr, u16) {
 }
 
 /// `p` as sent towards a target: MACs of the target's neighbour, TTL one less.
-fn to_target(p: Packet, target: IpAddr, ttl: u8) -> Output {
+pub fn to_target(p: Packet, target: IpAddr, ttl: u8) -> Output {
     Output::Frame(p.macs(neighbour_mac(target), LB_MAC).ttl(ttl).build())
 }
 
 /// `p` as sent back towards a client through the default router.
-fn to_client(p: Packet, ttl: u8) -> Output {
+pub fn to_client(p: Packet, ttl: u8) -> Output {
     Output::Frame(p.macs(ROUTER_MAC, LB_MAC).ttl(ttl).build())
 }
 

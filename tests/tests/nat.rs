@@ -159,3 +159,200 @@ fn fin_both_ways_and_rst_are_recorded_for_the_sweeper() {
     lab.run(&Packet::tcp(c, 46000, vip, 80, RST).build());
     assert_eq!(state(&lab).0, FLOW_F_NAT | CT_F_RST);
 }
+
+/// A known NAT connection's packets, both ways, are decided as the general path decides
+/// them: every check a router makes gives the same action, output and counter; the good
+/// ones are translated exactly (full NAT and client-preserving), FIN recorded both ways,
+/// and the VIP's counters move by exactly what was sent. A reply to a port no connection
+/// has is passed untouched.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_nat_connections_packets_both_ways_are_checked_and_counted_like_any_other() {
+    use xlb_tests::{
+        fixtures::{Fixture, OTHER_MAC, Output, XDP_PASS},
+        nat_fixtures::{to_client, to_target},
+        packet::ROUTER_MAC,
+    };
+    let lab = Lab::new();
+    let (c, vip, vipc) = (ip("192.0.2.1"), ip("203.0.113.90"), ip("203.0.113.91"));
+    let snat = IpAddr::V4(SNAT_V4);
+    let syn = Packet::tcp(c, 47000, vip, 80, SYN);
+    let t = target_of(&lab, &syn);
+    let sync = Packet::tcp(c, 47001, vipc, 80, SYN);
+    let tc = target_of(&lab, &sync);
+    // Each connection made and answered once, so that both directions know their next hop.
+    for p in [
+        syn.clone(),
+        Packet::tcp(t.0, t.1, snat, 47000, SYN | ACK),
+        sync.clone(),
+        Packet::tcp(tc.0, tc.1, c, 47001, SYN | ACK),
+    ] {
+        assert_eq!(lab.run(&p.build()).0, XDP_TX);
+    }
+    let (nat4, _) = lab.vip("nat4");
+    let (client_vip, _) = lab.vip("nat-client");
+    let before = (
+        lab.lb.vip_stats(nat4).unwrap(),
+        lab.lb.vip_stats(client_vip).unwrap(),
+    );
+    let fixture = |name, input: Packet, action, output, reason| Fixture {
+        name,
+        input: input.build(),
+        action,
+        output,
+        reason,
+        backend: None,
+    };
+    let data = || Packet::tcp(c, 47000, vip, 80, ACK).payload(b"GET /");
+    let answer = || Packet::tcp(t.0, t.1, snat, 47000, ACK).payload(b"200 OK");
+    let other_mac = |p: Packet| p.macs(OTHER_MAC, ROUTER_MAC);
+    let cases = [
+        fixture(
+            "data to the target",
+            data(),
+            XDP_TX,
+            to_target(
+                Packet::tcp(snat, 47000, t.0, t.1, ACK).payload(b"GET /"),
+                t.0,
+                63,
+            ),
+            Reason::Forwarded,
+        ),
+        fixture(
+            "its answer back to the client",
+            answer(),
+            XDP_TX,
+            to_client(Packet::tcp(vip, 80, c, 47000, ACK).payload(b"200 OK"), 63),
+            Reason::NatReturned,
+        ),
+        fixture(
+            "client-preserving data",
+            Packet::tcp(c, 47001, vipc, 80, ACK).payload(b"x"),
+            XDP_TX,
+            to_target(
+                Packet::tcp(c, 47001, tc.0, tc.1, ACK).payload(b"x"),
+                tc.0,
+                63,
+            ),
+            Reason::Forwarded,
+        ),
+        fixture(
+            "client-preserving answer",
+            Packet::tcp(tc.0, tc.1, c, 47001, ACK).payload(b"y"),
+            XDP_TX,
+            to_client(Packet::tcp(vipc, 80, c, 47001, ACK).payload(b"y"), 63),
+            Reason::NatReturned,
+        ),
+        fixture(
+            "TTL 1",
+            data().ttl(1),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropTtl,
+        ),
+        fixture(
+            "a bad header checksum",
+            data().ipv4_checksum(0x1234),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropBadIpChecksum,
+        ),
+        fixture(
+            "a frame for another MAC",
+            other_mac(data()),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropNotOurMac,
+        ),
+        fixture(
+            "an answer with TTL 1",
+            answer().ttl(1),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropTtl,
+        ),
+        fixture(
+            "an answer with a bad header checksum",
+            answer().ipv4_checksum(0x1234),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropBadIpChecksum,
+        ),
+        fixture(
+            "an answer in a frame for another MAC",
+            other_mac(answer()),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropNotOurMac,
+        ),
+        fixture(
+            "an answer to a port no connection has",
+            Packet::tcp(t.0, t.1, snat, 47999, ACK),
+            XDP_PASS,
+            Output::Unchanged,
+            Reason::PassNotNat,
+        ),
+        fixture(
+            "FIN to the target",
+            Packet::tcp(c, 47000, vip, 80, FIN | ACK),
+            XDP_TX,
+            to_target(Packet::tcp(snat, 47000, t.0, t.1, FIN | ACK), t.0, 63),
+            Reason::Forwarded,
+        ),
+        fixture(
+            "FIN from the target",
+            Packet::tcp(t.0, t.1, snat, 47000, FIN | ACK),
+            XDP_TX,
+            to_client(Packet::tcp(vip, 80, c, 47000, FIN | ACK), 63),
+            Reason::NatReturned,
+        ),
+    ];
+    let failures: Vec<String> = cases.iter().filter_map(|f| check(&lab, f).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let ip_len = |f: &Fixture| u64::from(u16::from_be_bytes([f.input[16], f.input[17]]));
+    let (full, preserved) = (
+        lab.lb.vip_stats(nat4).unwrap(),
+        lab.lb.vip_stats(client_vip).unwrap(),
+    );
+    let sent = |i: &[usize]| (i.len() as u64, i.iter().map(|&i| ip_len(&cases[i])).sum());
+    assert_eq!(
+        (
+            full.flow_hits - before.0.flow_hits,
+            full.bytes - before.0.bytes
+        ),
+        sent(&[0, 11])
+    );
+    assert_eq!(full.packets - before.0.packets, 2);
+    assert_eq!(
+        (
+            full.reply_packets - before.0.reply_packets,
+            full.reply_bytes - before.0.reply_bytes
+        ),
+        sent(&[1, 12])
+    );
+    assert_eq!(full.flow_misses, before.0.flow_misses);
+    assert_eq!(
+        (
+            preserved.flow_hits - before.1.flow_hits,
+            preserved.bytes - before.1.bytes
+        ),
+        sent(&[2])
+    );
+    assert_eq!(
+        (
+            preserved.reply_packets - before.1.reply_packets,
+            preserved.reply_bytes - before.1.reply_bytes
+        ),
+        sent(&[3])
+    );
+    let state = |k: &FlowKey| lab.lb.flow(k).unwrap().unwrap().state;
+    assert_eq!(state(&syn.five_tuple()), FLOW_F_NAT | CT_F_FIN);
+    assert_eq!(
+        lab.lb
+            .nat_reverse(&reply_key(t, 47000))
+            .unwrap()
+            .unwrap()
+            .state,
+        CT_F_REPLIED | CT_F_FIN
+    );
+}
