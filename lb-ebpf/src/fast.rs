@@ -71,10 +71,11 @@ const IP: usize = ETH_HLEN;
 const L4: usize = ETH_HLEN + IPV4_HLEN;
 
 /// Decides the packet when it is one of the fast path's kinds; `FALLBACK` (the packet
-/// untouched) otherwise. A packet of a known NAT flow gets `crate::NAT_FORWARD`, with its
-/// headers written to `headers` and its flow resolved into the scratch slot, as the
-/// general path hands it to the translation. A subprogram: its frame is not under the
-/// general path's.
+/// untouched) otherwise. An established NAT connection's packet and its target's reply
+/// are translated and sent here; a NAT SYN (or an entry without a translation yet) gets
+/// `crate::NAT_FORWARD`, with its headers written to `headers` and its flow resolved into
+/// the scratch slot, as the general path hands it to the translation. A subprogram: its
+/// frame is not under the general path's.
 #[inline(never)]
 pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     if trace::on() {
@@ -346,7 +347,8 @@ fn le_address(a: u64) -> u64 {
 /// bytes at `p` were checked, `total` bytes of IP datagram: forwarded to an IPv4 DSR
 /// backend — its flow's (`select::remembered`), or for a SYN (`start`) the Maglev choice of
 /// its 5-tuple VIP (`select::choose_backend`, remembered) — when the general path would
-/// neither refuse it (`admit::refusal`) nor ask the FIB about it (`forward::find_hop`).
+/// neither refuse it (`admit::refusal`) nor ask the FIB about it (`forward::find_hop`); to
+/// an IPv4 NAT target, translated (`nat_established`) or handed over (`nat_flow`).
 #[inline(always)]
 fn to_vip(
     xdp: &XdpContext,
@@ -682,12 +684,11 @@ fn forwardable(p: usize, src: u64, dst: u64) -> bool {
 }
 
 /// A packet of an established NAT flow to an IPv4 target (entry `v`, backend `id`, `b`),
-/// whose first `L4 + 14` bytes at `p` were checked, `total` bytes of IP datagram, that
-/// `to_vip` found forwardable: translated to the target and sent as `nat::forward` does for
+/// `total` bytes of IP datagram, that `to_vip` found forwardable (its first `L4 + 18`
+/// bytes are checked again here, for the TCP checksum): translated to the target and sent as `nat::forward` does for
 /// a flow-table hit — the entry's state and time refreshed, destination the target,
 /// source the SNAT address and port (or the client, preserved) — when the frame is for
 /// us, the SNAT slot has its address and the next hop towards the target is cached.
-///
 #[inline(always)]
 fn nat_established(
     ctx: *mut xdp_md,
@@ -764,12 +765,11 @@ fn nat_established(
     o
 }
 
-/// A TCP or UDP packet that may be a NAT reply (`may_be_reply`), whose first `L4 + 14`
-/// bytes at `p` were checked, `total` bytes of IP datagram: passed as `not_nat` without a
+/// A TCP or UDP packet that may be a NAT reply (`may_be_reply`), of a shape `ports_packet`
+/// takes (its first `L4 + 18` bytes are checked here): passed as `not_nat` without a
 /// reverse entry; with one, rewritten back to its client (source the VIP) and sent as
 /// `nat::reply` does, when the router checks pass, the frame is for us and the next hop
 /// towards the client is cached (`nat::to_client`'s cache).
-///
 #[inline(always)]
 fn nat_reply(ctx: *mut xdp_md) -> Outcome {
     let xdp = XdpContext::new(ctx);

@@ -123,8 +123,8 @@ pub fn xlb_balancer(ctx: XdpContext) -> u32 {
 }
 
 /// Balances one packet and counts its action and reason (`count`, the one place global
-/// counters move): by the fast path (`fast`) when it is one of the common kinds (a NAT
-/// flow's packet then translated from here, `translate`), else by the general path
+/// counters move): by the fast path (`fast`) when it is one of the common kinds (a new NAT
+/// connection's packet then translated from here, `translate`), else by the general path
 /// (`balance`); with a trace on (`trace::on`), always the general path, which logs the
 /// decision (`trace`).
 ///

@@ -2,7 +2,11 @@
 //! rewritten back to the client (`reply`), new connections given their translation
 //! (`establish`: the SNAT port allocation), and ICMP errors about NAT flows translated both
 //! ways (`error_to_target`, `error_to_client`). The rewriting itself (addresses, ports,
-//! incremental checksums) is `lb_common::nat`'s, host-tested.
+//! incremental checksums) is `lb_common::nat`'s, host-tested. Established connections'
+//! packets both ways usually take `fast::nat_established` and `fast::nat_reply` instead,
+//! whose rewrite from registers the NAT fixtures and
+//! `a_nat_connections_packets_both_ways_are_checked_and_counted_like_any_other` hold
+//! equal to this one.
 //!
 //! Connection tracking: the forward half of a connection is its `FLOWS` entry (5-tuple ->
 //! backend, SNAT slot and port, liveness), the reverse half its `NAT_REV` entry (the
