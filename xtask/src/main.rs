@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 14] = [
+const DEBIAN_TOOLS: [(&str, &str); 15] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -46,6 +46,8 @@ const DEBIAN_TOOLS: [(&str, &str); 14] = [
     ("nft", "nftables"),
     // The path-routing test puts a real HAProxy pair behind a NAT VIP.
     ("haproxy", "haproxy"),
+    // The bench's throughput rows are real iperf3 streams.
+    ("iperf3", "iperf3"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

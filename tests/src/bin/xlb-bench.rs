@@ -22,7 +22,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -618,64 +618,184 @@ fn update_latency(b: &mut Bench) {
     }
 }
 
-/// TCP throughput of one stream client -> VIP -> backend, against client -> backend.
+/// TCP throughput with real iperf3, the way a user compares: one stream from the lab
+/// client through the VIP (encapsulated by the balancer, decapsulated by `xlb decap` on
+/// backend 1) against the same stream sent straight to backend 1's address; and the
+/// decapsulator's cost on traffic it does not decapsulate: that direct stream to backend 1
+/// (`xlb decap` attached) against one to backend 2 (nothing attached). Pairs alternate
+/// which goes first; each ratio is the median of the per-pair ratios.
 fn throughput(b: &mut Bench) {
-    use xlb_tests::{scenario::*, servers};
-    eprintln!("\n== TCP throughput through the balancer (namespaces, one stream)");
+    use std::process::{Child, Command, Stdio};
+    use xlb_tests::{
+        daemon::Daemon,
+        scenario::*,
+        topology::{Topology, backend_v4},
+    };
+    eprintln!("\n== TCP throughput, one iperf3 stream (namespaces)");
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        eprintln!("  skipped: needs iperf3 (Debian `iperf3`; `cargo xtask setup` installs it)");
+        return;
+    }
+    let topo = Topology::new(2);
+    // Backend 1 is a DSR backend: the VIP on its loopback, the decapsulator on its link.
+    topo.backends[0].ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    let pins = format!("/sys/fs/bpf/xlb-test-decap/{}", topo.backends[0].name());
+    topo.backends[0].exec(
+        &xlb_tests::daemon::xlb_bin().to_string_lossy(),
+        &["decap", "--iface", "eth0", "--pin-dir", &pins],
+    );
+    /// iperf3 servers, killed on drop.
+    struct Servers(Vec<Child>);
+    impl Drop for Servers {
+        fn drop(&mut self) {
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let _servers = Servers(
+        topo.backends
+            .iter()
+            .map(|ns| {
+                ns.command("iperf3")
+                    .args(["-s", "-p", "5201"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start iperf3 -s")
+            })
+            .collect(),
+    );
     let config = header()
-        + &tcp_vip(9000, &[1], "").replace(
+        + &tcp_vip(5201, &[1], "").replace(
             "interval = \"300ms\"",
             "protocol = \"none\"\ninterval = \"300ms\"",
         );
-    let s = Scenario::with_servers(1, &config, 1, |topo| {
-        on_every_backend(topo, 9000, servers::sink_server)
-    });
-    let size = if b.quick { 64 << 20 } else { 512 << 20 };
-    let data = servers::pattern(1 << 20);
-    let send = |to: SocketAddr| -> f64 {
-        let mut c = servers::connect(&s.topo.client, None, to, Duration::from_secs(3)).unwrap();
-        let start = Instant::now();
-        use std::io::{Read, Write};
-        for _ in 0..size >> 20 {
-            c.write_all(&data).unwrap();
-        }
-        c.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = String::new();
-        c.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with(&size.to_string()), "{answer}");
-        size as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
+    let _daemon = Daemon::start(&topo.lb, &config);
+    let secs = if b.quick { "3" } else { "6" };
+    // (Gbit/s received, retransmissions) of one stream to `to`.
+    let stream = |to: &str| -> Option<(f64, f64)> {
+        let out = topo
+            .client
+            .command("iperf3")
+            .args(["-c", to, "-p", "5201", "-t", secs, "-J"])
+            .output()
+            .ok()?;
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let end = &j["end"];
+        Some((
+            end["sum_received"]["bits_per_second"].as_f64()? / 1e9,
+            end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
+        ))
     };
-    let via = median(
-        (0..3)
-            .map(|_| send("203.0.113.10:9000".parse().unwrap()))
-            .collect(),
-    );
-    let direct = median(
-        (0..3)
-            .map(|_| send("198.51.100.11:9000".parse().unwrap()))
-            .collect(),
-    );
+    // The VIP answers once the daemon has filled the maps.
+    let start = Instant::now();
+    while vip_refuses(&topo.client) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let pairs = if b.quick { 3 } else { 7 };
+    let measure = |a: &str, other: &str| {
+        let (mut xa, mut xb, mut ratio, mut ra, mut rb) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..pairs {
+            let (first, second) = if i % 2 == 0 { (a, other) } else { (other, a) };
+            let (Some(f), Some(s)) = (stream(first), stream(second)) else {
+                continue;
+            };
+            let ((ga, rta), (gb, rtb)) = if i % 2 == 0 { (f, s) } else { (s, f) };
+            xa.push(ga);
+            xb.push(gb);
+            ra.push(rta);
+            rb.push(rtb);
+            ratio.push(ga / gb);
+        }
+        (xa, xb, ratio, ra, rb)
+    };
+    let via = VIP.to_string();
+    let direct = backend_v4(1).to_string();
+    let bare = backend_v4(2).to_string();
+    let (v, d, r, rv, rd) = measure(&via, &direct);
+    if r.is_empty() {
+        eprintln!("  skipped: no iperf3 stream completed through the VIP");
+        return;
+    }
+    let n = format!("median of {} alternated pairs", r.len());
     b.add(
         "throughput",
         "client -> VIP -> backend (through xlb)",
-        via,
+        median(v),
         "Gbit/s",
         "",
     );
     b.add(
         "throughput",
         "client -> backend (no balancer)",
-        direct,
+        median(d),
         "Gbit/s",
         "",
     );
     b.add(
         "throughput",
         "through xlb / direct",
-        via / direct,
+        median(r),
         "ratio",
+        &format!("target >= 0.95; {n}"),
+    );
+    b.add(
+        "throughput",
+        "retransmissions through xlb, per stream",
+        median(rv),
+        "segments",
         "",
     );
+    b.add(
+        "throughput",
+        "retransmissions direct, per stream",
+        median(rd),
+        "segments",
+        "",
+    );
+    let (with, without, r, _, _) = measure(&direct, &bare);
+    if !r.is_empty() {
+        let n = format!(
+            "target: no measurable cost; median of {} alternated pairs",
+            r.len()
+        );
+        b.add(
+            "throughput",
+            "direct to a backend with `xlb decap` attached",
+            median(with),
+            "Gbit/s",
+            "",
+        );
+        b.add(
+            "throughput",
+            "direct to a backend without it",
+            median(without),
+            "Gbit/s",
+            "",
+        );
+        b.add(
+            "throughput",
+            "with decap / without (traffic it does not decapsulate)",
+            median(r),
+            "ratio",
+            &n,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&pins);
+}
+
+/// Whether the VIP still refuses: a one-second iperf3 stream through it fails.
+fn vip_refuses(client: &xlb_tests::netns::Netns) -> bool {
+    !client
+        .command("iperf3")
+        .args(["-c", xlb_tests::scenario::VIP, "-p", "5201", "-t", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// The balancer's configuration for `instructions`: a DSR VIP and a NAT VIP, one backend
