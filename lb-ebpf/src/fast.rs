@@ -25,11 +25,7 @@
 
 use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    bindings::xdp_md,
-    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_md, helpers::bpf_jiffies64, programs::XdpContext};
 use lb_common::{
     Addr, BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CT_F_FIN, CT_F_REPLIED,
     CT_F_RST, DataplaneConfig, FAMILY_V4, FAMILY_V6, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
@@ -40,7 +36,7 @@ use lb_common::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
-    nat::{nat_clock, update, word_delta},
+    nat::{update, word_delta},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         L4 as Layer4, PacketBytes, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -747,7 +743,7 @@ fn nat_established(
     let q = p;
     // Nothing sends the packet back to the general path from here. The state and time are
     // written only when they change, as `nat::forward` writes them.
-    let time = nat_clock_now();
+    let time = nat::now();
     // SAFETY: as above; single stores, which a reader on another CPU sees old or new.
     unsafe {
         let state = (*v).state | close_flags(q);
@@ -819,7 +815,7 @@ fn nat_reply(ctx: *mut xdp_md) -> Outcome {
         return FALL;
     };
     let q = p;
-    let time = nat_clock_now();
+    let time = nat::now();
     // SAFETY: as above; single stores.
     unsafe {
         let state = (*r).state | CT_F_REPLIED | close_flags(q);
@@ -858,13 +854,6 @@ fn cached_hop(
     // SAFETY: a plain helper call without arguments.
     let now = unsafe { bpf_jiffies64() };
     hop.fits(now, generation, ingress, total).then_some(hop)
-}
-
-/// The NAT tracking clock now (`nat::now`).
-#[inline(always)]
-fn nat_clock_now() -> u32 {
-    // SAFETY: a plain helper call without arguments.
-    nat_clock(unsafe { bpf_ktime_get_coarse_ns() })
 }
 
 /// The `CT_F_*` bits the flags of the IPv4 TCP packet at `q` (its first `L4 + 14` bytes

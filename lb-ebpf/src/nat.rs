@@ -87,7 +87,7 @@ impl ClientHop {
 
 /// The tracking clock now.
 #[inline(always)]
-fn now() -> u32 {
+pub fn now() -> u32 {
     // SAFETY: a plain helper call without arguments.
     nat_clock(unsafe { bpf_ktime_get_coarse_ns() })
 }

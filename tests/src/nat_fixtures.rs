@@ -41,7 +41,8 @@ pub fn to_client(p: Packet, ttl: u8) -> Output {
     Output::Frame(p.macs(ROUTER_MAC, LB_MAC).ttl(ttl).build())
 }
 
-fn fixture(
+/// A fixture of `input` with its expected action, output and reason, for no backend.
+pub fn fixture(
     name: &'static str,
     input: Packet,
     action: u32,

@@ -170,7 +170,7 @@ fn fin_both_ways_and_rst_are_recorded_for_the_sweeper() {
 fn a_nat_connections_packets_both_ways_are_checked_and_counted_like_any_other() {
     use xlb_tests::{
         fixtures::{Fixture, OTHER_MAC, Output, XDP_PASS},
-        nat_fixtures::{to_client, to_target},
+        nat_fixtures::{fixture, to_client, to_target},
         packet::ROUTER_MAC,
     };
     let lab = Lab::new();
@@ -195,14 +195,6 @@ fn a_nat_connections_packets_both_ways_are_checked_and_counted_like_any_other() 
         lab.lb.vip_stats(nat4).unwrap(),
         lab.lb.vip_stats(client_vip).unwrap(),
     );
-    let fixture = |name, input: Packet, action, output, reason| Fixture {
-        name,
-        input: input.build(),
-        action,
-        output,
-        reason,
-        backend: None,
-    };
     let data = || Packet::tcp(c, 47000, vip, 80, ACK).payload(b"GET /");
     let answer = || Packet::tcp(t.0, t.1, snat, 47000, ACK).payload(b"200 OK");
     let other_mac = |p: Packet| p.macs(OTHER_MAC, ROUTER_MAC);
