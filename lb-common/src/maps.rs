@@ -192,8 +192,14 @@ pub struct FlowValue {
     pub state: u8,
     /// NAT: `nat_clock()` of the last packet from the client.
     pub last_seen: u32,
+    /// TCP: the sequence number of the SYN that made the entry (network order in memory).
+    /// A SYN with the same number is that SYN retransmitted: the connection is already on
+    /// this entry's backend (its answer may be on the way), so it stays there while the
+    /// backend keeps flows; any other SYN starts a new connection (`resolve::START`).
+    pub syn_seq: u32,
+    pub reserved: u32,
 }
-const _: () = assert!(size_of::<FlowValue>() == 16);
+const _: () = assert!(size_of::<FlowValue>() == 24);
 
 /// Slots of `SNAT_POOL` per address family: IPv4 addresses are slots `0..16`, IPv6 ones
 /// `16..32`. Addresses are only ever appended, so a slot keeps its address while

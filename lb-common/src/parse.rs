@@ -142,6 +142,9 @@ pub struct Headers {
     /// IPv4 TTL or IPv6 hop limit.
     pub ttl: u8,
     pub l4: L4,
+    /// TCP sequence number (network order in memory); 0 for UDP and unless `l4` is
+    /// `Ports`. A SYN's tells its retransmission from a new connection on the same port.
+    pub tcp_seq: u32,
 }
 
 impl Headers {
@@ -301,6 +304,7 @@ fn ipv4<P: PacketBytes + ?Sized, const COMMON: bool>(pkt: &P, l3: usize, vlan: b
         sport: ports.0,
         dport: ports.1,
         tcp_flags: ports.2,
+        tcp_seq: ports.3,
     })
 }
 
@@ -400,11 +404,12 @@ fn ipv6<P: PacketBytes + ?Sized, const COMMON: bool>(pkt: &P, l3: usize, vlan: b
         sport: ports.0,
         dport: ports.1,
         tcp_flags: ports.2,
+        tcp_seq: ports.3,
     })
 }
 
-/// (source port, destination port, TCP flags) when there are none.
-const NO_PORTS: (u16, u16, u8) = (0, 0, 0);
+/// (source port, destination port, TCP flags, TCP sequence number) when there are none.
+const NO_PORTS: (u16, u16, u8, u32) = (0, 0, 0, 0);
 
 /// Reads the ports of a TCP or UDP header at `off`; `end` is where the IP datagram ends.
 #[inline(always)]
@@ -413,7 +418,7 @@ fn parse_l4<P: PacketBytes + ?Sized>(
     proto: u8,
     off: usize,
     end: usize,
-) -> (L4, (u16, u16, u8)) {
+) -> (L4, (u16, u16, u8, u32)) {
     match proto {
         PROTO_TCP => {
             if off + 20 > end {
@@ -430,6 +435,7 @@ fn parse_l4<P: PacketBytes + ?Sized>(
                 u16::from_ne_bytes([tcp[0], tcp[1]]),
                 u16::from_ne_bytes([tcp[2], tcp[3]]),
                 tcp[13],
+                u32::from_ne_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
             );
             (L4::Ports, ports)
         }
@@ -449,6 +455,7 @@ fn parse_l4<P: PacketBytes + ?Sized>(
                 (
                     u16::from_ne_bytes([udp[0], udp[1]]),
                     u16::from_ne_bytes([udp[2], udp[3]]),
+                    0,
                     0,
                 ),
             )
@@ -490,6 +497,7 @@ mod tests {
         let mut t = [0u8; 20];
         t[0..2].copy_from_slice(&sport.to_be_bytes());
         t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
         t[12] = 5 << 4;
         t[13] = flags;
         t
@@ -527,6 +535,7 @@ mod tests {
             (port_from_map(h.sport), port_from_map(h.dport), h.tcp_flags),
             (40000, 80, TCP_SYN)
         );
+        assert_eq!(u32::from_be(h.tcp_seq), 0x0102_0304);
     }
 
     #[test]

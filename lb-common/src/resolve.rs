@@ -10,8 +10,11 @@ use crate::{
 /// The packet starts a flow (a TCP SYN without ACK or RST): it skips the flow table, takes
 /// the current Maglev choice and overwrites its entry, so a client that reuses a port
 /// reaches a backend that takes new flows, never a drained one or the old choice of a
-/// changed table (as Katran does). Counted as a new flow unless its entry already held that
-/// choice (a retransmitted SYN).
+/// changed table (as Katran does) — unless the entry was made by this very SYN
+/// (`FlowValue::syn_seq`: a retransmission) and its backend still keeps flows: that
+/// connection is already half open there, and moving its retransmitted SYN to another
+/// backend would answer the client twice and have the second reset it. Counted as a new
+/// flow unless it was such a retransmission.
 pub const START: u32 = 1;
 /// A new choice is remembered in the flow table (not for a TCP RST, which ends its flow,
 /// nor for an ICMP error about the flow).
@@ -59,6 +62,7 @@ mod tests {
             tcp_flags: flags,
             ttl: 64,
             l4: L4::Ports,
+            tcp_seq: 0,
         }
     }
 

@@ -476,13 +476,25 @@ fn encapsulate<const V6: bool>(
     // (which would find the entry and count a retransmission). The key already there (a
     // SYN retransmitted, a port reused) is the general path's to judge: a failed insert
     // changes nothing.
-    let value = FlowValue {
-        backend: id,
-        generation: b.generation,
-        ..FlowValue::default()
-    };
-    if start && FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
-        return FALL;
+    if start {
+        // SAFETY (both loads): within the bytes the caller checked (`L4 + 14` or
+        // `L4_6 + 14`).
+        let syn_seq = unsafe {
+            if V6 {
+                word::load32_at::<{ L4_6 as i16 + 4 }>(p)
+            } else {
+                word::load32_at::<{ L4 as i16 + 4 }>(p)
+            }
+        };
+        let value = FlowValue {
+            backend: id,
+            generation: b.generation,
+            syn_seq,
+            ..FlowValue::default()
+        };
+        if FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
+            return FALL;
+        }
     }
     let Some(pkt) = adjust_head(xdp, -(outer_len as i32)) else {
         if !start {
@@ -610,12 +622,13 @@ fn nat_flow(
         return FALL;
     };
     // SAFETY: within the L4 + 14 bytes checked.
-    let (ip1, frag, ttl, tcp_flags) = unsafe {
+    let (ip1, frag, ttl, tcp_flags, seq) = unsafe {
         (
             word::load8_wide_at::<{ IP as i16 + 1 }>(p) as u8,
             u16::from_be(word::load16_at::<{ IP as i16 + 6 }>(p)),
             word::load8_wide_at::<{ IP as i16 + 8 }>(p) as u8,
             word::load8_wide_at::<{ L4 as i16 + 13 }>(p) as u8,
+            word::load32_at::<{ L4 as i16 + 4 }>(p),
         )
     };
     let tcp = key.proto == PROTO_TCP;
@@ -635,9 +648,11 @@ fn nat_flow(
         tcp_flags: if tcp { tcp_flags } else { 0 },
         ttl,
         l4: Layer4::Ports,
+        tcp_seq: if tcp { seq } else { 0 },
     });
     s.flow = *key;
     s.midflow = u8::from(tcp && tcp_flags & TCP_SYN == 0);
+    s.seq = if tcp { seq } else { 0 };
     s.backend = *b;
     s.id = id;
     s.new_flow = 0;

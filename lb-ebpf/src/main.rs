@@ -302,6 +302,7 @@ fn vip_packet(ctx: *mut xdp_md, h: &Headers) -> Outcome {
         };
     }
     s.midflow = u8::from(h.proto == PROTO_TCP && h.tcp_flags & TCP_SYN == 0);
+    s.seq = h.tcp_seq;
     let how = lb_common::resolve::how(h);
     match select::resolve(how, s) {
         select::RESOLVED if s.backend.mode != MODE_DSR => NAT_FORWARD,

@@ -38,8 +38,8 @@ mod icmp;
 pub use icmp::{error_to_client, error_to_target};
 
 use crate::{
-    BACKEND_STATS, CONFIG, FLOWS, NAT_REV, NEXT_HOPS, Outcome, REPLY_HOPS, SNAT_POOL, VIP_STATS,
-    admit,
+    BACKEND_STATS, BACKENDS, CONFIG, FLOWS, NAT_REV, NEXT_HOPS, Outcome, REPLY_HOPS, SNAT_POOL,
+    VIP_STATS, admit,
     forward::{CachedHop, NextHop, find_hop, nat_next_hop, send, usable},
     select::{self, Scratch},
 };
@@ -245,10 +245,12 @@ fn rewrite_l4(ctx: *mut xdp_md, h: &Headers, to: &Rewrite, hop: &NextHop) -> boo
 }
 
 /// Makes (or finds again) the translation of a new connection to `s.id`: reuses the
-/// connection's own entry when it already has one on that target (a retransmitted SYN, a
-/// client reusing its port), else allocates: the client's port first, then random ports,
-/// each tried by inserting the reverse entry without overwriting (`SNAT_ATTEMPTS` tries),
-/// then writes the forward entry, removing the reverse one if that fails.
+/// connection's own entry when it already has one on that target (a client reusing its
+/// port), or on the target it already went to when this is its SYN retransmitted and that
+/// target still keeps flows (`resolve::START`), else allocates: the client's port first,
+/// then random ports, each tried by inserting the reverse entry without overwriting
+/// (`SNAT_ATTEMPTS` tries), then writes the forward entry, removing the reverse one if that
+/// fails.
 #[inline(never)]
 fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
     // Field by field into the scratch slot, here and below: values built on this frame
@@ -260,8 +262,10 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
     s.conn.proto = h.proto;
     s.conn.family = h.family;
     s.conn.reserved = [0; 2];
-    let generation = s.backend.generation;
+    let start = how & START != 0;
     let mut fresh = true;
+    let mut syn_seq = 0;
+    s.value.state = 0;
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "by value, LLVM copies the key to the stack first"
@@ -269,17 +273,34 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
     // SAFETY: FlowValue is plain integers, copied out at once.
     if let Some(old) = unsafe { FLOWS.get(&s.conn) } {
         let old = *old;
-        if old.state & FLOW_F_NAT != 0 && old.backend == s.id && old.generation == generation {
-            // The same target: keep the translation (the target must see the same port).
-            // Only a closed connection's entry counts as a new flow again.
-            fresh = old.state & (CT_F_FIN | CT_F_RST) != 0;
-            s.value = old;
-        } else {
-            s.value.state = 0;
+        let open = old.state & FLOW_F_NAT != 0 && old.state & (CT_F_FIN | CT_F_RST) == 0;
+        if open && start && old.syn_seq == h.tcp_seq && old.backend != s.id {
+            // This connection's SYN again, its first on another target: it stays there
+            // while that target keeps flows.
+            if let Some(b) = BACKENDS.get(old.backend)
+                && b.keeps_flow(old.generation)
+            {
+                s.backend = *b;
+                s.id = old.backend;
+                s.vip = u32::from(b.vip);
+            }
         }
-    } else {
-        s.value.state = 0;
+        if old.state & FLOW_F_NAT != 0
+            && old.backend == s.id
+            && old.generation == s.backend.generation
+        {
+            // The same target: keep the translation (the target must see the same port).
+            // A closed connection's entry, or a SYN of another connection, counts as a new
+            // flow again.
+            fresh = !open || (start && old.syn_seq != h.tcp_seq);
+            syn_seq = old.syn_seq;
+            s.value = old;
+        }
     }
+    if start {
+        syn_seq = h.tcp_seq;
+    }
+    let generation = s.backend.generation;
     let Some(cfg) = CONFIG.get(0) else {
         return FAILED;
     };
@@ -354,6 +375,7 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
     s.value.generation = generation;
     s.value.state = FLOW_F_NAT | close_flags(h);
     s.value.last_seen = time;
+    s.value.syn_seq = syn_seq;
     #[expect(
         clippy::needless_borrows_for_generic_args,
         reason = "by value, LLVM copies the key to the stack first"

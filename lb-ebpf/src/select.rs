@@ -121,6 +121,8 @@ pub struct Scratch {
     /// 1 for a TCP packet without SYN (it should belong to a known flow).
     pub midflow: u8,
     pub reserved: u8,
+    /// The packet's TCP sequence number (`Headers::tcp_seq`), for a SYN's entry.
+    pub seq: u32,
     /// The flow-table entry found on a hit (a NAT connection's translation).
     pub value: FlowValue,
     /// NAT: the connection's 5-tuple (the forward entry's key; `flow` is the client's key
@@ -230,6 +232,7 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
     let value = FlowValue {
         backend: id,
         generation: b.generation,
+        syn_seq: s.seq,
         ..FlowValue::default()
     };
     // By reference on purpose (clippy: needless borrow): by value, LLVM copies the key
@@ -240,26 +243,39 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
     )]
     if how & START != 0 {
         // Insert first: a new flow costs one map operation, as before. Only when the key is
-        // there (a port reused, or the SYN retransmitted) is the entry read: the same choice
-        // is a retransmission, not a new flow; another one is replaced in place. (The
-        // kernel's LRU insert takes a free node before it finds the key, which with a full
-        // table may evict an idle flow even when it answers EEXIST; that cost is only on
-        // this rare path.)
+        // there (a port reused, or the SYN retransmitted) is the entry read: this SYN's own
+        // entry on a backend that still keeps flows is a retransmission, which stays there
+        // (`START`); any other is replaced in place. (The kernel's LRU insert takes a free
+        // node before it finds the key, which with a full table may evict an idle flow even
+        // when it answers EEXIST; that cost is only on this rare path.)
         match FLOWS.insert(&s.flow, value, BPF_NOEXIST) {
             Ok(()) => s.new_flow = 1,
             Err(EEXIST) => {
                 if let Some(p) = FLOWS.get_ptr_mut(&s.flow) {
-                    let p = p.cast::<u64>();
-                    let new = flow_value_word(&value);
-                    // SAFETY: the value of a hash-map element, 8 bytes at an 8-byte aligned
-                    // address (the kernel rounds the key up to 8); one 8-byte store, so a
-                    // reader on another CPU sees the old or the new value, never half.
-                    unsafe {
-                        if core::ptr::read_volatile(p) != new {
-                            core::ptr::write_volatile(p, new);
-                            s.new_flow = 1;
-                        }
+                    // SAFETY: FlowValue is plain integers; the element is valid for the
+                    // program run.
+                    let v = unsafe { *p };
+                    if v.syn_seq == s.seq
+                        && let Some(old) = BACKENDS.get(v.backend)
+                        && old.keeps_flow(v.generation)
+                    {
+                        s.backend = *old;
+                        s.id = v.backend;
+                        s.vip = u32::from(old.vip);
+                        s.hit = 1;
+                        s.value = v;
+                        return true;
                     }
+                    let new = flow_value_word(&value);
+                    // SAFETY: the value of a hash-map element, its first 8 bytes at an
+                    // 8-byte aligned address (the kernel rounds the key up to 8); one
+                    // 8-byte store, so a reader on another CPU sees the old or the new
+                    // backend, never half. Only SYNs read `syn_seq`.
+                    unsafe {
+                        (*p).syn_seq = s.seq;
+                        core::ptr::write_volatile(p.cast::<u64>(), new);
+                    }
+                    s.new_flow = 1;
                 }
             }
             Err(_) => {}

@@ -10,7 +10,8 @@
 //! the FIB).
 
 use lb_common::{
-    CFG_F_WILDCARD_VIPS, FlowKey, FlowValue, VIP_F_HASH_SOURCE, VipInfo, VipKey,
+    CFG_F_WILDCARD_VIPS, CT_F_FIN, CT_F_RST, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
+    VIP_F_HASH_SOURCE, VipInfo, VipKey,
     hash::{flow_hash, flow_key, maglev_slot},
     parse::{L4, Parsed, parse},
     resolve::{COUNT_NEW, REMEMBER, START, how},
@@ -55,7 +56,8 @@ impl Balancer {
     /// The steps of the kernel's `select::resolve`, in its order: the address filter; the
     /// flow table with the 5-tuple (not for a SYN); the VIP, exact port then any-port
     /// (only with `CFG_F_WILDCARD_VIPS`); for a source-affinity VIP the flow table with the
-    /// client's key (not for a SYN); Maglev.
+    /// client's key (not for a SYN); Maglev; for a SYN with a Maglev choice, its own entry
+    /// if it is retransmitted (`lb_common::resolve::START`).
     pub fn predict(&self, frame: &[u8]) -> Result<Option<Prediction>, DataplaneError> {
         let Parsed::Ip(h) = parse(frame) else {
             return Ok(None);
@@ -91,8 +93,26 @@ impl Balancer {
             flow = flow_key(&h, key.port, info.flags);
         }
         let maglev_backend = self.maglev(&info, &flow)?;
+        let nat = maglev_backend != 0
+            && self.backend(maglev_backend)?.mode != MODE_DSR
+            && info.flags & VIP_F_HASH_SOURCE == 0;
         let remembered = if info.flags & VIP_F_HASH_SOURCE != 0 && !fresh {
             self.usable_flow(&flow)?
+        } else if fresh && maglev_backend != 0 {
+            // A retransmitted SYN: its own entry, on a backend that still keeps flows
+            // (`START`). DSR and source affinity: `choose_backend`'s test of the entry it
+            // failed to insert; NAT: `nat::establish`'s, of an open connection's entry on
+            // another target.
+            let own = self.usable_flow(&flow)?.filter(|v| v.syn_seq == h.tcp_seq);
+            if nat {
+                own.filter(|v| {
+                    v.state & FLOW_F_NAT != 0
+                        && v.state & (CT_F_FIN | CT_F_RST) == 0
+                        && v.backend != maglev_backend
+                })
+            } else {
+                own
+            }
         } else {
             None
         };
@@ -100,16 +120,31 @@ impl Balancer {
         let new_flow = remembered.is_none()
             && maglev_backend != 0
             && how & REMEMBER != 0
-            && if fresh {
+            && if fresh && nat {
+                // `nat::establish`: the same target's open entry is kept, and new only
+                // for another connection's SYN.
                 let b = self.backend(maglev_backend)?;
-                self.flow(&flow)?.map(|v| (v.backend, v.generation))
-                    != Some((maglev_backend, b.generation))
+                !self.flow(&flow)?.is_some_and(|v| {
+                    v.state & FLOW_F_NAT != 0
+                        && (v.backend, v.generation) == (maglev_backend, b.generation)
+                        && v.state & (CT_F_FIN | CT_F_RST) == 0
+                        && v.syn_seq == h.tcp_seq
+                })
+            } else if fresh {
+                // `choose_backend`: anything but this SYN's own entry is replaced.
+                true
             } else {
                 how & COUNT_NEW != 0
             };
+        // A retransmitted SYN is counted for the VIP its entry's backend names, as any
+        // flow-table hit.
+        let vip_index = match remembered {
+            Some(v) if fresh => u32::from(self.backend(v.backend)?.vip),
+            _ => info.index,
+        };
         Ok(Some(Prediction {
             vip,
-            vip_index: info.index,
+            vip_index,
             flow,
             hash: flow_hash(&flow),
             maglev_backend,

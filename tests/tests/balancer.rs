@@ -559,6 +559,66 @@ fn a_syn_takes_the_current_choice_and_overwrites_its_entry() {
     assert_sent_to(&lab, &ack, pick.backend());
 }
 
+/// A SYN retransmitted after its backend left the Maglev table (draining, or unhealthy but
+/// kept) is the same connection, half open there: it stays on that backend and counts
+/// nothing new. (Sent to another backend, its answer would race the first one's, and
+/// whichever the client took, the other backend would reset the connection.) A SYN with
+/// another sequence number on the same port is a new connection and takes the current
+/// choice; so does a retransmission once its backend keeps no flows.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_retransmitted_syn_stays_on_the_backend_of_its_first_copy() {
+    let mut lab = Lab::new();
+    let (vip_id, _) = lab.vip("web4");
+    let new_flows = |lab: &Lab| lab.lb.vip_stats(vip_id).unwrap().new_flows;
+    let syn = Packet::tcp(client4(), 51100, vip_addr(), 80, SYN).tcp_seq(7000, 0);
+    let first = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+    let n0 = new_flows(&lab);
+    assert_sent_to(&lab, &syn, first);
+    assert_eq!(new_flows(&lab), n0 + 1);
+
+    lab.switch_table_without("web4", &[first]);
+    let generation = lab.lb.backend(first).unwrap().generation;
+    lab.set_backend_state(first, BACKEND_DRAINING, generation);
+    let p = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    assert_ne!(p.maglev_backend, first);
+    assert_eq!((p.backend(), p.new_flow), (first, false), "{p:?}");
+    let first_stats = lab.lb.backend_stats(first).unwrap();
+    assert_sent_to(&lab, &syn, first);
+    assert_eq!(new_flows(&lab), n0 + 1, "a retransmission is no new flow");
+    let after = lab.lb.backend_stats(first).unwrap();
+    assert_eq!(
+        (after.new_flows, after.packets),
+        (first_stats.new_flows, first_stats.packets + 1)
+    );
+    let ack = Packet::tcp(client4(), 51100, vip_addr(), 80, ACK).tcp_seq(7001, 1);
+    assert_sent_to(&lab, &ack, first);
+
+    // Another connection on the same port: the current choice, a new flow.
+    let again = Packet::tcp(client4(), 51100, vip_addr(), 80, SYN).tcp_seq(9000, 0);
+    let second = lab.lb.predict(&again.build()).unwrap().unwrap();
+    assert!(second.new_flow && second.remembered.is_none(), "{second:?}");
+    assert_ne!(second.backend(), first);
+    assert_sent_to(&lab, &again, second.backend());
+    assert_eq!(new_flows(&lab), n0 + 2);
+    assert_eq!(
+        lab.lb.flow(&second.flow).unwrap().map(|v| v.backend),
+        Some(second.backend())
+    );
+
+    // Its retransmission once that backend is down and out of the table: the current
+    // choice again.
+    let second = second.backend();
+    lab.switch_table_without("web4", &[first, second]);
+    let generation = lab.lb.backend(second).unwrap().generation;
+    lab.set_backend_state(second, BACKEND_DOWN, generation);
+    let third = lab.lb.predict(&again.build()).unwrap().unwrap();
+    assert!(third.new_flow && third.remembered.is_none(), "{third:?}");
+    assert!(![first, second].contains(&third.backend()));
+    assert_sent_to(&lab, &again, third.backend());
+    assert_eq!(new_flows(&lab), n0 + 3);
+}
+
 /// UDP counts a new flow for each packet that creates a flow entry, and only those.
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]

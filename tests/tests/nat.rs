@@ -160,6 +160,63 @@ fn fin_both_ways_and_rst_are_recorded_for_the_sweeper() {
     assert_eq!(state(&lab).0, FLOW_F_NAT | CT_F_RST);
 }
 
+/// A NAT connection's SYN retransmitted after its target left the Maglev table (draining,
+/// or unhealthy but kept) stays on that target with its translation, and is no new flow;
+/// a SYN with another sequence number on the same port is a new connection, which takes
+/// the current choice.
+#[test]
+#[ignore = "needs root: run with `cargo xtask test`"]
+fn a_retransmitted_nat_syn_keeps_its_target_and_translation() {
+    let mut lab = Lab::new();
+    let vip = ip("203.0.113.90");
+    let (vip_id, _) = lab.vip("nat4");
+    let new_flows = |lab: &Lab| lab.lb.vip_stats(vip_id).unwrap().new_flows;
+    let dport = |frame: &[u8]| u16::from_be_bytes([frame[36], frame[37]]);
+    let syn = Packet::tcp(ip("192.0.2.1"), 47000, vip, 80, SYN).tcp_seq(7000, 0);
+    let first = lab.lb.predict(&syn.build()).unwrap().unwrap().backend();
+    let target = target_of(&lab, &syn);
+    let (action, out) = lab.run(&syn.build());
+    assert_eq!(
+        (action, dport(&out), sport(&out)),
+        (XDP_TX, target.1, 47000)
+    );
+    let n0 = new_flows(&lab);
+
+    lab.switch_table_without("nat4", &[first]);
+    let generation = lab.lb.backend(first).unwrap().generation;
+    lab.set_backend_state(first, lb_common::BACKEND_DRAINING, generation);
+    let p = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    assert_ne!(p.maglev_backend, first);
+    assert_eq!((p.backend(), p.new_flow), (first, false), "{p:?}");
+    let (action, out) = lab.run(&syn.build());
+    assert_eq!(
+        (action, dport(&out), sport(&out)),
+        (XDP_TX, target.1, 47000),
+        "the retransmission reaches the first target, translated as before"
+    );
+    assert_eq!(new_flows(&lab), n0, "and is no new flow");
+    let (action, out) = lab.run(&Packet::tcp(ip("192.0.2.1"), 47000, vip, 80, ACK).build());
+    assert_eq!(
+        (action, dport(&out)),
+        (XDP_TX, target.1),
+        "the handshake's ACK too"
+    );
+
+    // Another connection on the same port: the current choice, a new flow.
+    let again = Packet::tcp(ip("192.0.2.1"), 47000, vip, 80, SYN).tcp_seq(9000, 0);
+    let p = lab.lb.predict(&again.build()).unwrap().unwrap();
+    assert!(p.new_flow && p.remembered.is_none(), "{p:?}");
+    let other = target_of(&lab, &again);
+    assert_ne!(other, target);
+    let (action, out) = lab.run(&again.build());
+    assert_eq!((action, dport(&out)), (XDP_TX, other.1));
+    assert_eq!(new_flows(&lab), n0 + 1);
+    assert_eq!(
+        lab.lb.flow(&again.five_tuple()).unwrap().map(|v| v.backend),
+        Some(p.backend())
+    );
+}
+
 /// A known NAT connection's packets, both ways, are decided as the general path decides
 /// them: every check a router makes gives the same action, output and counter; the good
 /// ones are translated exactly (full NAT and client-preserving), FIN recorded both ways,

@@ -3,7 +3,8 @@
 //! affinity and the any-port flag toggled) run through the real program with
 //! BPF_PROG_TEST_RUN and through `Balancer::predict`, which must name the same backend, the
 //! same VIP to count for and the same new-flow decision, or agree that no VIP takes the
-//! packet.
+//! packet. SYNs come with two sequence numbers, so that some are retransmissions of the
+//! SYN that made their entry and some start another connection on its port.
 
 use std::net::IpAddr;
 
@@ -48,6 +49,8 @@ struct Pkt {
     sport: u16,
     dport: u16,
     flags: u8,
+    /// The TCP sequence number: a SYN with its entry's is a retransmission.
+    seq: u32,
 }
 
 /// (address, port, TCP) of the lab's VIPs worth sending to, and ports besides.
@@ -74,7 +77,7 @@ impl Pkt {
         };
         let dport = if port == 0 { self.dport } else { port };
         if tcp {
-            Packet::tcp(src, self.sport, dst, dport, self.flags)
+            Packet::tcp(src, self.sport, dst, dport, self.flags).tcp_seq(self.seq, 0)
         } else {
             Packet::udp(src, self.sport, dst, dport)
         }
@@ -95,13 +98,15 @@ fn pkt() -> impl Strategy<Value = Pkt> {
             Just(PSH | ACK),
             Just(FIN | ACK)
         ],
+        prop_oneof![Just(1000u32), Just(2000)],
     )
-        .prop_map(|(target, client, sport, dport, flags)| Pkt {
+        .prop_map(|(target, client, sport, dport, flags, seq)| Pkt {
             target,
             client,
             sport,
             dport,
             flags,
+            seq,
         })
 }
 
@@ -169,6 +174,9 @@ fn apply(lab: &mut Lab, op: &Op, ids: &[u32]) {
                         &FlowValue {
                             backend: id,
                             generation,
+                            // As a SYN of this packet's sequence number left it, or
+                            // another's.
+                            syn_seq: (p.seq + (*b % 2) as u32).to_be(),
                             ..FlowValue::default()
                         },
                     )

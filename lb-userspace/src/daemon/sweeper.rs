@@ -268,6 +268,8 @@ mod tests {
                 nat_slot: 0,
                 state: FLOW_F_NAT | fwd_state,
                 last_seen: fwd_seen,
+                syn_seq: 0,
+                reserved: 0,
             }),
         }
     }
