@@ -90,6 +90,11 @@ pub const BACKEND_DOWN: u8 = 3;
 pub const ADMIN_F_DRAINED: u8 = 1;
 /// `Backend::admin`: the backend was removed and is serving out its deregistration delay.
 pub const ADMIN_F_REMOVING: u8 = 2;
+/// `Backend::admin`: the backend fails its health checks (its state is `BACKEND_DOWN`, or
+/// `BACKEND_DRAINING` under `on_unhealthy = "keep"`). A SYN retransmitted to it moves on,
+/// as it may never have arrived, unless the NAT target has answered it
+/// (`resolve::START`).
+pub const ADMIN_F_FAILING: u8 = 4;
 
 /// `Backend::mode`: direct server return: packets are encapsulated to the backend, which
 /// answers the client itself.
@@ -195,7 +200,8 @@ pub struct FlowValue {
     /// TCP: the sequence number of the SYN that made the entry (network order in memory).
     /// A SYN with the same number is that SYN retransmitted: the connection is already on
     /// this entry's backend (its answer may be on the way), so it stays there while the
-    /// backend keeps flows; any other SYN starts a new connection (`resolve::START`).
+    /// backend keeps flows (`resolve::START` says when a failing one does not); any other
+    /// SYN starts a new connection.
     pub syn_seq: u32,
     pub reserved: u32,
 }

@@ -13,8 +13,10 @@ use crate::{
 /// changed table (as Katran does) — unless the entry was made by this very SYN
 /// (`FlowValue::syn_seq`: a retransmission) and its backend still keeps flows: that
 /// connection is already half open there, and moving its retransmitted SYN to another
-/// backend would answer the client twice and have the second reset it. Counted as a new
-/// flow unless it was such a retransmission.
+/// backend would answer the client twice and have the second reset it. A backend failing
+/// its checks (`ADMIN_F_FAILING`) keeps it only as a NAT target that has answered the
+/// connection: otherwise the first SYN may never have reached it. Counted as a new flow
+/// unless it was such a retransmission.
 pub const START: u32 = 1;
 /// A new choice is remembered in the flow table (not for a TCP RST, which ends its flow,
 /// nor for an ICMP error about the flow).

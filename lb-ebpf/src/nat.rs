@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Addr, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FAMILY_V6, FLOW_F_NAT, MODE_NAT, MODE_NAT_CLIENT,
-    NatReverse, PROTO_TCP, SNAT_SLOTS_PER_FAMILY,
+    ADMIN_F_FAILING, Addr, Backend, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FAMILY_V6, FLOW_F_NAT,
+    FlowValue, MODE_NAT, MODE_NAT_CLIENT, NatReverse, PROTO_TCP, SNAT_SLOTS_PER_FAMILY,
     hash::{FILTER_SLOTS_PER_WORD, filter_position},
     nat::{Rewrite, SNAT_ATTEMPTS, nat_clock, rewrite, snat_port},
     parse::{Headers, TCP_FIN, TCP_RST},
@@ -276,9 +276,11 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
         let open = old.state & FLOW_F_NAT != 0 && old.state & (CT_F_FIN | CT_F_RST) == 0;
         if open && start && old.syn_seq == h.tcp_seq && old.backend != s.id {
             // This connection's SYN again, its first on another target: it stays there
-            // while that target keeps flows.
+            // while that target keeps flows, unless it fails its checks and has not
+            // answered this connection (then the SYN may never have reached it).
             if let Some(b) = BACKENDS.get(old.backend)
                 && b.keeps_flow(old.generation)
+                && (b.admin & ADMIN_F_FAILING == 0 || answered(h, s, &old, b))
             {
                 s.backend = *b;
                 s.id = old.backend;
@@ -389,6 +391,32 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
         s.new_flow = 1;
     }
     ESTABLISHED
+}
+
+/// Whether target `b` has answered the connection of `h` whose forward entry is `old`: its
+/// reverse entry (built in `s.rev_key`) records a reply.
+#[inline(never)]
+fn answered(h: &Headers, s: &mut Scratch, old: &FlowValue, b: &Backend) -> bool {
+    s.rev_key.src = b.addr;
+    s.rev_key.sport = if b.port != 0 { b.port } else { h.dport };
+    s.rev_key.proto = h.proto;
+    s.rev_key.family = h.family;
+    s.rev_key.reserved = [0; 2];
+    s.rev_key.dport = old.nat_port;
+    if b.mode == MODE_NAT_CLIENT {
+        s.rev_key.dst = h.src;
+    } else {
+        match SNAT_POOL.get(u32::from(old.nat_slot)) {
+            Some(a) => s.rev_key.dst = a.addr,
+            None => return false,
+        }
+    }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM copies the key to the stack first"
+    )]
+    // SAFETY: NatReverse is plain integers, read at once.
+    unsafe { NAT_REV.get(&s.rev_key) }.is_some_and(|r| r.state & CT_F_REPLIED != 0)
 }
 
 /// Tries (SNAT slot `slot`, port `port`) for the connection in `s` (`s.rev` and the

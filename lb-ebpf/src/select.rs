@@ -3,8 +3,8 @@
 //! by userspace's `Balancer::predict`.
 
 use lb_common::{
-    Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, MODE_DSR, NatReverse,
-    VIP_F_HASH_SOURCE, VipInfo, VipKey,
+    ADMIN_F_FAILING, Addr, Backend, CFG_F_WILDCARD_VIPS, FAMILY_V6, FlowKey, FlowValue, MODE_DSR,
+    NatReverse, VIP_F_HASH_SOURCE, VipInfo, VipKey,
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position, flow_hash,
         table_index,
@@ -258,6 +258,7 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
                     if v.syn_seq == s.seq
                         && let Some(old) = BACKENDS.get(v.backend)
                         && old.keeps_flow(v.generation)
+                        && old.admin & ADMIN_F_FAILING == 0
                     {
                         s.backend = *old;
                         s.id = v.backend;

@@ -10,10 +10,10 @@
 //! the FIB).
 
 use lb_common::{
-    CFG_F_WILDCARD_VIPS, CT_F_FIN, CT_F_RST, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
-    VIP_F_HASH_SOURCE, VipInfo, VipKey,
+    ADMIN_F_FAILING, Backend, CFG_F_WILDCARD_VIPS, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FLOW_F_NAT,
+    FlowKey, FlowValue, MODE_DSR, MODE_NAT_CLIENT, VIP_F_HASH_SOURCE, VipInfo, VipKey,
     hash::{flow_hash, flow_key, maglev_slot},
-    parse::{L4, Parsed, parse},
+    parse::{Headers, L4, Parsed, parse},
     resolve::{COUNT_NEW, REMEMBER, START, how},
 };
 
@@ -103,15 +103,18 @@ impl Balancer {
             // (`START`). DSR and source affinity: `choose_backend`'s test of the entry it
             // failed to insert; NAT: `nat::establish`'s, of an open connection's entry on
             // another target.
-            let own = self.usable_flow(&flow)?.filter(|v| v.syn_seq == h.tcp_seq);
-            if nat {
-                own.filter(|v| {
-                    v.state & FLOW_F_NAT != 0
+            // A backend failing its checks keeps it only if (NAT) it has answered.
+            match self.usable_flow(&flow)?.filter(|v| v.syn_seq == h.tcp_seq) {
+                Some(v) if nat => {
+                    let b = self.backend(v.backend)?;
+                    let stays = v.state & FLOW_F_NAT != 0
                         && v.state & (CT_F_FIN | CT_F_RST) == 0
                         && v.backend != maglev_backend
-                })
-            } else {
-                own
+                        && (b.admin & ADMIN_F_FAILING == 0 || self.answered(&h, &v, &b)?);
+                    stays.then_some(v)
+                }
+                Some(v) if self.backend(v.backend)?.admin & ADMIN_F_FAILING == 0 => Some(v),
+                _ => None,
             }
         } else {
             None
@@ -181,6 +184,28 @@ impl Balancer {
             return Ok(0);
         }
         Ok(id)
+    }
+
+    /// `nat::answered`: whether NAT target `b` has answered the connection of `h` whose
+    /// forward entry is `v` (its reverse entry records a reply).
+    fn answered(&self, h: &Headers, v: &FlowValue, b: &Backend) -> Result<bool, DataplaneError> {
+        let dst = if b.mode == MODE_NAT_CLIENT {
+            h.src
+        } else {
+            self.snat_slot(u32::from(v.nat_slot))?
+        };
+        let key = FlowKey {
+            src: b.addr,
+            dst,
+            sport: if b.port != 0 { b.port } else { h.dport },
+            dport: v.nat_port,
+            proto: h.proto,
+            family: h.family,
+            reserved: [0; 2],
+        };
+        Ok(self
+            .nat_reverse(&key)?
+            .is_some_and(|r| r.state & CT_F_REPLIED != 0))
     }
 
     /// The flow-table entry of `key`, if there is one and its backend still keeps flows.

@@ -559,12 +559,13 @@ fn a_syn_takes_the_current_choice_and_overwrites_its_entry() {
     assert_sent_to(&lab, &ack, pick.backend());
 }
 
-/// A SYN retransmitted after its backend left the Maglev table (draining, or unhealthy but
-/// kept) is the same connection, half open there: it stays on that backend and counts
-/// nothing new. (Sent to another backend, its answer would race the first one's, and
-/// whichever the client took, the other backend would reset the connection.) A SYN with
-/// another sequence number on the same port is a new connection and takes the current
-/// choice; so does a retransmission once its backend keeps no flows.
+/// A SYN retransmitted after its backend left the Maglev table (drained, deregistering)
+/// is the same connection, half open there: it stays on that backend and counts nothing
+/// new. (Sent to another backend, its answer would race the first one's, and whichever the
+/// client took, the other backend would reset the connection.) A SYN with another sequence
+/// number on the same port is a new connection and takes the current choice; so does a
+/// retransmission once its backend fails its checks (kept for its established flows by
+/// `on_unhealthy = "keep"`, but the SYN may never have reached it).
 #[test]
 #[ignore = "needs root: run with `cargo xtask test`"]
 fn a_retransmitted_syn_stays_on_the_backend_of_its_first_copy() {
@@ -606,12 +607,13 @@ fn a_retransmitted_syn_stays_on_the_backend_of_its_first_copy() {
         Some(second.backend())
     );
 
-    // Its retransmission once that backend is down and out of the table: the current
-    // choice again.
+    // Its retransmission once that backend fails its checks (kept, out of the table): the
+    // current choice again.
     let second = second.backend();
     lab.switch_table_without("web4", &[first, second]);
-    let generation = lab.lb.backend(second).unwrap().generation;
-    lab.set_backend_state(second, BACKEND_DOWN, generation);
+    let mut b = lab.lb.backend(second).unwrap();
+    (b.state, b.admin) = (BACKEND_DRAINING, lb_common::ADMIN_F_FAILING);
+    lab.lb.set_backend(second, &b).unwrap();
     let third = lab.lb.predict(&again.build()).unwrap().unwrap();
     assert!(third.new_flow && third.remembered.is_none(), "{third:?}");
     assert!(![first, second].contains(&third.backend()));

@@ -202,6 +202,26 @@ fn a_retransmitted_nat_syn_keeps_its_target_and_translation() {
         "the handshake's ACK too"
     );
 
+    // Failing its checks after answering the connection: the retransmission still stays.
+    let snat = IpAddr::V4(SNAT_V4);
+    let answer = Packet::tcp(target.0, target.1, snat, 47000, SYN | ACK).tcp_seq(500, 7001);
+    assert_eq!(
+        lab.run(&answer.build()).0,
+        XDP_TX,
+        "the answer reaches the client"
+    );
+    let mut b = lab.lb.backend(first).unwrap();
+    b.admin = lb_common::ADMIN_F_FAILING;
+    lab.lb.set_backend(first, &b).unwrap();
+    let p = lab.lb.predict(&syn.build()).unwrap().unwrap();
+    assert_eq!((p.backend(), p.new_flow), (first, false), "{p:?}");
+    let (action, out) = lab.run(&syn.build());
+    assert_eq!(
+        (action, dport(&out), sport(&out)),
+        (XDP_TX, target.1, 47000)
+    );
+    assert_eq!(new_flows(&lab), n0);
+
     // Another connection on the same port: the current choice, a new flow.
     let again = Packet::tcp(ip("192.0.2.1"), 47000, vip, 80, SYN).tcp_seq(9000, 0);
     let p = lab.lb.predict(&again.build()).unwrap().unwrap();
@@ -215,6 +235,34 @@ fn a_retransmitted_nat_syn_keeps_its_target_and_translation() {
         lab.lb.flow(&again.five_tuple()).unwrap().map(|v| v.backend),
         Some(p.backend())
     );
+
+    // A connection to a target that starts failing before it answers: its retransmitted
+    // SYN goes to the current choice, a new flow.
+    let all = lab.backend_ids[vip_id as usize].clone();
+    lab.switch_table("nat4", &all);
+    (b.state, b.admin) = (lb_common::BACKEND_ACTIVE, 0);
+    lab.lb.set_backend(first, &b).unwrap();
+    let unanswered = (47100..47200)
+        .map(|port| Packet::tcp(ip("192.0.2.3"), port, vip, 80, SYN).tcp_seq(3000, 0))
+        .find(|s| lab.lb.predict(&s.build()).unwrap().unwrap().backend() == first)
+        .expect("a port whose choice is the first target");
+    let (action, out) = lab.run(&unanswered.build());
+    assert_eq!((action, dport(&out)), (XDP_TX, target.1));
+    lab.switch_table_without("nat4", &[first]);
+    (b.state, b.admin) = (lb_common::BACKEND_DRAINING, lb_common::ADMIN_F_FAILING);
+    lab.lb.set_backend(first, &b).unwrap();
+    let p = lab.lb.predict(&unanswered.build()).unwrap().unwrap();
+    assert!(p.new_flow && p.remembered.is_none(), "{p:?}");
+    let now = target_of(&lab, &unanswered);
+    assert_ne!(now, target);
+    let n1 = new_flows(&lab);
+    let (action, out) = lab.run(&unanswered.build());
+    assert_eq!(
+        (action, dport(&out)),
+        (XDP_TX, now.1),
+        "not the failing target"
+    );
+    assert_eq!(new_flows(&lab), n1 + 1);
 }
 
 /// A known NAT connection's packets, both ways, are decided as the general path decides

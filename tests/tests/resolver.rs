@@ -9,8 +9,8 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, CFG_F_WILDCARD_VIPS, FlowValue,
-    VIP_F_HASH_SOURCE,
+    ADMIN_F_FAILING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, CFG_F_WILDCARD_VIPS,
+    FlowValue, VIP_F_HASH_SOURCE,
     stats::{ACTIONS, Reason},
 };
 use proptest::{
@@ -26,8 +26,9 @@ use xlb_tests::{
 /// One step: change the maps, or send a packet.
 #[derive(Clone, Debug)]
 enum Op {
-    /// Backend id (1-based index into all the lab's ids), state, generation.
-    Backend(usize, u8, u32),
+    /// Backend id (1-based index into all the lab's ids), state, generation, and whether it
+    /// fails its checks (`ADMIN_F_FAILING`).
+    Backend(usize, u8, u32, bool),
     /// Switch a VIP (by lab index) to a table without one of its backends (by position).
     Table(usize, usize),
     /// Switch a VIP back to a table of all its backends.
@@ -112,8 +113,8 @@ fn pkt() -> impl Strategy<Value = Pkt> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (0usize..20, prop_oneof![Just(BACKEND_ACTIVE), Just(BACKEND_DRAINING), Just(BACKEND_DOWN)], 1u32..3)
-            .prop_map(|(i, s, g)| Op::Backend(i, s, g)),
+        2 => (0usize..20, prop_oneof![Just(BACKEND_ACTIVE), Just(BACKEND_DRAINING), Just(BACKEND_DOWN)], 1u32..3, any::<bool>())
+            .prop_map(|(i, s, g, f)| Op::Backend(i, s, g, f)),
         1 => (0usize..7, 0usize..3).prop_map(|(v, b)| Op::Table(v, b)),
         1 => (0usize..7).prop_map(Op::FullTable),
         1 => any::<bool>().prop_map(Op::Affinity),
@@ -126,8 +127,12 @@ fn op() -> impl Strategy<Value = Op> {
 /// Applies a map change the way the controller could leave the maps.
 fn apply(lab: &mut Lab, op: &Op, ids: &[u32]) {
     match op {
-        Op::Backend(i, state, generation) => {
-            lab.set_backend_state(ids[i % ids.len()], *state, *generation)
+        Op::Backend(i, state, generation, failing) => {
+            let id = ids[i % ids.len()];
+            lab.set_backend_state(id, *state, *generation);
+            let mut b = lab.lb.backend(id).unwrap();
+            b.admin = if *failing { ADMIN_F_FAILING } else { 0 };
+            lab.lb.set_backend(id, &b).unwrap();
         }
         Op::Table(v, b) => {
             let name = lab.vips[*v].name;

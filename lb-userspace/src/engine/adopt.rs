@@ -9,8 +9,8 @@ use std::{
 };
 
 use lb_common::{
-    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, Backend,
-    SNAT_SLOTS, VIP_F_NAT, VIP_F_NAT_CLIENT, addr_from_map, port_from_map,
+    ADMIN_F_DRAINED, ADMIN_F_FAILING, ADMIN_F_REMOVING, BACKEND_DOWN, BACKEND_DRAINING,
+    BACKEND_UNUSED, Backend, SNAT_SLOTS, VIP_F_NAT, VIP_F_NAT_CLIENT, addr_from_map, port_from_map,
 };
 
 use super::{
@@ -116,9 +116,11 @@ pub fn adopt<M: Maps>(maps: &M) -> Result<(State, Vec<Step>), M::Error> {
                     config: bc,
                     id,
                     generation: b.generation,
-                    // Draining without being drained or removed: unhealthy, keeping its
-                    // flows (`on_unhealthy = "keep"`).
+                    // Failing, or (pins of a version without that flag) draining without
+                    // being drained or removed: unhealthy, keeping its flows
+                    // (`on_unhealthy = "keep"`).
                     health: if b.state == BACKEND_DOWN
+                        || b.admin & ADMIN_F_FAILING != 0
                         || (b.state == BACKEND_DRAINING
                             && b.admin & (ADMIN_F_DRAINED | ADMIN_F_REMOVING) == 0)
                     {

@@ -17,9 +17,9 @@ use std::{
 };
 
 use lb_common::{
-    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6, CFG_F_WILDCARD_VIPS,
-    DataplaneConfig as MapConfig, SNAT_SLOTS_PER_FAMILY, VipInfo, addr_to_map,
+    ADMIN_F_DRAINED, ADMIN_F_FAILING, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN,
+    BACKEND_DRAINING, BACKEND_UNUSED, Backend, CFG_F_SOURCE_V4, CFG_F_SOURCE_V6,
+    CFG_F_WILDCARD_VIPS, DataplaneConfig as MapConfig, SNAT_SLOTS_PER_FAMILY, VipInfo, addr_to_map,
 };
 
 use super::{
@@ -766,6 +766,9 @@ impl<'a> Planner<'a> {
             }
             if b.removing.is_some() {
                 admin |= ADMIN_F_REMOVING;
+            }
+            if !usable {
+                admin |= ADMIN_F_FAILING;
             }
             let entry = Backend {
                 addr,

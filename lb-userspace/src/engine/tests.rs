@@ -8,8 +8,8 @@ use std::{
 };
 
 use lb_common::{
-    ADMIN_F_DRAINED, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING,
-    BACKEND_UNUSED, CFG_F_WILDCARD_VIPS, VipKey,
+    ADMIN_F_DRAINED, ADMIN_F_FAILING, ADMIN_F_REMOVING, BACKEND_ACTIVE, BACKEND_DOWN,
+    BACKEND_DRAINING, BACKEND_UNUSED, CFG_F_WILDCARD_VIPS, VipKey,
 };
 
 use super::*;
@@ -650,8 +650,12 @@ fn on_unhealthy_keep_leaves_flows_with_a_failing_target_and_survives_a_restart()
         .unwrap();
     let id = id_of(&e, "198.51.100.13");
     let entry = e.maps().backends[id as usize];
-    // Draining in the data plane: its flows stay, it takes no new ones.
-    assert_eq!((entry.state, entry.admin), (BACKEND_DRAINING, 0));
+    // Draining in the data plane: its flows stay, it takes no new ones; marked failing,
+    // so a retransmitted SYN does not stay on it.
+    assert_eq!(
+        (entry.state, entry.admin),
+        (BACKEND_DRAINING, ADMIN_F_FAILING)
+    );
     assert_eq!(share(e.maps(), "198.51.100.13"), 0);
     let b = &e.vips()[&vip()].backends[&t("198.51.100.13")];
     assert_eq!(b.state(), crate::engine::BackendState::Failing);
@@ -664,7 +668,8 @@ fn on_unhealthy_keep_leaves_flows_with_a_failing_target_and_survives_a_restart()
     assert_eq!(share(again.maps(), "198.51.100.13"), 0);
     // Switching back to the default moves its flows away.
     again.apply(&text("move")).unwrap();
-    assert_eq!(again.maps().backends[id as usize].state, BACKEND_DOWN);
+    let entry = again.maps().backends[id as usize];
+    assert_eq!((entry.state, entry.admin), (BACKEND_DOWN, ADMIN_F_FAILING));
     let b = &again.vips()[&vip()].backends[&t("198.51.100.13")];
     assert_eq!(b.state(), crate::engine::BackendState::Down);
 }
