@@ -247,10 +247,10 @@ fn rewrite_l4(ctx: *mut xdp_md, h: &Headers, to: &Rewrite, hop: &NextHop) -> boo
 /// Makes (or finds again) the translation of a new connection to `s.id`: reuses the
 /// connection's own entry when it already has one on that target (a client reusing its
 /// port), or on the target it already went to when this is its SYN retransmitted and that
-/// target still keeps flows (`resolve::START`), else allocates: the client's port first,
-/// then random ports, each tried by inserting the reverse entry without overwriting
-/// (`SNAT_ATTEMPTS` tries), then writes the forward entry, removing the reverse one if that
-/// fails.
+/// target still keeps flows (and, if it fails its checks, has answered: `resolve::START`),
+/// else allocates: the client's port first, then random ports, each tried by inserting the
+/// reverse entry without overwriting (`SNAT_ATTEMPTS` tries), then writes the forward entry,
+/// removing the reverse one if that fails.
 #[inline(never)]
 fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
     // Field by field into the scratch slot, here and below: values built on this frame
