@@ -351,11 +351,9 @@ fn paths_and_hosts_reach_their_services_and_losing_a_proxy_loses_no_request() {
     let marks = marks.into_inner().unwrap();
     let at = |what: &str| marks.iter().find(|(w, _)| *w == what).unwrap().1;
     let t0 = at("proxy-b lost");
+    let since = |t: &Instant| t.saturating_duration_since(t0).as_secs_f64();
     for (what, t) in &marks {
-        eprintln!(
-            "{:>8.3} s  {what}",
-            t.saturating_duration_since(t0).as_secs_f64()
-        );
+        eprintln!("{:>8.3} s  {what}", since(t));
     }
     let slow: Vec<_> = requests
         .iter()
@@ -371,10 +369,7 @@ fn paths_and_hosts_reach_their_services_and_losing_a_proxy_loses_no_request() {
     );
     let failed: Vec<_> = failed
         .iter()
-        .map(|(t, f)| {
-            let at = t.saturating_duration_since(t0).as_secs_f64();
-            format!("{at:.3} s  {f}")
-        })
+        .map(|(t, f)| format!("{:.3} s  {f}", since(t)))
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
     // Nothing new went to proxy-b while it was out, nor to proxy-a once it was stopping.
@@ -386,7 +381,6 @@ fn paths_and_hosts_reach_their_services_and_losing_a_proxy_loses_no_request() {
         at("proxy-b back"),
     );
     let a_out = at("proxy-a unhealthy");
-    let since = |t: &Instant| t.saturating_duration_since(t0).as_secs_f64();
     for (t, proxy, _) in &requests {
         assert!(
             !(proxy == "proxy-b" && *t > b_out && *t < b_up),
