@@ -200,9 +200,11 @@ pub mod decap {
     pub const PASS_NOT_ENCAP: u32 = 1;
     /// Encapsulated, but to an address this host does not decapsulate for: passed unchanged.
     pub const PASS_NOT_LOCAL: u32 = 2;
-    /// Encapsulated to us but an outer fragment or inconsistent: passed unchanged.
+    /// Encapsulated to us but an outer fragment or inconsistent, or (at TC) with a VLAN
+    /// tag still in the frame: passed unchanged.
     pub const PASS_MALFORMED: u32 = 3;
-    /// Could not move the packet start (`bpf_xdp_adjust_head` failed): dropped.
+    /// Could not remove the outer header (`bpf_xdp_adjust_head` or `bpf_skb_adjust_room`
+    /// failed): dropped.
     pub const DROP_ADJUST: u32 = 4;
     /// Number of decapsulator counters.
     pub const COUNT: u32 = 5;

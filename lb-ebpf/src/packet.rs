@@ -1,9 +1,11 @@
-//! Bounds-checked access to the packet of an XDP context.
+//! Bounds-checked access to the packet of an XDP or a TC context.
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::xdp_md,
+    bindings::{__sk_buff, xdp_md},
     helpers::{bpf_csum_diff, bpf_xdp_adjust_head},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use lb_common::parse::PacketBytes;
 
@@ -11,9 +13,11 @@ use lb_common::parse::PacketBytes;
 /// page.
 pub const MAX_OFFSET: usize = 0x3fff;
 
-/// The packet of an [`XdpContext`].
+/// The packet of a context whose 4-byte fields at offsets `DATA` and `END` are its start
+/// and end pointers: [`XdpPacket`] for an XDP context, [`SkbPacket`] for a TC one (the
+/// linear part of its socket buffer).
 ///
-/// Every access goes through [`XdpPacket::ptr`], which compares `start + offset + size` with
+/// Every access goes through [`Packet::ptr`], which compares `start + offset + size` with
 /// `data_end` as pointers: that comparison is what the verifier needs to see before it
 /// allows an access, so it is written once, here.
 ///
@@ -22,25 +26,49 @@ pub const MAX_OFFSET: usize = 0x3fff;
 /// data_end - data`) and delete it, and the verifier, which does not follow scalar lengths
 /// back to packet pointers, would refuse the access.
 #[derive(Clone, Copy)]
-pub struct XdpPacket {
-    ctx: *mut xdp_md,
+pub struct Packet<const DATA: usize, const END: usize> {
+    ctx: *mut c_void,
     start: usize,
 }
+
+/// The packet of an [`XdpContext`] (`xdp_md.data`, `xdp_md.data_end`).
+pub type XdpPacket =
+    Packet<{ core::mem::offset_of!(xdp_md, data) }, { core::mem::offset_of!(xdp_md, data_end) }>;
+
+/// The linear part of a [`TcContext`]'s socket buffer (`__sk_buff.data`,
+/// `__sk_buff.data_end`).
+pub type SkbPacket = Packet<
+    { core::mem::offset_of!(__sk_buff, data) },
+    { core::mem::offset_of!(__sk_buff, data_end) },
+>;
 
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        Self {
-            ctx: ctx.ctx,
-            start: load_data(ctx.ctx),
-        }
+        let ctx = ctx.ctx.cast();
+        // SAFETY: the context pointer the kernel passed to the program.
+        let start = unsafe { load_field::<{ core::mem::offset_of!(xdp_md, data) }>(ctx) };
+        Self { ctx, start }
     }
+}
 
+impl SkbPacket {
+    /// The linear part of `ctx`'s socket buffer, as it is now (after a helper that may
+    /// move the data, such as `bpf_skb_adjust_room`, take it again).
+    #[inline(always)]
+    pub fn of_skb(ctx: &TcContext) -> Self {
+        let ctx = ctx.skb.skb.cast();
+        // SAFETY: the context pointer the kernel passed to the program.
+        let start = unsafe { load_field::<{ core::mem::offset_of!(__sk_buff, data) }>(ctx) };
+        Self { ctx, start }
+    }
+}
+
+impl<const DATA: usize, const END: usize> Packet<DATA, END> {
     #[inline(always)]
     fn end(&self) -> usize {
-        // SAFETY: `self.ctx` is the context pointer the kernel passed to the program; the
-        // kernel rewrites this field load into a load of the packet end pointer.
-        unsafe { core::ptr::read_volatile(&raw const (*self.ctx).data_end) as usize }
+        // SAFETY: `self.ctx` is the context pointer the kernel passed to the program.
+        unsafe { load_field::<END>(self.ctx) }
     }
 
     /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
@@ -99,7 +127,7 @@ impl XdpPacket {
     }
 }
 
-impl XdpPacket {
+impl<const DATA: usize, const END: usize> Packet<DATA, END> {
     /// Writes the `N` 32-bit words at `offset`, each as it is in memory (native byte order):
     /// one bounds check and one store per word; `false` if they do not fit.
     #[inline(always)]
@@ -142,7 +170,7 @@ impl XdpPacket {
     }
 }
 
-impl XdpPacket {
+impl<const DATA: usize, const END: usize> Packet<DATA, END> {
     /// The one's-complement sum of the `len` bytes at `offset` (up to 4 KiB), as 32-bit
     /// words read in host (little-endian) order and not folded; `None` if the packet is
     /// shorter or `len` larger. Compare `lb_common::admit::fold16` of it with 0xffff to check
@@ -208,26 +236,31 @@ impl XdpPacket {
     }
 }
 
-/// Reads `ctx->data`. Volatile on purpose: with a plain read LLVM may hoist the load into
-/// the caller of a BPF subprogram and pass the value as a 32-bit argument, which the callee
-/// zero-extends; the verifier refuses such arithmetic on packet pointers.
+/// Reads the context's 4-byte field at `OFFSET`, which the kernel rewrites into a load of
+/// a packet pointer (`data`, `data_end`). Volatile on purpose: with a plain read LLVM may
+/// hoist the load into the caller of a BPF subprogram and pass the value as a 32-bit
+/// argument, which the callee zero-extends (the verifier refuses such arithmetic on packet
+/// pointers), or merge two reads of `data_end` that a helper call in between separates.
+///
+/// # Safety
+/// `ctx` is the context pointer the kernel passed to the program, of a type with a 4-byte
+/// packet pointer field at `OFFSET`.
 #[inline(always)]
-fn load_data(ctx: *mut xdp_md) -> usize {
-    // SAFETY: `ctx` is the context pointer the kernel passed to the program; the kernel
-    // rewrites this field load into a load of the packet start pointer.
-    unsafe { core::ptr::read_volatile(&raw const (*ctx).data) as usize }
+unsafe fn load_field<const OFFSET: usize>(ctx: *mut c_void) -> usize {
+    // SAFETY: the caller's.
+    unsafe { core::ptr::read_volatile(ctx.cast::<u8>().add(OFFSET).cast::<u32>()) as usize }
 }
 
-impl lb_common::nat::PacketWrite for XdpPacket {
-    /// The inherent `XdpPacket::write`: the packet is written through the context's
+impl<const DATA: usize, const END: usize> lb_common::nat::PacketWrite for Packet<DATA, END> {
+    /// The inherent `Packet::write`: the packet is written through the context's
     /// pointers, so `&mut` is only the trait's.
     #[inline(always)]
     fn write<const N: usize>(&mut self, offset: usize, bytes: &[u8; N]) -> bool {
-        XdpPacket::write(self, offset, bytes)
+        Packet::write(self, offset, bytes)
     }
 }
 
-impl PacketBytes for XdpPacket {
+impl<const DATA: usize, const END: usize> PacketBytes for Packet<DATA, END> {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end() - self.start

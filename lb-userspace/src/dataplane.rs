@@ -668,10 +668,18 @@ fn zeros<T: aya::Pod + Default>() -> Result<PerCpuValues<T>> {
 /// kernel answers `EAGAIN` when a signal arrives during a long verification (a busy host),
 /// and a second try usually passes, as libbpf does.
 pub(crate) fn load_program(p: &mut Xdp) -> Result<(), ProgramError> {
+    load_retrying(|| p.load())
+}
+
+/// Runs `load` (a program's `load`) again while the verifier was interrupted (`EAGAIN`), up
+/// to five times.
+pub(crate) fn load_retrying(
+    mut load: impl FnMut() -> Result<(), ProgramError>,
+) -> Result<(), ProgramError> {
     const TRIES: u32 = 5;
     let mut tries = 1;
     loop {
-        match p.load() {
+        match load() {
             Err(ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < TRIES =>
             {

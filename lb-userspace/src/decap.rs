@@ -3,13 +3,23 @@
 //! A backend runs `xlb decap --iface IF`: the program strips the outer header of packets a
 //! balancer encapsulated to one of the interface's addresses, and the kernel then delivers
 //! the original packet to the VIP configured on loopback.
+//!
+//! Two hooks run the same decision: TC ingress (the default: it sees socket buffers after
+//! GRO, so the interface and its peer keep their offloads, and traffic it does not
+//! decapsulate pays one look at its headers per merged packet) and XDP (every frame before
+//! the kernel builds a socket buffer; on a veth it turns segmentation offload off on the
+//! peer, which costs a veth-connected host most of its TCP throughput).
 
 use std::net::IpAddr;
 
 use aya::{
     Ebpf,
     maps::{HashMap, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, links::FdLink},
+    programs::{
+        ProgramError, SchedClassifier, Xdp, XdpMode,
+        links::FdLink,
+        tc::{TcAttachOptions, TcAttachType},
+    },
 };
 use lb_common::{VipKey, addr_to_map, stats::decap};
 
@@ -17,6 +27,18 @@ use crate::programs;
 
 /// Name of the decapsulator's XDP program in its object.
 pub const PROGRAM: &str = "xlb_decap";
+
+/// Name of its TC (ingress classifier) program.
+pub const TC_PROGRAM: &str = "xlb_decap_tc";
+
+/// Where the decapsulator runs on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// TC ingress, as a TCX link (kernel 6.6 or later).
+    Tc,
+    /// XDP, in the given mode.
+    Xdp(XdpMode),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecapError {
@@ -34,7 +56,7 @@ pub enum DecapError {
     },
 }
 
-/// The loaded decapsulator.
+/// The loaded decapsulator: both programs, which share its maps.
 pub struct Decap {
     ebpf: Ebpf,
 }
@@ -47,6 +69,11 @@ impl Decap {
             .ok_or(ProgramError::NotLoaded)?
             .try_into()?;
         crate::dataplane::load_program(prog)?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM)
+            .ok_or(ProgramError::NotLoaded)?
+            .try_into()?;
+        crate::dataplane::load_retrying(|| tc.load())?;
         Ok(Self { ebpf })
     }
 
@@ -55,6 +82,13 @@ impl Decap {
             .program(PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("the decapsulator object has its program")
+    }
+
+    pub fn tc_program(&self) -> &SchedClassifier {
+        self.ebpf
+            .program(TC_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the decapsulator object has its TC program")
     }
 
     /// Decapsulates packets whose outer destination is `addr`.
@@ -81,17 +115,35 @@ impl Decap {
         })
     }
 
-    /// Attaches to interface `ifindex`; the returned link keeps it attached (pin it to
-    /// outlive this process).
-    pub fn attach(&mut self, ifindex: u32, mode: XdpMode) -> Result<FdLink, DecapError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .expect("decap object has its program")
-            .try_into()?;
-        let id = prog.attach_to_if_index(ifindex, mode)?;
-        let link = prog.take_link(id)?;
-        Ok(FdLink::try_from(link)?)
+    /// Attaches to interface `iface` (index `ifindex`) at `hook`; the returned link keeps
+    /// it attached (pin it to outlive this process).
+    pub fn attach(&mut self, iface: &str, ifindex: u32, hook: Hook) -> Result<FdLink, DecapError> {
+        match hook {
+            Hook::Xdp(mode) => {
+                let prog: &mut Xdp = self
+                    .ebpf
+                    .program_mut(PROGRAM)
+                    .expect("decap object has its program")
+                    .try_into()?;
+                let id = prog.attach_to_if_index(ifindex, mode)?;
+                let link = prog.take_link(id)?;
+                Ok(FdLink::try_from(link)?)
+            }
+            Hook::Tc => {
+                let prog: &mut SchedClassifier = self
+                    .ebpf
+                    .program_mut(TC_PROGRAM)
+                    .expect("decap object has its TC program")
+                    .try_into()?;
+                let id = prog.attach_with_options(
+                    iface,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(Default::default()),
+                )?;
+                let link = prog.take_link(id)?;
+                Ok(FdLink::try_from(link)?)
+            }
+        }
     }
 
     /// The counters (`lb_common::stats::decap`), summed over CPUs.
@@ -117,8 +169,22 @@ impl Decap {
             .collect()
     }
 
-    /// Runs the program once on `packet` (see [`crate::dataplane::test_run`]).
+    /// Runs the XDP program once on `packet` (see [`crate::dataplane::test_run`]).
     pub fn test_run(&self, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
         crate::dataplane::test_run(self.program(), packet, 0)
+    }
+
+    /// Runs the TC program once on `packet`, a frame as the kernel builds its socket
+    /// buffer (`BPF_PROG_TEST_RUN`): its action (`TC_ACT_*`) and the frame it leaves.
+    pub fn test_run_tc(&self, packet: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = self.tc_program().test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
     }
 }

@@ -312,6 +312,13 @@ enum AnnounceCommand {
     Restore,
 }
 
+/// `xlb decap --hook`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DecapHook {
+    Tc,
+    Xdp,
+}
+
 #[derive(Args)]
 struct DecapArgs {
     /// The backend's interface that receives encapsulated packets.
@@ -323,9 +330,13 @@ struct DecapArgs {
     /// Remove the decapsulator from the interface.
     #[arg(long)]
     detach: bool,
-    /// XDP attachment mode.
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    xdp_mode: XdpMode,
+    /// Where it runs: tc (ingress, after GRO: the interface keeps its offloads) or xdp
+    /// (every frame, before the kernel builds a socket buffer).
+    #[arg(long, value_enum, default_value_t = DecapHook::Tc)]
+    hook: DecapHook,
+    /// XDP attachment mode (with --hook xdp).
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpMode>,
     /// Pin directory.
     #[arg(long, default_value = "/sys/fs/bpf/xlb-decap")]
     pin_dir: PathBuf,
@@ -783,6 +794,12 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
         println!("decapsulator detached from {}", args.iface);
         return Ok(());
     }
+    if args.hook == DecapHook::Tc && args.xdp_mode.is_some() {
+        return Err(Failure(
+            1,
+            "--xdp-mode: only with --hook xdp (the default hook is tc)".to_owned(),
+        ));
+    }
     let ifidx = daemon::ifindex(&args.iface)
         .ok_or_else(|| Failure(1, format!("--iface: no interface named {:?}", args.iface)))?;
     let addrs = if args.address.is_empty() {
@@ -813,21 +830,30 @@ fn run_decap(args: DecapArgs, json: bool) -> Result<(), Failure> {
     for a in &addrs {
         d.add_local(*a).map_err(|e| Failure(1, e.to_string()))?;
     }
-    let xmode = match args.xdp_mode {
-        XdpMode::Generic => aya::programs::XdpMode::Skb,
-        XdpMode::Native | XdpMode::Auto => aya::programs::XdpMode::Driver,
+    let attach = |d: &mut decap::Decap, hook| {
+        d.attach(&args.iface, ifidx, hook)
+            .map_err(|e| Failure(1, e.to_string()))
     };
-    let link = match d.attach(ifidx, xmode) {
-        Ok(l) => l,
-        Err(_) if args.xdp_mode == XdpMode::Auto => {
-            eprintln!(
-                "xlb: native XDP failed on {}; using generic XDP",
-                args.iface
-            );
-            d.attach(ifidx, aya::programs::XdpMode::Skb)
-                .map_err(|e| Failure(1, e.to_string()))?
+    let link = match (args.hook, args.xdp_mode) {
+        (DecapHook::Tc, _) => attach(&mut d, decap::Hook::Tc)?,
+        (DecapHook::Xdp, Some(XdpMode::Generic)) => {
+            attach(&mut d, decap::Hook::Xdp(aya::programs::XdpMode::Skb))?
         }
-        Err(e) => return Err(Failure(1, e.to_string())),
+        (DecapHook::Xdp, Some(XdpMode::Native)) => {
+            attach(&mut d, decap::Hook::Xdp(aya::programs::XdpMode::Driver))?
+        }
+        (DecapHook::Xdp, None | Some(XdpMode::Auto)) => {
+            match attach(&mut d, decap::Hook::Xdp(aya::programs::XdpMode::Driver)) {
+                Ok(l) => l,
+                Err(_) => {
+                    eprintln!(
+                        "xlb: native XDP failed on {}; using generic XDP",
+                        args.iface
+                    );
+                    attach(&mut d, decap::Hook::Xdp(aya::programs::XdpMode::Skb))?
+                }
+            }
+        }
     };
     std::fs::create_dir_all(&pins)
         .map_err(|e| Failure(1, format!("cannot create {}: {e}", pins.display())))?;
