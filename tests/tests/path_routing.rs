@@ -371,7 +371,7 @@ fn paths_and_hosts_reach_their_services_and_losing_a_proxy_loses_no_request() {
         .iter()
         .map(|(t, f)| format!("{:.3} s  {f}", since(t)))
         .collect();
-    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(failed.is_empty(), "{failed:#?}\n{}", l.daemon.log());
     // Nothing new went to proxy-b while it was out, nor to proxy-a once it was stopping.
     // (Between its link coming up and its second passed check it is out too, but the
     // moment it is back in is known only to within a status poll.)
