@@ -45,10 +45,8 @@ pub type SkbPacket = Packet<
 impl XdpPacket {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        let ctx = ctx.ctx.cast();
-        // SAFETY: the context pointer the kernel passed to the program.
-        let start = unsafe { load_field::<{ core::mem::offset_of!(xdp_md, data) }>(ctx) };
-        Self { ctx, start }
+        // SAFETY: the context pointer the kernel passed to the program, an `xdp_md`.
+        unsafe { Self::of_ctx(ctx.ctx.cast()) }
     }
 }
 
@@ -57,14 +55,24 @@ impl SkbPacket {
     /// move the data, such as `bpf_skb_adjust_room`, take it again).
     #[inline(always)]
     pub fn of_skb(ctx: &TcContext) -> Self {
-        let ctx = ctx.skb.skb.cast();
-        // SAFETY: the context pointer the kernel passed to the program.
-        let start = unsafe { load_field::<{ core::mem::offset_of!(__sk_buff, data) }>(ctx) };
-        Self { ctx, start }
+        // SAFETY: the context pointer the kernel passed to the program, a `__sk_buff`.
+        unsafe { Self::of_ctx(ctx.skb.skb.cast()) }
     }
 }
 
 impl<const DATA: usize, const END: usize> Packet<DATA, END> {
+    /// The packet of `ctx` as it is now.
+    ///
+    /// # Safety
+    /// `ctx` is the context pointer the kernel passed to the program, of a type with 4-byte
+    /// packet pointer fields at `DATA` and `END`.
+    #[inline(always)]
+    unsafe fn of_ctx(ctx: *mut c_void) -> Self {
+        // SAFETY: the caller's.
+        let start = unsafe { load_field::<DATA>(ctx) };
+        Self { ctx, start }
+    }
+
     #[inline(always)]
     fn end(&self) -> usize {
         // SAFETY: `self.ctx` is the context pointer the kernel passed to the program.
