@@ -63,8 +63,7 @@ struct Outer {
     eth: [u8; ETH_HLEN],
     /// The VLAN tag in the frame, if there is one.
     tag: Option<[u8; VLAN_HLEN]>,
-    /// Where the outer IP header starts, and its length.
-    l3: usize,
+    /// The outer IP header's length.
     len: usize,
     /// The inner packet's ethertype, and whether it differs from the outer one's.
     inner_ethertype: u16,
@@ -136,7 +135,6 @@ fn outer<P: PacketBytes>(pkt: &P) -> Result<Outer, u32> {
     Ok(Outer {
         eth,
         tag,
-        l3,
         len,
         inner_ethertype,
         family_changes: inner_ethertype != ethertype,
