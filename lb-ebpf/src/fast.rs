@@ -467,6 +467,7 @@ fn encapsulate<const V6: bool>(
             backend: b,
             v6_outer: V6,
             outer_total,
+            ingress,
         };
         if !cache_hop(xdp.ctx, &tunnel, hop, now) {
             return FALL;

@@ -99,6 +99,7 @@ pub fn encapsulate_and_send(
             backend,
             v6_outer,
             outer_total: h.ip_len.saturating_add(outer_len),
+            ingress,
         },
         h,
         hash,
@@ -267,6 +268,9 @@ pub struct Tunnel<'a> {
     pub v6_outer: bool,
     /// Length of the encapsulated IP packet.
     pub outer_total: u16,
+    /// The ingress interface, read by the caller before any subprogram call: the FIB is
+    /// asked as if the outer packet had arrived there, and the cached answer is tied to it.
+    pub ingress: u32,
 }
 
 /// How long a CPU reuses the FIB's answer for a backend: 250 jiffies (1 s at this kernel's
@@ -373,7 +377,15 @@ fn carries(rc: u32, mtu: u16, total: u16) -> bool {
 #[inline(never)]
 pub fn next_hop(ctx: *mut xdp_md, job: &Tunnel, out: &mut MaybeUninit<NextHop>) {
     let (src, dst) = job.addresses();
-    fib(ctx, job.v6_outer, src, dst, job.outer_total, out);
+    fib(
+        ctx,
+        job.ingress,
+        job.v6_outer,
+        src,
+        dst,
+        job.outer_total,
+        out,
+    );
 }
 
 /// `find_hop` for a cold cache slot `c` of the tunnel's backend, at `now`, without the
@@ -384,14 +396,14 @@ pub fn next_hop(ctx: *mut xdp_md, job: &Tunnel, out: &mut MaybeUninit<NextHop>) 
 #[inline(never)]
 pub fn cache_hop(ctx: *mut xdp_md, job: &Tunnel, c: &mut CachedHop, now: u64) -> bool {
     let (src, dst) = job.addresses();
-    let (rc, fib) = fib_lookup(ctx, job.v6_outer, src, dst, job.outer_total);
+    let (rc, fib) = fib_lookup(ctx, job.ingress, job.v6_outer, src, dst, job.outer_total);
     if !carries(rc, fib.tot_len, job.outer_total) {
         return false;
     }
     *c = CachedHop {
         looked_up: now,
         generation: job.backend.generation,
-        ingress: XdpContext::new(ctx).ingress_ifindex() as u32,
+        ingress: job.ingress,
         ifindex: fib.ifindex,
         mtu: fib.tot_len,
         smac: fib.smac,
@@ -448,21 +460,23 @@ pub fn nat_next_hop(
             ],
         )
     };
-    fib(ctx, v6, src, dst, len, out);
+    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
+    fib(ctx, ingress, v6, src, dst, len, out);
 }
 
 /// The FIB lookup itself, as if a packet of `len` bytes from `src` to `dst` had arrived on
-/// the ingress interface.
+/// the interface `ingress`.
 #[inline(always)]
 fn fib(
     ctx: *mut xdp_md,
+    ingress: u32,
     v6: bool,
     src: [u32; 4],
     dst: [u32; 4],
     len: u16,
     out: &mut MaybeUninit<NextHop>,
 ) {
-    let (rc, fib) = fib_lookup(ctx, v6, src, dst, len);
+    let (rc, fib) = fib_lookup(ctx, ingress, v6, src, dst, len);
     let d = fib.dst;
     let next = if fib.family == AF_INET6 {
         d
@@ -481,17 +495,17 @@ fn fib(
 }
 
 /// `bpf_fib_lookup` for a packet of `len` bytes from `src` to `dst` as if it had arrived
-/// on the ingress interface: its answer (`BPF_FIB_LKUP_RET_*`) and the parameters as the
+/// on the interface `ingress`: its answer (`BPF_FIB_LKUP_RET_*`) and the parameters as the
 /// kernel left them.
 #[inline(always)]
 fn fib_lookup(
     ctx: *mut xdp_md,
+    ingress: u32,
     v6: bool,
     src: [u32; 4],
     dst: [u32; 4],
     len: u16,
 ) -> (u32, FibParams) {
-    let ingress = XdpContext::new(ctx).ingress_ifindex() as u32;
     let mut fib = FibParams {
         family: if v6 { AF_INET6 } else { AF_INET },
         l4_protocol: 0,
