@@ -48,15 +48,12 @@ pub fn fold16(mut sum: u64) -> u32 {
     sum as u32
 }
 
-/// Whether `sum`, a sum of at most eight 32-bit words (an IPv4 header without options is
-/// five), read in any byte order, is that of a correct header: `fold16(sum) == 0xffff`,
-/// in three folds. (After two, the value is at most 0x10000, which folds to 1: only a
-/// sum that is already 0xffff there is correct.)
+/// Whether `sum`, a sum of 32-bit words (an IPv4 header without options is five), read
+/// in any byte order, is that of a correct header: it folds to 0xffff
+/// (`csum::fold_words`, three 16-bit folds).
 #[inline(always)]
 pub fn words_sum_ok(sum: u64) -> bool {
-    let t = (sum & 0xffff_ffff) + (sum >> 32);
-    let u = (t & 0xffff) + (t >> 16);
-    (u & 0xffff) + (u >> 16) == 0xffff
+    crate::csum::fold_words(sum) == 0xffff
 }
 
 /// Whether an IPv4 source address is one no packet to a VIP may come from: "this network"

@@ -37,6 +37,21 @@ pub fn fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// Folds a one's-complement sum of 32-bit words (read in any byte order) to 16 bits, not
+/// complemented: three 16-bit folds, exact for any sum up to 0xffff_0000_ffff (65,535
+/// words). After the first fold the value is at most 0xffff_ffff, after the second
+/// 0x1_fffe, after the third 0xffff; each keeps the sum modulo 0xffff and never turns a
+/// non-zero sum into 0, so the result is the one the usual 32-then-16-bit folds give,
+/// in 12 instructions rather than 17 or 18 on BPF (no 32-bit fold: its mask costs two
+/// shifts).
+#[inline(always)]
+pub fn fold_words(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
 /// The header checksum of an IPv4 header without options whose checksum field (bytes 10
 /// and 11) is zero.
 #[inline(always)]
@@ -55,6 +70,53 @@ pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The folds of 32-bit halves first, then 16-bit ones until nothing carries: the
+    /// reference `fold_words` must match.
+    fn fold_slowly(mut sum: u64) -> u16 {
+        while sum > 0xffff_ffff {
+            sum = (sum & 0xffff_ffff) + (sum >> 32);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        sum as u16
+    }
+
+    #[test]
+    fn three_folds_are_exact_up_to_their_bound() {
+        let edges = [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0x1_ffff,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_ffff,
+            0xfffe_ffff_ffff,
+            0xffff_0000_0000,
+            0xffff_0000_fffe,
+            0xffff_0000_ffff,
+        ];
+        for s in edges {
+            assert_eq!(fold_words(s), fold_slowly(s), "sum {s:#x}");
+        }
+        // Sums of n words, n up to the bound's 65,535, with words from a fixed LCG.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for n in [1u64, 2, 5, 8, 10, 16, 255, 4096, 65_535] {
+            let mut s = 0u64;
+            for _ in 0..n {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                s += x >> 32;
+            }
+            assert_eq!(fold_words(s), fold_slowly(s), "{n} words, sum {s:#x}");
+            // All ones: the largest sum of n words.
+            let max = n * 0xffff_ffff;
+            assert_eq!(fold_words(max), fold_slowly(max), "{n} words of 0xffffffff");
+        }
+    }
 
     #[test]
     fn incremental_update_matches_recomputation() {

@@ -55,14 +55,9 @@ pub fn outer_ipv4_words(
     let w2 = u32::from_ne_bytes([OUTER_TTL, proto, 0, 0]);
     // A one's-complement sum does not depend on the byte order its words are read in
     // (RFC 1071): over native words, folded and complemented, it is the checksum as a
-    // native 2-byte load of bytes 10-11 reads it. Five words sum to below 2^35; each fold
-    // adds the carries back in.
-    let mut sum = u64::from(w0) + u64::from(w1) + u64::from(w2) + u64::from(src) + u64::from(dst);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let c = (!(sum as u16)).to_ne_bytes();
+    // native 2-byte load of bytes 10-11 reads it.
+    let sum = u64::from(w0) + u64::from(w1) + u64::from(w2) + u64::from(src) + u64::from(dst);
+    let c = (!crate::csum::fold_words(sum)).to_ne_bytes();
     Some([
         w0,
         w1,

@@ -65,16 +65,6 @@ pub fn snat_port(attempt: u32, client_port: u16, random: u32, min: u16, max: u16
     Some(min + off as u16)
 }
 
-/// Folds a sum of 32-bit words to 16 bits.
-#[inline(always)]
-pub fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
 /// `~old + new` over the 32-bit words of two addresses (the first word only for IPv4).
 #[inline(always)]
 pub fn addr_delta(old: &Addr, new: &Addr, v4: bool) -> u64 {
@@ -109,7 +99,7 @@ pub fn word_delta(old: u16, new: u16) -> u64 {
 /// A checksum (as read, in machine order) after the covered data changed by `delta`.
 #[inline(always)]
 pub fn update(check: u16, delta: u64) -> u16 {
-    !fold(u64::from(!check) + delta)
+    !crate::csum::fold_words(u64::from(!check) + delta)
 }
 
 /// New addresses and ports of a packet (ports network order in memory, as in `Headers`).
