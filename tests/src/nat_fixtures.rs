@@ -145,6 +145,48 @@ pub fn nat_fixtures(lab: &Lab) -> Vec<Fixture> {
         ),
         Reason::NatReturned,
     ));
+    // Datagrams of 10 bytes or more (a frame of 52 bytes or more: every one that crosses an
+    // Ethernet) of those flows take the fast path's translation: the same bytes out.
+    let (q, a) = (b"a later query", b"a longer answer");
+    out.push(fixture(
+        "nat udp4 later datagram of the flow: translated, the checksum updated",
+        Packet::udp(c4, 5300, dns, 53).payload(q),
+        XDP_TX,
+        to_target(Packet::udp(snat4, 5300, t, tport).payload(q), t, 63),
+        Reason::Forwarded,
+    ));
+    out.push(fixture(
+        "nat udp4 later reply: back to the client, the checksum updated",
+        Packet::udp(t, tport, snat4, 5300).payload(a),
+        XDP_TX,
+        to_client(Packet::udp(dns, 53, c4, 5300).payload(a), 63),
+        Reason::NatReturned,
+    ));
+    out.push(fixture(
+        "nat udp4 later datagram without a checksum: it stays 0",
+        Packet::udp(c4, 5301, dns, 53).payload(q).no_udp_checksum(),
+        XDP_TX,
+        to_target(
+            Packet::udp(snat4, 5301, t, tport)
+                .payload(q)
+                .no_udp_checksum(),
+            t,
+            63,
+        ),
+        Reason::Forwarded,
+    ));
+    out.push(fixture(
+        "nat udp4 later reply without a checksum: it stays 0",
+        Packet::udp(t, tport, snat4, 5301)
+            .payload(a)
+            .no_udp_checksum(),
+        XDP_TX,
+        to_client(
+            Packet::udp(dns, 53, c4, 5301).payload(a).no_udp_checksum(),
+            63,
+        ),
+        Reason::NatReturned,
+    ));
 
     // Full NAT, IPv6 TCP.
     let vip6 = ip("2001:db8:203::90");
