@@ -31,12 +31,12 @@ use lb_common::{
     CT_F_RST, DataplaneConfig, FAMILY_V4, FAMILY_V6, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
     MODE_NAT, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
     admit::words_sum_ok,
+    csum::fold_words,
     encap::{outer_ipv4_words, outer_ipv6_first_words},
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
-    nat::{update, word_delta},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         L4 as Layer4, PacketBytes, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -79,14 +79,14 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     }
     let xdp = XdpContext::new(ctx);
     let pkt = XdpPacket::new(&xdp);
-    // Ethernet, IPv4 and the first 14 bytes of TCP (to its flags), or UDP and 6 bytes of
-    // payload: every packet of either kind that crosses an Ethernet (a frame has 60 bytes
-    // at least); a shorter frame is the general path's.
-    let Some(p) = pkt.ptr::<[u8; L4 + 14]>(0) else {
+    // Ethernet, IPv4 and the first 18 bytes of TCP (to its checksum, which a NAT rewrite
+    // updates), or UDP and 10 bytes of payload: every packet of either kind that crosses an
+    // Ethernet (a frame has 60 bytes at least); a shorter frame is the general path's.
+    let Some(p) = pkt.ptr::<[u8; L4 + 18]>(0) else {
         return FALL;
     };
     let p = p as usize;
-    // SAFETY (every load below): within the L4 + 14 bytes just checked.
+    // SAFETY (every load below): within the L4 + 18 bytes just checked.
     let ethertype = unsafe { word::load16_wide_at::<12>(p) };
     if ethertype == u64::from(ETH_P_IPV6.to_be()) {
         return packet6(&xdp, &pkt);
@@ -127,7 +127,7 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
             return Outcome::pass(Reason::PassNotVip);
         }
         return match ports_packet(p, total, proto) {
-            Some(_) => nat_reply(xdp.ctx),
+            Some(_) => nat_reply(&xdp, p),
             None => FALL,
         };
     }
@@ -139,7 +139,7 @@ pub fn packet(ctx: *mut xdp_md, headers: &mut MaybeUninit<Headers>) -> Outcome {
     }
 }
 
-/// For a VIP or a NAT reply, whether the IPv4 packet at `p` (its first `L4 + 14` bytes
+/// For a VIP or a NAT reply, whether the IPv4 packet at `p` (its first `L4 + 18` bytes
 /// checked, `total` bytes of datagram, protocol `proto`: TCP or UDP) is what `parse_common`
 /// accepts — not a fragment, a complete TCP or UDP header inside the datagram — and if so,
 /// whether it is a TCP SYN, which starts a flow (`lb_common::resolve::START`).
@@ -339,7 +339,7 @@ fn le_address(a: u64) -> u64 {
     }
 }
 
-/// The rest of `packet` for a TCP or UDP packet to a VIP address, whose first `L4 + 14`
+/// The rest of `packet` for a TCP or UDP packet to a VIP address, whose first `L4 + 18`
 /// bytes at `p` were checked, `total` bytes of IP datagram: forwarded to an IPv4 DSR
 /// backend — its flow's (`select::remembered`), or for a SYN (`start`) the Maglev choice of
 /// its 5-tuple VIP (`select::choose_backend`, remembered) — when the general path would
@@ -353,7 +353,7 @@ fn to_vip(
     start: bool,
     headers: &mut MaybeUninit<Headers>,
 ) -> Outcome {
-    // SAFETY (every packet load until `adjust_head`): within the L4 + 14 bytes checked.
+    // SAFETY (every packet load until `adjust_head`): within the L4 + 18 bytes checked.
     let (src, dst) = unsafe {
         (
             word::load32_wide_at::<{ IP as i16 + 12 }>(p),
@@ -386,7 +386,7 @@ fn to_vip(
         if b.mode != MODE_DSR && b.family == FAMILY_V4 {
             // SAFETY: FlowValue is plain integers; the element is valid for the program run.
             if unsafe { (*v).state } & FLOW_F_NAT != 0 {
-                return nat_established(xdp.ctx, total, v, id, b);
+                return nat_established(xdp, p, total, v, id, b);
             }
             // SAFETY: as above.
             return nat_flow(p, total, key, Known::Hit(unsafe { &*v }), id, b, headers);
@@ -478,7 +478,7 @@ fn encapsulate<const V6: bool>(
     // SYN retransmitted, a port reused) is the general path's to judge: a failed insert
     // changes nothing.
     if start {
-        // SAFETY (both loads): within the bytes the caller checked (`L4 + 14` or
+        // SAFETY (both loads): within the bytes the caller checked (`L4 + 18` or
         // `L4_6 + 14`).
         let syn_seq = unsafe {
             if V6 {
@@ -622,7 +622,7 @@ fn nat_flow(
     let Some(s) = select::scratch() else {
         return FALL;
     };
-    // SAFETY: within the L4 + 14 bytes checked.
+    // SAFETY: within the L4 + 18 bytes checked.
     let (ip1, frag, ttl, tcp_flags, seq) = unsafe {
         (
             word::load8_wide_at::<{ IP as i16 + 1 }>(p) as u8,
@@ -674,7 +674,7 @@ fn nat_flow(
 }
 
 /// What `admit::refusal` with `FORWARD` checks of an IPv4 packet from `src` to `dst` (as
-/// 4-byte loads) whose first `L4 + 14` bytes at `p` were checked, but for the frame's MAC:
+/// 4-byte loads) whose first `L4 + 18` bytes at `p` were checked, but for the frame's MAC:
 /// the header checksum, a martian source, the TTL.
 #[inline(always)]
 fn forwardable(p: usize, src: u64, dst: u64) -> bool {
@@ -696,42 +696,38 @@ fn forwardable(p: usize, src: u64, dst: u64) -> bool {
 }
 
 /// A packet of an established NAT flow to an IPv4 target (entry `v`, backend `id`, `b`),
-/// `total` bytes of IP datagram, that `to_vip` found forwardable (its first `L4 + 18`
-/// bytes are checked again here, for the TCP checksum): translated to the target and sent as `nat::forward` does for
+/// `total` bytes of IP datagram at `p` (its first `L4 + 18` bytes checked), that `to_vip`
+/// found forwardable: translated to the target and sent as `nat::forward` does for
 /// a flow-table hit — the entry's state and time refreshed, destination the target,
 /// source the SNAT address and port (or the client, preserved) — when the frame is for
 /// us, the SNAT slot has its address and the next hop towards the target is cached.
 #[inline(always)]
 fn nat_established(
-    ctx: *mut xdp_md,
+    xdp: &XdpContext,
+    p: usize,
     total: u16,
     v: *mut FlowValue,
     id: u32,
     b: &Backend,
 ) -> Outcome {
-    let xdp = XdpContext::new(ctx);
-    let Some(p) = XdpPacket::new(&xdp).ptr::<[u8; L4 + 18]>(0) else {
-        return FALL;
-    };
-    let p = p as usize;
     if our_frame(p).is_none() {
         return FALL;
     }
     // SAFETY: FlowValue is plain integers; the element is valid for the program run.
     let (slot, nat_port) = unsafe { ((*v).nat_slot, (*v).nat_port) };
-    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 14 bytes checked.
+    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 18 bytes checked.
     let (src, dst, ports) = unsafe {
         (
-            word::load32_at::<{ IP as i16 + 12 }>(p),
-            word::load32_at::<{ IP as i16 + 16 }>(p),
-            word::load32_at::<{ L4 as i16 }>(p),
+            word::load32_wide_at::<{ IP as i16 + 12 }>(p),
+            word::load32_wide_at::<{ IP as i16 + 16 }>(p),
+            word::load32_wide_at::<{ L4 as i16 }>(p),
         )
     };
     let new_src = if b.mode == MODE_NAT {
         let Some(a) = SNAT_POOL.get(u32::from(slot)) else {
             return FALL;
         };
-        addr_word(&a.addr)
+        u64::from(addr_word(&a.addr))
     } else {
         src
     };
@@ -739,18 +735,18 @@ fn nat_established(
     // port, or the packet's when the target has none).
     let new_ports = if cfg!(target_endian = "little") {
         let dport = if b.port != 0 {
-            u32::from(b.port) << 16
+            u64::from(b.port) << 16
         } else {
             ports & 0xffff_0000
         };
-        u32::from(nat_port) | dport
+        u64::from(nat_port) | dport
     } else {
         let dport = if b.port != 0 {
-            u32::from(b.port)
+            u64::from(b.port)
         } else {
             ports & 0xffff
         };
-        (u32::from(nat_port) << 16) | dport
+        (u64::from(nat_port) << 16) | dport
     };
     let ingress = xdp.ingress_ifindex() as u32;
     let Some(hop) = cached_hop(NEXT_HOPS.get_ptr_mut(id), b.generation, ingress, total) else {
@@ -759,17 +755,17 @@ fn nat_established(
     let q = p;
     // Nothing sends the packet back to the general path from here. The state and time are
     // written only when they change, as `nat::forward` writes them.
-    let time = nat::now();
+    let time = nat::now_wide();
     // SAFETY: as above; single stores, which a reader on another CPU sees old or new.
     unsafe {
         let state = (*v).state | close_flags(q);
-        if state != (*v).state || (*v).last_seen != time {
+        if state != (*v).state || u64::from((*v).last_seen) != time {
             (*v).state = state;
-            (*v).last_seen = time;
+            (*v).last_seen = time as u32;
         }
     }
-    let old = [src, dst, ports];
-    rewrite_v4(q, hop, old, [new_src, addr_word(&b.addr), new_ports]);
+    let new_dst = u64::from(addr_word(&b.addr));
+    rewrite_v4(q, hop, [src, dst, ports], [new_src, new_dst, new_ports]);
     let o = forward::send(ingress, hop.ifindex, false, Reason::Forwarded);
     if o.why == Reason::Forwarded {
         count(u32::from(b.vip), id, total, false, true);
@@ -777,21 +773,16 @@ fn nat_established(
     o
 }
 
-/// A TCP or UDP packet that may be a NAT reply (`may_be_reply`), of a shape `ports_packet`
-/// takes (its first `L4 + 18` bytes are checked here): passed as `not_nat` without a
+/// A TCP or UDP packet at `p` (its first `L4 + 18` bytes checked) that may be a NAT reply
+/// (`may_be_reply`), of a shape `ports_packet` takes: passed as `not_nat` without a
 /// reverse entry; with one, rewritten back to its client (source the VIP) and sent as
 /// `nat::reply` does, when the router checks pass, the frame is for us and the next hop
 /// towards the client is cached (`nat::to_client`'s cache).
 #[inline(always)]
-fn nat_reply(ctx: *mut xdp_md) -> Outcome {
-    let xdp = XdpContext::new(ctx);
-    let Some(p) = XdpPacket::new(&xdp).ptr::<[u8; L4 + 18]>(0) else {
-        return FALL;
-    };
-    let p = p as usize;
+fn nat_reply(xdp: &XdpContext, p: usize) -> Outcome {
     // SAFETY: within the bytes checked; `packet` checked the length.
     let total = u16::from_be(unsafe { word::load16_at::<{ IP as i16 + 2 }>(p) });
-    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 14 bytes checked.
+    // SAFETY (every packet load until `rewrite_v4`): within the L4 + 18 bytes checked.
     let (src, dst, ports, proto) = unsafe {
         (
             word::load32_wide_at::<{ IP as i16 + 12 }>(p),
@@ -831,22 +822,22 @@ fn nat_reply(ctx: *mut xdp_md) -> Outcome {
         return FALL;
     };
     let q = p;
-    let time = nat::now();
+    let time = nat::now_wide();
     // SAFETY: as above; single stores.
     unsafe {
         let state = (*r).state | CT_F_REPLIED | close_flags(q);
-        if state != (*r).state || (*r).last_seen != time {
+        if state != (*r).state || u64::from((*r).last_seen) != time {
             (*r).state = state;
-            (*r).last_seen = time;
+            (*r).last_seen = time as u32;
         }
     }
     let new_ports = if cfg!(target_endian = "little") {
-        u32::from(vip_port) | (u32::from(client_port) << 16)
+        u64::from(vip_port) | (u64::from(client_port) << 16)
     } else {
-        (u32::from(vip_port) << 16) | u32::from(client_port)
+        (u64::from(vip_port) << 16) | u64::from(client_port)
     };
-    let old = [src as u32, dst as u32, ports as u32];
-    rewrite_v4(q, hop, old, [vip, client, new_ports]);
+    let new = [u64::from(vip), u64::from(client), new_ports];
+    rewrite_v4(q, hop, [src, dst, ports], new);
     let o = forward::send(ingress, hop.ifindex, false, Reason::NatReturned);
     if o.why == Reason::NatReturned {
         // SAFETY: as above.
@@ -872,18 +863,18 @@ fn cached_hop(
     hop.fits(now, generation, ingress, total).then_some(hop)
 }
 
-/// The `CT_F_*` bits the flags of the IPv4 TCP packet at `q` (its first `L4 + 14` bytes
+/// The `CT_F_*` bits the flags of the IPv4 TCP packet at `q` (its first `L4 + 18` bytes
 /// checked) add to its direction's state; none for UDP (`nat::close_flags`).
 #[inline(always)]
 fn close_flags(q: usize) -> u8 {
     // SAFETY: within the bytes checked.
     let (proto, flags) = unsafe {
         (
-            word::load8_wide_at::<{ IP as i16 + 9 }>(q) as u8,
+            word::load8_wide_at::<{ IP as i16 + 9 }>(q),
             word::load8_wide_at::<{ L4 as i16 + 13 }>(q) as u8,
         )
     };
-    if proto != PROTO_TCP {
+    if proto != u64::from(PROTO_TCP) {
         return 0;
     }
     let mut f = 0;
@@ -903,54 +894,72 @@ fn addr_word(a: &Addr) -> u32 {
 }
 
 /// Rewrites the untagged IPv4 TCP or UDP packet at `q` (its first `L4 + 18` bytes
-/// checked, TTL above 1) from the source, destination and ports words `old` (as 4-byte
-/// loads gave them) to `new`: the next hop's MACs, the TTL decremented, the header and L4
-/// checksums updated incrementally (`lb_common::nat::rewrite`: an IPv4 UDP checksum of 0
-/// stays 0, one that comes out 0 is sent as 0xffff).
+/// checked, TTL above 1) from the source, destination and ports words `old` (as
+/// `word::load32_wide_at` gave them) to `new` (32-bit words too, zero-extended): the next
+/// hop's MACs, the TTL decremented, the header and L4 checksums updated incrementally as
+/// `lb_common::nat::rewrite` updates them (an IPv4 UDP checksum of 0 stays 0, one that
+/// comes out 0 is sent as 0xffff).
+///
+/// RFC 1624's `~m + m'` per 32-bit word, with `~m` written `0xffff_ffff - m`: equal for a
+/// 32-bit `m`, and one subtraction from a constant shared by the words. The TTL's word
+/// loses 1 in its TTL byte (no borrow: above 1), a constant change to the header's sum.
 #[inline(always)]
-fn rewrite_v4(q: usize, hop: &CachedHop, old: [u32; 3], new: [u32; 3]) {
-    let delta = |i: usize| u64::from(!old[i]) + u64::from(new[i]);
-    let addrs = delta(0) + delta(1);
-    // SAFETY (every access): within the bytes checked.
+fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
+    const WORD: u64 = 0xffff_ffff;
+    let addrs = 2 * WORD - old[0] - old[1] + new[0] + new[1];
+    // SAFETY (every access): within the bytes checked. TTL, protocol, header checksum.
     let (w, proto) = unsafe {
         (
-            word::load32_at::<{ IP as i16 + 8 }>(q).to_ne_bytes(),
-            word::load8_wide_at::<{ IP as i16 + 9 }>(q) as u8,
+            word::load32_wide_at::<{ IP as i16 + 8 }>(q),
+            word::load8_wide_at::<{ IP as i16 + 9 }>(q),
         )
     };
-    // TTL and protocol, then the header checksum.
-    let ttl = w[0] - 1;
-    let ip = update(
-        u16::from_ne_bytes([w[2], w[3]]),
-        addrs
-            + word_delta(
-                u16::from_ne_bytes([w[0], w[1]]),
-                u16::from_ne_bytes([ttl, w[1]]),
-            ),
-    )
-    .to_ne_bytes();
+    // The checksum as a native 2-byte load of bytes 10-11 reads it; the TTL's 2-byte word
+    // less 1 in its first byte, and what that does to the sum (`~m + m'` = 0xffff - 1 on
+    // little-endian, 0xffff - 0x100 on big-endian).
+    let (check, ttl_word, ttl_delta) = if cfg!(target_endian = "little") {
+        (w >> 16, (w - 1) & 0xffff, 0xfffe)
+    } else {
+        (w & 0xffff, (w >> 16) - 0x100, 0xfeff)
+    };
+    let ip = updated(check, addrs + ttl_delta);
+    let w = if cfg!(target_endian = "little") {
+        ttl_word | (ip << 16)
+    } else {
+        (ttl_word << 16) | ip
+    };
     let (macs_hi, macs_lo) = hop.macs();
     unsafe {
         word::store64_at::<0>(q, macs_hi);
         word::store32_at::<8>(q, macs_lo);
-        word::store32_at::<{ IP as i16 + 8 }>(q, u32::from_ne_bytes([ttl, w[1], ip[0], ip[1]]));
-        word::store32_at::<{ IP as i16 + 12 }>(q, new[0]);
-        word::store32_at::<{ IP as i16 + 16 }>(q, new[1]);
-        word::store32_at::<{ L4 as i16 }>(q, new[2]);
+        word::store32_wide_at::<{ IP as i16 + 8 }>(q, w);
+        word::store32_wide_at::<{ IP as i16 + 12 }>(q, new[0]);
+        word::store32_wide_at::<{ IP as i16 + 16 }>(q, new[1]);
+        word::store32_wide_at::<{ L4 as i16 }>(q, new[2]);
     }
-    let l4 = addrs + delta(2);
-    if proto == PROTO_TCP {
+    let l4 = addrs + WORD - old[2] + new[2];
+    if proto == u64::from(PROTO_TCP) {
         unsafe {
-            let check = word::load16_at::<{ L4 as i16 + 16 }>(q);
-            word::store16_at::<{ L4 as i16 + 16 }>(q, update(check, l4));
+            let check = word::load16_wide_at::<{ L4 as i16 + 16 }>(q);
+            word::store16_wide_at::<{ L4 as i16 + 16 }>(q, updated(check, l4));
         }
     } else {
-        let check = unsafe { word::load16_at::<{ L4 as i16 + 6 }>(q) };
+        let check = unsafe { word::load16_wide_at::<{ L4 as i16 + 6 }>(q) };
         if check != 0 {
-            let n = update(check, l4);
-            unsafe { word::store16_at::<{ L4 as i16 + 6 }>(q, if n == 0 { 0xffff } else { n }) };
+            let n = updated(check, l4);
+            unsafe {
+                word::store16_wide_at::<{ L4 as i16 + 6 }>(q, if n == 0 { 0xffff } else { n })
+            };
         }
     }
+}
+
+/// `lb_common::nat::update` of a checksum loaded into a 64-bit register (`check`, below
+/// 2^16), the result below 2^16 too: the complements are xors with 0xffff, not
+/// complements of 64 bits masked back to 16.
+#[inline(always)]
+fn updated(check: u64, delta: u64) -> u64 {
+    u64::from(fold_words((check ^ 0xffff) + delta)) ^ 0xffff
 }
 
 /// The flow table's entry for `key`, with its backend id and backend, when that backend
@@ -970,8 +979,9 @@ fn remembered(key: &FlowKey) -> Option<(*mut FlowValue, u32, &'static Backend)> 
 fn our_frame(p: usize) -> Option<&'static DataplaneConfig> {
     let cfg = CONFIG.get(0)?;
     // SAFETY: the frame's first 6 bytes were checked by the caller.
-    let (mac_hi, mac_lo) = unsafe { (word::load32_at::<0>(p), word::load16_at::<4>(p)) };
+    let (mac_hi, mac_lo) = unsafe { (word::load32_wide_at::<0>(p), word::load16_wide_at::<4>(p)) };
     let (our_hi, our_lo) = config_mac(cfg);
+    let (our_hi, our_lo) = (u64::from(our_hi), u64::from(our_lo));
     if (mac_hi == our_hi && mac_lo == our_lo) || (our_hi == 0 && our_lo == 0) {
         Some(cfg)
     } else {

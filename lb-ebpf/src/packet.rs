@@ -427,6 +427,27 @@ pub mod word {
         };
     }
 
+    macro_rules! store_wide_at {
+        ($store:ident, $asm:literal) => {
+            /// A store of the low bytes of `v` at the constant offset `OFF` from `p`: the
+            /// instruction truncates, so the compiler need not mask `v` first.
+            ///
+            /// # Safety
+            /// `p + OFF` must be a packet address with the whole value inside the packet.
+            #[inline(always)]
+            pub unsafe fn $store<const OFF: i16>(p: usize, v: u64) {
+                // SAFETY: the caller's; the instruction writes nothing else.
+                unsafe {
+                    asm!($asm, p = in(reg) p, v = in(reg) v, off = const OFF,
+                         options(nostack, preserves_flags))
+                };
+            }
+        };
+    }
+
+    store_wide_at!(store16_wide_at, "*(u16 *)({p} + {off}) = {v}");
+    store_wide_at!(store32_wide_at, "*(u32 *)({p} + {off}) = {v}");
+
     load_wide_at!(load8_wide_at, "{v} = *(u8 *)({p} + {off})");
     load_wide_at!(load16_wide_at, "{v} = *(u16 *)({p} + {off})");
     load_wide_at!(load32_wide_at, "{v} = *(u32 *)({p} + {off})");
