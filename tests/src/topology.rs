@@ -177,17 +177,23 @@ impl Drop for Topology {
 /// Attaches the `XDP_PASS` reference program to `dev` in `ns` (veth delivers `XDP_TX`
 /// frames only to a peer with an XDP program). Dropping the value detaches it.
 pub fn attach_pass(ns: &Netns, dev: &str) -> Ebpf {
+    attach_reference(ns, dev, "xlb_pass")
+}
+
+/// Attaches the reference program `name` (`lb-ebpf/src/bin/reference.rs`) to `dev` in `ns`,
+/// in driver mode. Dropping the value detaches it.
+pub fn attach_reference(ns: &Netns, dev: &str, name: &str) -> Ebpf {
     let _inside = ns.enter();
     let mut e = Ebpf::load(xlb::programs::REFERENCE).expect("load reference programs");
     let p: &mut Xdp = e
-        .program_mut("xlb_pass")
-        .expect("xlb_pass")
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("no reference program {name}"))
         .try_into()
         .expect("xdp");
-    p.load().expect("load xlb_pass");
+    p.load().unwrap_or_else(|e| panic!("load {name}: {e}"));
     let idx = ns.ifindex(dev);
     p.attach_to_if_index(idx, aya::programs::XdpMode::Driver)
-        .unwrap_or_else(|e| panic!("attach xlb_pass to {dev} in {}: {e}", ns.name()));
+        .unwrap_or_else(|e| panic!("attach {name} to {dev} in {}: {e}", ns.name()));
     e
 }
 

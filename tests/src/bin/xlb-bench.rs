@@ -629,7 +629,7 @@ fn throughput(b: &mut Bench) {
     use xlb_tests::{
         daemon::Daemon,
         scenario::*,
-        topology::{Topology, backend_v4},
+        topology::{Topology, attach_reference, backend_v4},
     };
     eprintln!("\n== TCP throughput, one iperf3 stream (namespaces)");
     if Command::new("iperf3").arg("--version").output().is_err() {
@@ -667,12 +667,6 @@ fn throughput(b: &mut Bench) {
             })
             .collect(),
     );
-    let config = header()
-        + &tcp_vip(5201, &[1], "").replace(
-            "interval = \"300ms\"",
-            "protocol = \"none\"\ninterval = \"300ms\"",
-        );
-    let _daemon = Daemon::start(&topo.lb, &config);
     let secs = if b.quick { "3" } else { "6" };
     // (Gbit/s received, retransmissions) of one stream to `to`.
     let stream = |to: &str| -> Option<(f64, f64)> {
@@ -689,11 +683,6 @@ fn throughput(b: &mut Bench) {
             end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0),
         ))
     };
-    // The VIP answers once the daemon has filled the maps.
-    let start = Instant::now();
-    while vip_refuses(&topo.client) && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(300));
-    }
     let pairs = if b.quick { 3 } else { 7 };
     let measure = |a: &str, other: &str| {
         let (mut xa, mut xb, mut ratio, mut ra, mut rb) =
@@ -715,6 +704,73 @@ fn throughput(b: &mut Bench) {
     let via = VIP.to_string();
     let direct = backend_v4(1).to_string();
     let bare = backend_v4(2).to_string();
+
+    // The topology's own ceiling: the same hops (client -> router -> LB -> router -> backend
+    // 1), with the LB's XDP program only swapping the MACs (`XDP_TX`) and the router sending
+    // what comes back from the LB on to backend 1 by a policy route; no encapsulation. The
+    // router's entry for the LB is made permanent first: the LB bounces ARP too.
+    let ceiling = {
+        let lb_mac =
+            serde_json::from_str::<serde_json::Value>(&topo.lb.ip(&["-j", "link", "show", "eth0"]))
+                .ok()
+                .and_then(|j| j[0]["address"].as_str().map(str::to_owned));
+        match lb_mac {
+            Some(mac) => {
+                let r = &topo.router;
+                r.ip(&[
+                    "neigh",
+                    "replace",
+                    "198.18.0.2",
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "lb",
+                    "nud",
+                    "permanent",
+                ]);
+                r.ip(&[
+                    "rule",
+                    "add",
+                    "iif",
+                    "lb",
+                    "to",
+                    &format!("{VIP}/32"),
+                    "lookup",
+                    "100",
+                    "pref",
+                    "100",
+                ]);
+                r.ip(&[
+                    "route",
+                    "add",
+                    &format!("{VIP}/32"),
+                    "via",
+                    &direct,
+                    "table",
+                    "100",
+                ]);
+                let swap = attach_reference(&topo.lb, "eth0", "xlb_macswap");
+                let m = measure(&via, &direct);
+                drop(swap);
+                r.ip(&["rule", "del", "pref", "100"]);
+                r.ip(&["route", "del", &format!("{VIP}/32"), "table", "100"]);
+                Some(m)
+            }
+            None => None,
+        }
+    };
+
+    let config = header()
+        + &tcp_vip(5201, &[1], "").replace(
+            "interval = \"300ms\"",
+            "protocol = \"none\"\ninterval = \"300ms\"",
+        );
+    let _daemon = Daemon::start(&topo.lb, &config);
+    // The VIP answers once the daemon has filled the maps.
+    let start = Instant::now();
+    while vip_refuses(&topo.client) && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let (v, d, r, rv, rd) = measure(&via, &direct);
     if r.is_empty() {
         eprintln!("  skipped: no iperf3 stream completed through the VIP");
@@ -738,10 +794,37 @@ fn throughput(b: &mut Bench) {
     b.add(
         "throughput",
         "through xlb / direct",
-        median(r),
+        median(r.clone()),
         "ratio",
         &format!("target >= 0.95; {n}"),
     );
+    match ceiling {
+        Some((cv, _, cr, _, _)) if !cr.is_empty() => {
+            let n = format!("median of {} alternated pairs", cr.len());
+            b.add(
+                "throughput",
+                "control: the same hops, the LB only swapping MACs (XDP_TX), no encapsulation",
+                median(cv),
+                "Gbit/s",
+                "the topology's ceiling",
+            );
+            b.add(
+                "throughput",
+                "control / direct",
+                median(cr.clone()),
+                "ratio",
+                &n,
+            );
+            b.add(
+                "throughput",
+                "through xlb / control (ratios of the two medians)",
+                median(r) / median(cr),
+                "ratio",
+                "",
+            );
+        }
+        _ => eprintln!("  control skipped: no stream completed through the MAC-swapping LB"),
+    }
     b.add(
         "throughput",
         "retransmissions through xlb, per stream",
