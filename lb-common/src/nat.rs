@@ -99,7 +99,15 @@ pub fn word_delta(old: u16, new: u16) -> u64 {
 /// A checksum (as read, in machine order) after the covered data changed by `delta`.
 #[inline(always)]
 pub fn update(check: u16, delta: u64) -> u16 {
-    !crate::csum::fold_words(u64::from(!check) + delta)
+    update_wide(u64::from(check), delta) as u16
+}
+
+/// `update` of a checksum held in a 64-bit register (`check` below 2^16), the result below
+/// 2^16 too: the complements are xors with 0xffff, so a checksum loaded zero-extended
+/// needs no mask before or after.
+#[inline(always)]
+pub fn update_wide(check: u64, delta: u64) -> u64 {
+    u64::from(crate::csum::fold_words((check ^ 0xffff) + delta)) ^ 0xffff
 }
 
 /// New addresses and ports of a packet (ports network order in memory, as in `Headers`).

@@ -31,12 +31,12 @@ use lb_common::{
     CT_F_RST, DataplaneConfig, FAMILY_V4, FAMILY_V6, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
     MODE_NAT, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
     admit::words_sum_ok,
-    csum::fold_words,
     encap::{outer_ipv4_words, outer_ipv6_first_words},
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
+    nat::update_wide,
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         L4 as Layer4, PacketBytes, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -922,7 +922,7 @@ fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
     } else {
         (w & 0xffff, (w >> 16) - 0x100, 0xfeff)
     };
-    let ip = updated(check, addrs + ttl_delta);
+    let ip = update_wide(check, addrs + ttl_delta);
     let w = if cfg!(target_endian = "little") {
         ttl_word | (ip << 16)
     } else {
@@ -941,25 +941,17 @@ fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
     if proto == u64::from(PROTO_TCP) {
         unsafe {
             let check = word::load16_wide_at::<{ L4 as i16 + 16 }>(q);
-            word::store16_wide_at::<{ L4 as i16 + 16 }>(q, updated(check, l4));
+            word::store16_wide_at::<{ L4 as i16 + 16 }>(q, update_wide(check, l4));
         }
     } else {
         let check = unsafe { word::load16_wide_at::<{ L4 as i16 + 6 }>(q) };
         if check != 0 {
-            let n = updated(check, l4);
+            let n = update_wide(check, l4);
             unsafe {
                 word::store16_wide_at::<{ L4 as i16 + 6 }>(q, if n == 0 { 0xffff } else { n })
             };
         }
     }
-}
-
-/// `lb_common::nat::update` of a checksum loaded into a 64-bit register (`check`, below
-/// 2^16), the result below 2^16 too: the complements are xors with 0xffff, not
-/// complements of 64 bits masked back to 16.
-#[inline(always)]
-fn updated(check: u64, delta: u64) -> u64 {
-    u64::from(fold_words((check ^ 0xffff) + delta)) ^ 0xffff
 }
 
 /// The flow table's entry for `key`, with its backend id and backend, when that backend

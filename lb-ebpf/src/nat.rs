@@ -26,7 +26,7 @@ use lb_common::{
     ADMIN_F_FAILING, Addr, Backend, CT_F_FIN, CT_F_REPLIED, CT_F_RST, FAMILY_V6, FLOW_F_NAT,
     FlowValue, MODE_NAT, MODE_NAT_CLIENT, NatReverse, PROTO_TCP, SNAT_SLOTS_PER_FAMILY,
     hash::{FILTER_SLOTS_PER_WORD, filter_position},
-    nat::{NAT_CLOCK_SHIFT, Rewrite, SNAT_ATTEMPTS, nat_clock, rewrite, snat_port},
+    nat::{NAT_CLOCK_SHIFT, Rewrite, SNAT_ATTEMPTS, rewrite, snat_port},
     parse::{Headers, TCP_FIN, TCP_RST},
     port_from_map, port_to_map,
     resolve::{COUNT_NEW, REMEMBER, START},
@@ -85,15 +85,14 @@ impl ClientHop {
     }
 }
 
-/// The tracking clock now.
+/// The tracking clock now (`lb_common::nat::nat_clock` of the monotonic time).
 #[inline(always)]
 pub fn now() -> u32 {
-    // SAFETY: a plain helper call without arguments.
-    nat_clock(unsafe { bpf_ktime_get_coarse_ns() })
+    now_wide() as u32
 }
 
-/// The tracking clock now, not truncated to the 32 bits an entry keeps: equal to `now()`
-/// for the first 2^62 ns (146 years) of uptime, and compared with an entry's time without
+/// The tracking clock now, not truncated to the 32 bits an entry keeps (`lb_common::nat::nat_clock`
+/// untruncated): equal to `now()` for the first 2^62 ns (146 years) of uptime, and compared with an entry's time without
 /// the two shifts that clear a truncated value's upper half. Whoever stores it keeps
 /// `now()` (a 32-bit store truncates).
 #[inline(always)]
