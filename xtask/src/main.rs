@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Commands the tests and the lab run, and the Debian package that provides each.
-const DEBIAN_TOOLS: [(&str, &str); 15] = [
+const DEBIAN_TOOLS: [(&str, &str); 16] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("sysctl", "procps"),
@@ -48,6 +48,8 @@ const DEBIAN_TOOLS: [(&str, &str); 15] = [
     ("haproxy", "haproxy"),
     // The bench's throughput rows are real iperf3 streams.
     ("iperf3", "iperf3"),
+    // The bench's instruction counts read the loaded program's translated code.
+    ("bpftool", "bpftool"),
 ];
 
 const USAGE: &str = "usage: cargo xtask <command>

@@ -394,6 +394,22 @@ fn data_plane(b: &mut Bench) {
         "",
     );
 
+    // New flows with fresh keys into a table with room: every call a new bucket and a free
+    // entry, the denominator of the full-table row below (5 batches of `calls` use a sixth
+    // of one CPU's share of `entries`, so nothing is evicted).
+    let fresh_empty = {
+        let _inside = lab.ns.enter();
+        per_call(&floor, lab.lb.program(), ifx, calls, |i| {
+            let src = IpAddr::V4(std::net::Ipv4Addr::from(0x0a80_0000u32 + (i as u32 >> 16)));
+            Packet::tcp(src, (i & 0xffff) as u16, vip4, 80, SYN).build()
+        })
+    };
+    b.per_packet(
+        "IPv4 TCP SYN, new flow, fresh key into a table with room",
+        fresh_empty,
+        "",
+    );
+
     // New flows with fresh keys into a full flow table.
     eprintln!("  (filling a flow table of {entries} entries)");
     let value = FlowValue {
@@ -418,6 +434,13 @@ fn data_plane(b: &mut Bench) {
         "IPv4 TCP SYN, new flow, fresh key into a full table",
         fresh4,
         "target <= 300; Katran 485-643",
+    );
+    b.add(
+        "per-packet",
+        "IPv4 TCP SYN, fresh key: full table / table with room, above the floor",
+        fresh4.1 / fresh_empty.1,
+        "ratio",
+        "target <= 1.3",
     );
     let fresh6 = per_call(&floor, lb, ifx, calls, |i| {
         let mut a = [
@@ -881,12 +904,13 @@ fn vip_refuses(client: &xlb_tests::netns::Netns) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The balancer's configuration for `instructions`: a DSR VIP and a NAT VIP, one backend
-/// each, no health checks (nothing answers), the frame check matching the tool's frames.
+/// The balancer's configuration for `instructions`: DSR VIPs for IPv4 TCP and UDP and for
+/// IPv6 TCP, and a NAT VIP, one backend each, no health checks (nothing answers).
 const COUNT_CONFIG: &str = r#"
 [dataplane]
 interface = "eth0"
 source_v4 = "198.18.0.2"
+source_v6 = "2001:db8:18::2"
 snat_v4 = "198.18.0.10"
 flow_table_entries = 1000
 maglev_table_size = 65537
@@ -907,6 +931,22 @@ health_check = { protocol = "none" }
 backends = [ { address = "198.51.100.11" } ]
 
 [[vip]]
+name = "dns"
+address = "203.0.113.12"
+port = 53
+protocol = "udp"
+health_check = { protocol = "none" }
+backends = [ { address = "198.51.100.12" } ]
+
+[[vip]]
+name = "web6"
+address = "2001:db8:203::10"
+port = 80
+protocol = "tcp"
+health_check = { protocol = "none" }
+backends = [ { address = "2001:db8:198::11" } ]
+
+[[vip]]
 name = "tasks"
 address = "203.0.113.20"
 port = 80
@@ -918,22 +958,24 @@ backends = [ { address = "198.51.100.14", port = 32768 } ]
 
 /// Executed BPF instructions per packet path, counted by `../shared/tools/bpf-path-count`
 /// (it emulates the loaded program's translated code, so the counts are the same on every
-/// machine and every run) on a balancer run by `target/release/xlb` in a namespace of its
-/// own; skipped, with a line saying so, without the tool or bpftool.
+/// machine and every run) through `bench/path-count.py` (the frames of every path, and the
+/// helpers the tool does not know), on a balancer run by `target/release/xlb` in a namespace
+/// of its own; skipped, with a line saying so, without the tool, python3 or bpftool.
 fn instructions(b: &mut Bench, root: &std::path::Path) {
     use std::process::{Command, Stdio};
     use xlb_tests::netns::Netns;
     eprintln!("\n== executed BPF instructions per packet (bpf-path-count)");
-    // `XLB_PATH_COUNT` names another copy of the tool (one that knows more helpers).
+    // `XLB_PATH_COUNT` names another copy of the tool.
     let tool = std::env::var_os("XLB_PATH_COUNT").map_or_else(
         || root.join("../shared/tools/bpf-path-count"),
         PathBuf::from,
     );
+    let driver = root.join("bench/path-count.py");
     let xlb = root.join("target/release/xlb");
-    let bpftool = Command::new("bpftool").arg("version").output();
-    if !tool.exists() || bpftool.is_err() || !xlb.exists() {
+    let have = |bin: &str| Command::new(bin).arg("--version").output().is_ok();
+    if !tool.exists() || !have("bpftool") || !have("python3") || !xlb.exists() {
         eprintln!(
-            "  skipped: needs {}, bpftool (Debian `bpftool`) and {}",
+            "  skipped: needs {}, bpftool (Debian `bpftool`), python3 and {}",
             tool.display(),
             xlb.display()
         );
@@ -957,26 +999,35 @@ fn instructions(b: &mut Bench, root: &std::path::Path) {
             lb.name(),
         ],
     );
-    // The tool's frames are addressed to 00:00:00:00:00:02 from :01.
+    // The frames are addressed to 00:00:00:00:00:02 from :01.
     lb.ip(&["link", "set", "eth0", "address", "00:00:00:00:00:02"]);
     lb.ip(&["addr", "add", "198.18.0.2/24", "dev", "eth0"]);
+    lb.ip(&["addr", "add", "2001:db8:18::2/64", "dev", "eth0", "nodad"]);
     lb.ip(&["link", "set", "eth0", "up"]);
     peer.ip(&["link", "set", "pc-peer", "up"]);
-    lb.ip(&[
-        "neigh",
-        "add",
-        "198.18.0.1",
-        "lladdr",
-        "00:00:00:00:00:01",
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    for net in ["198.51.100.0/24", "192.0.2.0/24"] {
-        lb.ip(&["route", "add", net, "via", "198.18.0.1"]);
+    for hop in ["198.18.0.1", "2001:db8:18::1"] {
+        lb.ip(&[
+            "neigh",
+            "add",
+            hop,
+            "lladdr",
+            "00:00:00:00:00:01",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+    }
+    for (net, hop) in [
+        ("198.51.100.0/24", "198.18.0.1"),
+        ("192.0.2.0/24", "198.18.0.1"),
+        ("2001:db8:198::/64", "2001:db8:18::1"),
+        ("2001:db8:2::/64", "2001:db8:18::1"),
+    ] {
+        lb.ip(&["route", "add", net, "via", hop]);
     }
     lb.sysctl("net.ipv4.ip_forward=1");
+    lb.sysctl("net.ipv6.conf.all.forwarding=1");
     let dir = std::env::temp_dir().join(lb.name());
     std::fs::create_dir_all(&dir).expect("a temporary directory");
     let config = COUNT_CONFIG
@@ -1006,17 +1057,24 @@ fn instructions(b: &mut Bench, root: &std::path::Path) {
             std::thread::sleep(Duration::from_millis(200));
         }
     };
+    if prog.is_none() {
+        eprintln!("  skipped: the balancer did not attach within 60 s");
+    }
     // Give the daemon its first tick (the MAC, the VIPs' tables) before counting.
     std::thread::sleep(Duration::from_secs(1));
-    let count = |vip: &str| -> Vec<(String, f64, u64)> {
-        let Some(id) = prog else { return Vec::new() };
-        // "reply": a copy of the tool that knows it also sends the target's replies.
-        let out = Command::new(&tool)
-            .args(["xlb", &id.to_string(), vip, "192.0.2.50", "80", "reply"])
+    // One run of the driver: (its name for the packet, instructions, the program's action).
+    let count = |kind: &str, vip: &str, client: &str, port: &str, other: &str| {
+        let Some(id) = prog else {
+            return (Vec::new(), String::new());
+        };
+        let out = Command::new("python3")
+            .arg(&driver)
+            .arg(&tool)
+            .args([&id.to_string(), kind, vip, client, port, other])
             .output()
-            .expect("run bpf-path-count");
+            .expect("run bench/path-count.py");
         // "== xlb TCP SYN (new flow): 588 BPF insns executed (xlated), retval 3, ..."
-        String::from_utf8_lossy(&out.stdout)
+        let counts: Vec<(String, f64, u64)> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| {
                 let l = l.strip_prefix("== xlb ")?;
@@ -1031,75 +1089,97 @@ fn instructions(b: &mut Bench, root: &std::path::Path) {
                     .ok()?;
                 Some((path.to_owned(), n, retval))
             })
-            .collect()
+            .collect();
+        let err = String::from_utf8_lossy(&out.stderr);
+        (counts, err.lines().last().unwrap_or("").to_owned())
     };
-    let dsr = count("203.0.113.10");
-    let nat = count("203.0.113.20");
+    let runs = [
+        (
+            "DSR VIP, IPv4",
+            count("tcp", "203.0.113.10", "192.0.2.50", "80", "203.0.113.11"),
+        ),
+        (
+            "DSR VIP, IPv4",
+            count("udp", "203.0.113.12", "192.0.2.50", "53", ""),
+        ),
+        (
+            "DSR VIP, IPv6",
+            count(
+                "tcp",
+                "2001:db8:203::10",
+                "2001:db8:2::50",
+                "80",
+                "2001:db8:203::11",
+            ),
+        ),
+        (
+            "NAT VIP, IPv4",
+            count("nat", "203.0.113.20", "192.0.2.50", "80", ""),
+        ),
+    ];
     let _ = daemon.kill();
     let _ = daemon.wait();
     // The pinned link and maps go with their files; the interface with the namespaces.
     let _ = std::fs::remove_dir_all(&pins);
     let _ = std::fs::remove_dir_all(&dir);
-    if dsr.is_empty() {
-        eprintln!("  skipped: the balancer did not attach, or the tool printed no count");
-        return;
-    }
-    // The SYN to the VIP is sent back out (XDP_TX, 3): otherwise the tool did not read the
-    // maps the program uses (the shared copy maps ids below 24,576 only).
-    if dsr[0].2 & 0xffff_ffff != 3 {
-        eprintln!(
-            "  skipped: the tool did not see the VIP (its SYN got action {}); map ids here may be above what it reads",
-            dsr[0].2 & 0xffff_ffff
-        );
-        return;
-    }
-    if nat.is_empty() {
-        eprintln!(
-            "  NAT rows skipped: the tool printed no count for the NAT VIP (a helper it does not know?)"
-        );
-    }
-    // The tool's names for its three packets, ours, and the targets.
+    // The driver's names for its packets, ours, the action a packet must get for its count
+    // to be of the path it names (XDP_PASS 2, XDP_TX 3), and the targets.
     let paths = [
         (
             "TCP SYN (new flow)",
             "TCP SYN, new flow",
+            3,
             "target <= 600; Katran 578",
         ),
         (
             "TCP ACK (established)",
             "TCP established",
+            3,
             "target <= 400; Katran 388",
         ),
-        ("non-VIP", "not for a VIP", "target <= 120; Katran 155"),
-        ("NAT reply again", "TCP reply, established", ""),
+        ("non-VIP", "not for a VIP", 2, "target <= 120; Katran 155"),
+        ("UDP first", "UDP, new flow", 3, ""),
+        ("UDP tracked", "UDP established", 3, ""),
+        ("NAT reply", "TCP reply, first", 3, ""),
+        (
+            "NAT reply again",
+            "TCP reply, established",
+            3,
+            "target <= DSR established + 60",
+        ),
     ];
-    for (path, n, _) in &dsr {
-        let Some((_, name, note)) = paths.iter().find(|p| p.0 == path) else {
+    for (vip, (counts, err)) in &runs {
+        if counts.is_empty() {
+            eprintln!("  {vip}: skipped, the tool printed no count ({err})");
             continue;
-        };
-        let name = if *name == "not for a VIP" {
-            format!("{name}: executed instructions")
-        } else {
-            format!("DSR VIP, IPv4 {name}: executed instructions")
-        };
-        b.add("instructions", &name, *n, "insns", note);
-    }
-    for (path, n, _) in &nat {
-        let Some((_, name, _)) = paths.iter().find(|p| p.0 == path && p.0 != "non-VIP") else {
-            continue;
-        };
-        let note = if name.contains("established") {
-            "target <= DSR established + 60"
-        } else {
-            ""
-        };
-        b.add(
-            "instructions",
-            &format!("NAT VIP, IPv4 {name}: executed instructions"),
-            *n,
-            "insns",
-            note,
-        );
+        }
+        for (path, n, retval) in counts {
+            let Some((_, name, action, note)) = paths.iter().find(|p| p.0 == path) else {
+                continue;
+            };
+            // Otherwise the tool did not read the maps the program uses, and counted a
+            // refusal: leave the row out rather than report it.
+            if retval & 0xffff_ffff != *action {
+                eprintln!("  {vip} {name}: skipped, action {retval} where {action} was due");
+                continue;
+            }
+            // The targets are the issue's, for IPv4: DSR as stated, NAT DSR's + 60.
+            let note = match (*name, *vip) {
+                ("TCP established" | "TCP reply, established", "NAT VIP, IPv4") => {
+                    "target <= DSR established + 60"
+                }
+                (_, "DSR VIP, IPv4") => note,
+                _ => "",
+            };
+            let name = if *name == "not for a VIP" {
+                // The IPv4 row keeps the name the baseline knows it by.
+                let family = if vip.ends_with("v6") { "IPv6, " } else { "" };
+                format!("{family}{name}: executed instructions")
+            } else {
+                format!("{vip} {name}: executed instructions")
+            };
+            b.add("instructions", &name, *n, "insns", note);
+        }
     }
 }
 
