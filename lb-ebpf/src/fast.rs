@@ -4,8 +4,8 @@
 //! extension headers:
 //! - a packet of a flow the flow table knows, to a DSR backend of the packet's family:
 //!   encapsulated and sent (IPv6 with the flow hash as the outer flow label);
-//! - a TCP SYN to a 5-tuple VIP whose Maglev choice is such a backend: the same, the flow
-//!   remembered;
+//! - a TCP SYN, or a UDP datagram the flow table does not know, to a 5-tuple VIP whose
+//!   Maglev choice is such a backend: the same, the flow remembered;
 //! - IPv4 only: a packet of an established NAT connection, translated to its target from
 //!   registers (`nat_established`), and a target's reply to one, translated back to its
 //!   client (`nat_reply`), each when its next hop is cached; a reply no connection has is
@@ -54,6 +54,8 @@ use crate::{
 
 /// `BPF_NOEXIST`: insert only if the key is not there.
 const BPF_NOEXIST: u64 = 1;
+/// `BPF_ANY`: insert, or overwrite the entry there.
+const BPF_ANY: u64 = 0;
 
 /// `packet`'s answer when the general path is to decide: not an XDP action, it never
 /// leaves the program.
@@ -296,7 +298,12 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
         chosen
     } else {
         let Some((_, id, b)) = remembered(key) else {
-            return FALL;
+            // A datagram no entry knows starts a flow, as in `to_vip`.
+            return if proto == u64::from(PROTO_UDP) {
+                NEW_DATAGRAM
+            } else {
+                FALL
+            };
         };
         let hash = if cfg!(target_endian = "little") {
             flow_hash_words(&words)
@@ -305,7 +312,8 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
         };
         (u32::from(b.vip), id, b, hash)
     };
-    encapsulate::<true>(xdp, p, total, start, key, Chosen { vip, id, b, hash })
+    let new = if start { New::Syn } else { New::Known };
+    encapsulate::<true>(xdp, p, total, new, key, Chosen { vip, id, b, hash })
 }
 
 /// Whether a packet whose destination's VIP bit is clear in its filter word `bits` (the
@@ -381,7 +389,14 @@ fn to_vip(
         (vip, id, b)
     } else {
         let Some((v, id, b)) = remembered(key) else {
-            return FALL;
+            // A datagram no entry knows starts a flow (`resolve::how`: remembered, counted
+            // new), by the Maglev choice; to a DSR backend here, to a NAT target the
+            // general path's (`encapsulate` falls back).
+            return if proto == u64::from(PROTO_UDP) {
+                NEW_DATAGRAM
+            } else {
+                FALL
+            };
         };
         if b.mode != MODE_DSR && b.family == FAMILY_V4 {
             // SAFETY: FlowValue is plain integers; the element is valid for the program run.
@@ -393,11 +408,12 @@ fn to_vip(
         }
         (u32::from(b.vip), id, b)
     };
+    let new = if start { New::Syn } else { New::Known };
     encapsulate::<false>(
         xdp,
         p,
         total,
-        start,
+        new,
         key,
         Chosen {
             vip,
@@ -406,6 +422,96 @@ fn to_vip(
             hash: 0,
         },
     )
+}
+
+/// What `packet` answers for a UDP datagram to a VIP whose flow the table does not have,
+/// once the checks `to_vip` or `to_vip6` make have passed: `crate::run` then calls
+/// `new_datagram`. Not an XDP action: it never leaves the program.
+pub const NEW_DATAGRAM: Outcome = Outcome::new(u32::MAX - 2, Reason::Forwarded);
+
+/// The rest of `packet` for a `NEW_DATAGRAM` (the frame unchanged since): the Maglev choice
+/// of its 5-tuple VIP (`choose`), encapsulated to a DSR backend of the packet's family and
+/// remembered, as `select::choose_backend` does without `START`; `FALLBACK` (the packet
+/// untouched) for anything else, a NAT target among them. A subprogram of its own, called
+/// after `packet` returns, so that its frame is not under `packet`'s and the paths it is not
+/// on keep their registers.
+#[inline(never)]
+pub fn new_datagram(ctx: *mut xdp_md) -> Outcome {
+    let xdp = XdpContext::new(ctx);
+    let pkt = XdpPacket::new(&xdp);
+    // `packet` checked at least this much of either family's frame.
+    let Some(p) = pkt.ptr::<[u8; L4 + 18]>(0) else {
+        return FALL;
+    };
+    let p = p as usize;
+    // SAFETY (every load): within the bytes just checked.
+    let ethertype = unsafe { word::load16_wide_at::<12>(p) };
+    if ethertype == u64::from(ETH_P_IPV6.to_be()) {
+        let Some(q) = pkt.ptr::<[u8; L4_6 + 14]>(0) else {
+            return FALL;
+        };
+        let q = q as usize;
+        // SAFETY (every load): within the bytes just checked.
+        let (words, plen) = unsafe {
+            (
+                [
+                    word::load64_at::<{ IP6 as i16 + 8 }>(q),
+                    word::load64_at::<{ IP6 as i16 + 16 }>(q),
+                    word::load64_at::<{ IP6 as i16 + 24 }>(q),
+                    word::load64_at::<{ IP6 as i16 + 32 }>(q),
+                    key_tail(
+                        word::load32_wide_at::<{ L4_6 as i16 }>(q),
+                        u64::from(PROTO_UDP),
+                        FAMILY_V6,
+                    ),
+                ],
+                u16::from_be(word::load16_at::<{ IP6 as i16 + 4 }>(q)),
+            )
+        };
+        let key = as_flow_key(&words);
+        let Some((vip, id, b, hash)) = choose(key, &words) else {
+            return FALL;
+        };
+        let total = IPV6_HLEN as u16 + plen;
+        let c = Chosen { vip, id, b, hash };
+        return encapsulate::<true>(&xdp, q, total, New::Datagram, key, c);
+    }
+    // SAFETY (every load): within the bytes checked.
+    let (words, total) = unsafe {
+        (
+            flow_key_words_v4(
+                word::load32_wide_at::<{ IP as i16 + 12 }>(p),
+                word::load32_wide_at::<{ IP as i16 + 16 }>(p),
+                word::load32_wide_at::<{ L4 as i16 }>(p),
+                u64::from(PROTO_UDP),
+            ),
+            u16::from_be(word::load16_at::<{ IP as i16 + 2 }>(p)),
+        )
+    };
+    let key = as_flow_key(&words);
+    let Some((vip, id, b, _)) = choose(key, &words) else {
+        return FALL;
+    };
+    let c = Chosen {
+        vip,
+        id,
+        b,
+        hash: 0,
+    };
+    encapsulate::<false>(&xdp, p, total, New::Datagram, key, c)
+}
+
+/// Whether a packet `encapsulate` sends starts a flow, and how its entry is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum New {
+    /// A packet of a flow the table knows.
+    Known,
+    /// A TCP SYN: inserted if the key is not there (`select::choose_backend`'s `START`),
+    /// with its sequence number.
+    Syn,
+    /// A UDP datagram no entry knows: inserted or overwritten, as `choose_backend` does
+    /// without `START`.
+    Datagram,
 }
 
 /// The VIP and backend a packet goes to (`Chosen::hash`: the flow hash, for an IPv6
@@ -420,14 +526,14 @@ struct Chosen {
 /// The rest of `to_vip` and `to_vip6` once the backend is chosen (`c`): encapsulated in
 /// IPv6 (`V6`) or IPv4 to a DSR backend of that family, when the frame is for us, a source
 /// address is configured and the next hop is cached or the FIB gives it (`forward::find_hop`
-/// otherwise); a new flow (`start`, `key`) remembered; sent and counted as
+/// otherwise); a new flow (`new`, `key`) remembered; sent and counted as
 /// `crate::deliver` does. `p` is the packet as received (before `adjust_head`).
 #[inline(always)]
 fn encapsulate<const V6: bool>(
     xdp: &XdpContext,
     p: usize,
     total: u16,
-    start: bool,
+    new: New,
     key: &FlowKey,
     c: Chosen,
 ) -> Outcome {
@@ -477,15 +583,20 @@ fn encapsulate<const V6: bool>(
     // (which would find the entry and count a retransmission). The key already there (a
     // SYN retransmitted, a port reused) is the general path's to judge: a failed insert
     // changes nothing.
+    let start = new != New::Known;
     if start {
         // SAFETY (both loads): within the bytes the caller checked (`L4 + 18` or
         // `L4_6 + 14`).
-        let syn_seq = unsafe {
-            if V6 {
-                word::load32_at::<{ L4_6 as i16 + 4 }>(p)
-            } else {
-                word::load32_at::<{ L4 as i16 + 4 }>(p)
-            }
+        let (syn_seq, flags) = match new {
+            New::Syn if V6 => (
+                unsafe { word::load32_at::<{ L4_6 as i16 + 4 }>(p) },
+                BPF_NOEXIST,
+            ),
+            New::Syn => (
+                unsafe { word::load32_at::<{ L4 as i16 + 4 }>(p) },
+                BPF_NOEXIST,
+            ),
+            _ => (0, BPF_ANY),
         };
         let value = FlowValue {
             backend: id,
@@ -493,7 +604,7 @@ fn encapsulate<const V6: bool>(
             syn_seq,
             ..FlowValue::default()
         };
-        if FLOWS.insert(key, value, BPF_NOEXIST).is_err() {
+        if FLOWS.insert(key, value, flags).is_err() {
             return FALL;
         }
     }

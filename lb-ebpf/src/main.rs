@@ -146,6 +146,13 @@ fn run(ctx: &XdpContext) -> u32 {
         count(o);
         return o.action;
     }
+    if fast.action == fast::NEW_DATAGRAM.action {
+        let o = fast::new_datagram(ctx.ctx);
+        if o.action != fast::FALLBACK {
+            count(o);
+            return o.action;
+        }
+    }
     let parsed = parse_packet(ctx.ctx, &mut headers);
     if trace::on() {
         trace::begin();

@@ -100,6 +100,18 @@ pub fn balancer_fixtures(lab: &Lab) -> Vec<Fixture> {
         Packet::udp(c6, 5353, ip("2001:db8:203::20"), 53).payload(b"query"),
         XDP_TX,
     );
+    // Long enough for the fast path (`fast::packet6` reads 14 bytes of L4); the one above
+    // is the general path's.
+    encap(
+        "udp6 to a v6 UDP VIP, a new flow's first datagram of 32 bytes",
+        Packet::udp(c6, 5354, ip("2001:db8:203::20"), 53).payload(&[0xcd; 32]),
+        XDP_TX,
+    );
+    encap(
+        "udp6 to a v6 UDP VIP, the same flow's second datagram",
+        Packet::udp(c6, 5354, ip("2001:db8:203::20"), 53).payload(&[0xef; 40]),
+        XDP_TX,
+    );
     encap(
         "tcp4 to a VIP with IPv6 backends: IPv4-in-IPv6",
         Packet::tcp(c4, 40000, ip("203.0.113.20"), 80, SYN),
