@@ -409,6 +409,21 @@ fn data_plane(b: &mut Bench) {
         fresh_empty,
         "",
     );
+    // A UDP flow's first datagram (32 bytes, as a DNS query), fresh keys, the same room.
+    let udp_new = {
+        let _inside = lab.ns.enter();
+        per_call(&floor, lab.lb.program(), ifx, calls, |i| {
+            let src = IpAddr::V4(std::net::Ipv4Addr::from(0x0ac0_0000u32 + (i as u32 >> 16)));
+            Packet::udp(src, (i & 0xffff) as u16, vip4, 53)
+                .payload(&[0xab; 32])
+                .build()
+        })
+    };
+    b.per_packet(
+        "IPv4 UDP, new flow, fresh key into a table with room",
+        udp_new,
+        "",
+    );
 
     // New flows with fresh keys into a full flow table.
     eprintln!("  (filling a flow table of {entries} entries)");
@@ -904,8 +919,8 @@ fn vip_refuses(client: &xlb_tests::netns::Netns) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The balancer's configuration for `instructions`: DSR VIPs for IPv4 TCP and UDP and for
-/// IPv6 TCP, and a NAT VIP, one backend each, no health checks (nothing answers).
+/// The balancer's configuration for `instructions`: DSR VIPs for TCP and UDP of either
+/// family, and a NAT VIP, one backend each, no health checks (nothing answers).
 const COUNT_CONFIG: &str = r#"
 [dataplane]
 interface = "eth0"
@@ -945,6 +960,14 @@ port = 80
 protocol = "tcp"
 health_check = { protocol = "none" }
 backends = [ { address = "2001:db8:198::11" } ]
+
+[[vip]]
+name = "dns6"
+address = "2001:db8:203::12"
+port = 53
+protocol = "udp"
+health_check = { protocol = "none" }
+backends = [ { address = "2001:db8:198::12" } ]
 
 [[vip]]
 name = "tasks"
@@ -1111,6 +1134,10 @@ fn instructions(b: &mut Bench, root: &std::path::Path) {
                 "80",
                 "2001:db8:203::11",
             ),
+        ),
+        (
+            "DSR VIP, IPv6",
+            count("udp", "2001:db8:203::12", "2001:db8:2::50", "53", ""),
         ),
         (
             "NAT VIP, IPv4",
