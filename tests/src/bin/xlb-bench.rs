@@ -189,8 +189,9 @@ fn repeated(prog: &Xdp, frame: &[u8], ifindex: u32, repeat: u32) -> f64 {
 }
 
 /// Frames per second forwarded with live frames: the kernel runs the program on `frames`
-/// copies of `frame` and transmits what it returns `XDP_TX` for. Median of 5 runs.
-fn live_rate(prog: &Xdp, frame: &[u8], ifindex: u32, frames: u32) -> f64 {
+/// copies of `frame` and transmits what it returns `XDP_TX` for. Median of 5 runs; the
+/// kernel's error when it refuses the mode.
+fn live_rate(prog: &Xdp, frame: &[u8], ifindex: u32, frames: u32) -> Result<f64, String> {
     let ctx = ctx_bytes(frame.len(), ifindex);
     let mut rates = Vec::new();
     for _ in 0..5 {
@@ -202,10 +203,10 @@ fn live_rate(prog: &Xdp, frame: &[u8], ifindex: u32, frames: u32) -> f64 {
             attrs: TestRunAttrs::new().xdp_live_frames(64),
             ..TestRunOptions::default()
         })
-        .expect("live-frames test run");
+        .map_err(|e| format!("{e:?}"))?;
         rates.push(f64::from(frames) / start.elapsed().as_secs_f64());
     }
-    median(rates)
+    Ok(median(rates))
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -503,7 +504,15 @@ fn data_plane(b: &mut Bench) {
     lab.lb.set_bench_template(&ack4).unwrap();
     let frames = if b.quick { 500_000 } else { 5_000_000 };
     let _inside = lab.ns.enter();
-    let floor = live_rate(xdp(&refs, "xlb_macswap"), &ack4, ifx, frames) / 1e6;
+    // Some kernels refuse the mode (EPERM seen on 6.18.44 builds): the section says so and
+    // the bench goes on.
+    let floor = match live_rate(xdp(&refs, "xlb_macswap"), &ack4, ifx, frames) {
+        Ok(r) => r / 1e6,
+        Err(e) => {
+            eprintln!("  skipped: the kernel refused live frames: {e}");
+            return;
+        }
+    };
     b.add(
         "rate",
         "floor: MAC-swap XDP_TX",
@@ -524,7 +533,13 @@ fn data_plane(b: &mut Bench) {
             "target >= 8.5; Katran 6.5",
         ),
     ] {
-        rate = live_rate(lab.lb.program_named(program), &ack4, ifx, frames) / 1e6;
+        rate = match live_rate(lab.lb.program_named(program), &ack4, ifx, frames) {
+            Ok(r) => r / 1e6,
+            Err(e) => {
+                eprintln!("  {name}: skipped, the kernel refused live frames: {e}");
+                return;
+            }
+        };
         b.add("rate", name, rate, "Mpps", note);
     }
     b.add("rate", "balancer / floor", rate / floor, "ratio", "");
