@@ -15,7 +15,8 @@ unchanged; this script adds what the balancer's paths need and the tool does not
 Usage: path-count.py TOOL PROG_ID KIND VIP CLIENT PORT [NON_VIP]
   KIND tcp: a SYN (new flow), the ACK that follows (established), a packet to NON_VIP
   KIND udp: a datagram (new flow) and the next (tracked)
-  KIND nat: a SYN, the target's SYN-ACK, the client's ACK (established), the target's ACK
+  KIND nat: a SYN, the target's SYN-ACK, the client's ACK (established), the target's ACK;
+            then a second connection's SYN and SYN-ACK
 The family follows the addresses. Prints the tool's lines, one per packet:
 "== xlb PATH: N BPF insns executed (xlated), retval R, out B bytes".
 """
@@ -134,6 +135,9 @@ def main(argv):
         emu.send(reply_to(syn, 0x12), "NAT reply")
         emu.send(frame(client, vip, 41000, port, 0x10), "TCP ACK (established)")
         emu.send(reply_to(syn, 0x10), "NAT reply again")
+        # A second connection from the client: its next hop is cached by now.
+        syn = emu.send(frame(client, vip, 41001, port, 0x02), "NAT second SYN")
+        emu.send(reply_to(syn, 0x12), "NAT second reply")
     else:
         sys.exit("path-count.py: unknown kind " + kind)
 

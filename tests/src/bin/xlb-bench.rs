@@ -1182,7 +1182,18 @@ fn instructions(b: &mut Bench, root: &std::path::Path) {
         ("non-VIP", "not for a VIP", 2, "target <= 120; Katran 155"),
         ("UDP first", "UDP, new flow", 3, ""),
         ("UDP tracked", "UDP established", 3, ""),
-        ("NAT reply", "TCP reply, first", 3, ""),
+        (
+            "NAT reply",
+            "TCP reply, the first to a client (its next hop not cached yet)",
+            3,
+            "",
+        ),
+        (
+            "NAT second reply",
+            "TCP reply, a later connection's first (the client's next hop cached)",
+            3,
+            "",
+        ),
         (
             "NAT reply again",
             "TCP reply, established",
