@@ -203,7 +203,10 @@ pub struct FlowValue {
     /// backend keeps flows (`resolve::START` says when a failing one does not); any other
     /// SYN starts a new connection.
     pub syn_seq: u32,
-    pub reserved: u32,
+    /// The flow hash of the key (`hash::flow_hash`), for an IPv6 backend's outer flow
+    /// label, so that a packet of the flow need not compute it; 0: not recorded (an entry
+    /// made by userspace or before the field existed), computed then.
+    pub hash: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 24);
 

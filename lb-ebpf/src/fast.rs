@@ -297,7 +297,7 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
         };
         chosen
     } else {
-        let Some((_, id, b)) = remembered(key) else {
+        let Some((v, id, b)) = remembered(key) else {
             // A datagram no entry knows starts a flow, as in `to_vip`.
             return if proto == u64::from(PROTO_UDP) {
                 NEW_DATAGRAM
@@ -305,7 +305,11 @@ fn to_vip6(xdp: &XdpContext, p: usize, total: u16, start: bool) -> Outcome {
                 FALL
             };
         };
-        let hash = if cfg!(target_endian = "little") {
+        // SAFETY: FlowValue is plain integers; the element is valid for the program run.
+        let stored = unsafe { (*v).hash };
+        let hash = if stored != 0 {
+            stored
+        } else if cfg!(target_endian = "little") {
             flow_hash_words(&words)
         } else {
             flow_hash(key)
@@ -602,6 +606,7 @@ fn encapsulate<const V6: bool>(
             backend: id,
             generation: b.generation,
             syn_seq,
+            hash,
             ..FlowValue::default()
         };
         if FLOWS.insert(key, value, flags).is_err() {

@@ -233,6 +233,7 @@ pub fn choose_backend(vip: &VipInfo, how: u32, s: &mut Scratch) -> bool {
         backend: id,
         generation: b.generation,
         syn_seq: s.seq,
+        hash,
         ..FlowValue::default()
     };
     // By reference on purpose (clippy: needless borrow): by value, LLVM copies the key
@@ -312,11 +313,14 @@ pub fn remembered(s: &mut Scratch) -> u32 {
         if let Some(b) = BACKENDS.get(v.backend)
             && b.keeps_flow(v.generation)
         {
-            // A remembered flow needs its hash only as an IPv6 flow label.
-            s.hash = if b.family == FAMILY_V6 {
-                flow_hash(&s.flow)
-            } else {
+            // A remembered flow needs its hash only as an IPv6 flow label: the entry's, or
+            // computed for an entry that has none (`FlowValue::hash`).
+            s.hash = if b.family != FAMILY_V6 {
                 0
+            } else if v.hash != 0 {
+                v.hash
+            } else {
+                flow_hash(&s.flow)
             };
             s.backend = *b;
             s.id = v.backend;
