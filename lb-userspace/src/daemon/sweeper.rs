@@ -269,7 +269,7 @@ mod tests {
                 state: FLOW_F_NAT | fwd_state,
                 last_seen: fwd_seen,
                 syn_seq: 0,
-                reserved: 0,
+                hash: 0,
             }),
         }
     }
