@@ -204,8 +204,9 @@ pub struct FlowValue {
     /// SYN starts a new connection.
     pub syn_seq: u32,
     /// The flow hash of the key (`hash::flow_hash`), for an IPv6 backend's outer flow
-    /// label, so that a packet of the flow need not compute it; 0: not recorded (an entry
-    /// made by userspace or before the field existed), computed then.
+    /// label, so that a packet of the flow need not compute it; 0: not recorded (the fast
+    /// path leaves it out for IPv4 backends, which need none; an entry made by userspace or
+    /// before the field existed), computed when it is needed.
     pub hash: u32,
 }
 const _: () = assert!(size_of::<FlowValue>() == 24);
