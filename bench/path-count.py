@@ -28,6 +28,7 @@ import sys
 
 LB_MAC, PEER_MAC = b"\0\0\0\0\0\2", b"\0\0\0\0\0\1"
 MAP_SPAN = 0x1_0000_0000
+TOOL = None  # the loaded tool (`load_tool`)
 
 
 def load_tool(path):
@@ -38,17 +39,10 @@ def load_tool(path):
     return module
 
 
-def checksum(data):
-    s = 0
-    for i in range(0, len(data), 2):
-        s += data[i] << 8 | (data[i + 1] if i + 1 < len(data) else 0)
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def frame(src, dst, sport, dport, tcp_flags=None, payload=b""):
-    """An Ethernet frame from the peer to the balancer, with valid IP and L4 checksums."""
+    """An Ethernet frame from the peer to the balancer, with valid IP and L4 checksums (the
+    tool's `csum`)."""
+    checksum = TOOL.csum
     src, dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     proto = 6 if tcp_flags is not None else 17
     if tcp_flags is not None:
@@ -119,8 +113,10 @@ def counter(tool):
 def main(argv):
     if len(argv) < 7:
         sys.exit(__doc__.split("\n\n")[2])
+    global TOOL
     tool, prog, kind, vip, client, port = argv[1:7]
-    emu = counter(load_tool(tool))(int(prog))
+    TOOL = load_tool(tool)
+    emu = counter(TOOL)(int(prog))
     port = int(port)
     if kind == "tcp":
         emu.send(frame(client, vip, 41000, port, 0x02), "TCP SYN (new flow)")
