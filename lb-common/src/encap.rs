@@ -78,6 +78,21 @@ pub fn outer_ipv6_first_words(payload_len: u16, next: u8, tclass: u8, flow_label
     [w[0], w[1], w[2], w[3], p[0], p[1], next, OUTER_TTL]
 }
 
+/// [`outer_ipv6_first_words`] as two 32-bit words, each as a 4-byte load of its place in
+/// the header reads it (native byte order), with the traffic class taken from `inner`, the
+/// inner IPv6 header's first 4 bytes read the same way: a mask and two ORs for the first
+/// word and one OR for the second, where the byte-wise build shifts every byte into place.
+/// The data plane's fast path stores these. The same bytes as `outer_ipv6_first_words`
+/// with the inner traffic class (host tests compare the two).
+#[inline(always)]
+pub fn outer_ipv6_first_u32s(inner: u32, payload_len: u16, next: u8, flow_label: u32) -> [u32; 2] {
+    let tclass = inner & 0x0ff0_0000u32.to_be();
+    [
+        tclass | 0x6000_0000u32.to_be() | (flow_label & 0x000f_ffff).to_be(),
+        u32::from(payload_len.to_be()) | u32::from_ne_bytes([0, 0, next, OUTER_TTL]),
+    ]
+}
+
 /// A whole outer IPv6 header (the data plane writes the first words and the addresses
 /// separately, to keep 40 bytes off its stack).
 pub fn outer_ipv6(
@@ -165,6 +180,42 @@ mod tests {
                 words_header(src, dst, len, proto, tos),
                 outer_ipv4(src, dst, len, proto, tos)
             );
+        }
+    }
+
+    /// The 8 bytes `outer_ipv6_first_u32s` describes, and `outer_ipv6_first_words` with the
+    /// traffic class of the same inner word.
+    fn ipv6_first_both(inner: [u8; 4], len: u16, next: u8, label: u32) -> ([u8; 8], [u8; 8]) {
+        let w = outer_ipv6_first_u32s(u32::from_ne_bytes(inner), len, next, label);
+        let mut words = [0u8; 8];
+        words[..4].copy_from_slice(&w[0].to_ne_bytes());
+        words[4..].copy_from_slice(&w[1].to_ne_bytes());
+        let tclass = (inner[0] << 4) | (inner[1] >> 4);
+        (words, outer_ipv6_first_words(len, next, tclass, label))
+    }
+
+    #[test]
+    fn ipv6_outer_first_u32s_are_the_first_words() {
+        // Traffic class 0xb8, flow label 0x12345 in the inner header; the outer gets 0xabcde.
+        let (words, bytes) = ipv6_first_both([0x6b, 0x81, 0x23, 0x45], 1000, 41, 0xabcde);
+        assert_eq!(words, [0x6b, 0x8a, 0xbc, 0xde, 0x03, 0xe8, 41, 64]);
+        assert_eq!(words, bytes);
+        // Only the label's 20 bits count; the version is 6 whatever the inner word says.
+        let (words, bytes) = ipv6_first_both([0xff; 4], u16::MAX, 4, u32::MAX);
+        assert_eq!(words, [0x6f, 0xff, 0xff, 0xff, 0xff, 0xff, 4, 64]);
+        assert_eq!(words, bytes);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ipv6_outer_first_u32s_agree(
+            inner in proptest::array::uniform4(proptest::num::u8::ANY),
+            len in proptest::num::u16::ANY,
+            next in proptest::num::u8::ANY,
+            label in proptest::num::u32::ANY,
+        ) {
+            let (words, bytes) = ipv6_first_both(inner, len, next, label);
+            proptest::prop_assert_eq!(words, bytes);
         }
     }
 

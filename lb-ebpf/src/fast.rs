@@ -31,7 +31,7 @@ use lb_common::{
     CT_F_RST, DataplaneConfig, FAMILY_V4, FAMILY_V6, FLOW_F_NAT, FlowKey, FlowValue, MODE_DSR,
     MODE_NAT, PROTO_TCP, PROTO_UDP, VIP_F_HASH_SOURCE, VipKey,
     admit::words_sum_ok,
-    encap::{outer_ipv4_words, outer_ipv6_first_words},
+    encap::{outer_ipv4_words, outer_ipv6_first_u32s},
     hash::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
@@ -623,11 +623,11 @@ fn encapsulate<const V6: bool>(
         return Outcome::drop(Reason::DropEncapFailed);
     };
     // From here the packet is changed: it is the fast path's, whatever happens. The new
-    // L2 and outer headers, and the inner header's first 2 bytes behind them: 56 bytes for
+    // L2 and outer headers, and the inner header's first 4 bytes behind them: 58 bytes for
     // either family.
     const _: () = assert!(L4 + IPV4_HLEN == L4_6);
     let written = pkt
-        .ptr::<[u8; L4_6 + 2]>(0)
+        .ptr::<[u8; L4_6 + 4]>(0)
         .and_then(|q| {
             let q = q as usize;
             let (macs_hi, macs_lo) = hop.macs();
@@ -659,7 +659,7 @@ fn encapsulate<const V6: bool>(
 }
 
 /// Writes the ethertype and the outer IPv4 header of `total` bytes of inner IPv4 to the
-/// backend `b` into the frame at `q` (`L4_6 + 2` bytes checked; the inner header is at
+/// backend `b` into the frame at `q` (`L4_6 + 4` bytes checked; the inner header is at
 /// `L4`); `None` if the length does not fit.
 #[inline(always)]
 fn write_outer_v4(q: usize, cfg: &DataplaneConfig, b: &Backend, total: u16) -> Option<()> {
@@ -685,20 +685,20 @@ fn write_outer_v4(q: usize, cfg: &DataplaneConfig, b: &Backend, total: u16) -> O
 }
 
 /// Writes the ethertype and the outer IPv6 header (flow label `hash`) of `total` bytes of
-/// inner IPv6 to the backend `b` into the frame at `q` (`L4_6 + 2` bytes checked; the inner
+/// inner IPv6 to the backend `b` into the frame at `q` (`L4_6 + 4` bytes checked; the inner
 /// header is at `L4_6`).
 #[inline(always)]
 fn write_outer_v6(q: usize, cfg: &DataplaneConfig, b: &Backend, total: u16, hash: u32) {
-    // SAFETY (every access): within the bytes the caller checked. The inner traffic class
-    // is the low nibble of its byte 0 and the high one of byte 1.
-    let v = unsafe { word::load16_at::<{ L4_6 as i16 }>(q) }.to_ne_bytes();
-    let tclass = (v[0] << 4) | (v[1] >> 4);
-    let first = outer_ipv6_first_words(total, IPPROTO_IPV6, tclass, hash);
+    // SAFETY (every access): within the bytes the caller checked. The inner header's first
+    // word carries the traffic class the outer copies.
+    let inner = unsafe { word::load32_at::<{ L4_6 as i16 }>(q) };
+    let first = outer_ipv6_first_u32s(inner, total, IPPROTO_IPV6, hash);
     let (src, dst) = (&cfg.source_v6, &b.addr);
     let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
     unsafe {
         word::store16_at::<12>(q, ETH_P_IPV6.to_be());
-        word::store64_at::<{ IP6 as i16 }>(q, u64::from_ne_bytes(first));
+        word::store32_at::<{ IP6 as i16 }>(q, first[0]);
+        word::store32_at::<{ IP6 as i16 + 4 }>(q, first[1]);
         word::store32_at::<{ IP6 as i16 + 8 }>(q, w(src, 0));
         word::store32_at::<{ IP6 as i16 + 12 }>(q, w(src, 4));
         word::store32_at::<{ IP6 as i16 + 16 }>(q, w(src, 8));
