@@ -17,8 +17,9 @@
 //! 5. Executed BPF instructions per packet path (`../shared/tools/bpf-path-count` on a
 //!    balancer `target/release/xlb` loaded; skipped without the tool).
 //!
-//! Prints a table (or `--json`), and the change against `bench/baseline.json` when that
-//! was recorded on the same CPU model.
+//! Prints a table (or `--json`), and the change against this CPU model's baseline in
+//! `bench/baseline.json` (one per CPU model and kind; instruction counts, which do not
+//! depend on the machine, against any that has them).
 
 use std::{
     collections::BTreeMap,
@@ -1256,6 +1257,22 @@ fn machine() -> BTreeMap<String, String> {
     ])
 }
 
+/// The baselines in `path`, one per CPU model and kind (`--quick` or not): `{"baselines":
+/// [report, ...]}`, or a single report as the file held before it kept one per machine.
+fn read_baselines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let Some(saved) = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    else {
+        return Vec::new();
+    };
+    match saved.get("baselines").and_then(|v| v.as_array()) {
+        Some(all) => all.clone(),
+        None if saved.get("figures").is_some() => vec![saved],
+        None => Vec::new(),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
@@ -1289,21 +1306,42 @@ fn main() {
         instructions(&mut b, &root);
     }
     let baseline_path = root.join("bench/baseline.json");
-    // Compared only with a baseline of the same kind (a --quick run uses smaller tables
-    // and fewer calls) from the same CPU model: times on another CPU say nothing about a
-    // change.
-    let saved = std::fs::read(&baseline_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let saved_cpu = saved
-        .as_ref()
-        .and_then(|v| v["machine"]["cpu"].as_str().map(str::to_owned));
-    let baseline: BTreeMap<String, f64> = saved
-        .filter(|v| v["quick"].as_bool() == Some(quick))
-        .filter(|_| saved_cpu.as_deref() == Some(m["cpu"].as_str()))
-        .and_then(|v| serde_json::from_value::<Vec<Figure>>(v["figures"].clone()).ok())
-        .map(|f| f.into_iter().map(|x| (x.name, x.value)).collect())
+    let mut baselines = read_baselines(&baseline_path);
+    // Compared with the baseline of the same kind (a --quick run uses smaller tables and
+    // fewer calls) from the same CPU model: times on another CPU say nothing about a
+    // change. Executed instructions do not depend on the machine: they are compared with
+    // any baseline that has them when this CPU's has none.
+    let same = |r: &serde_json::Value, cpu: &str| {
+        r["quick"].as_bool() == Some(quick) && r["machine"]["cpu"].as_str() == Some(cpu)
+    };
+    let figures_of = |r: &serde_json::Value| -> BTreeMap<String, f64> {
+        serde_json::from_value::<Vec<Figure>>(r["figures"].clone())
+            .map(|f| f.into_iter().map(|x| (x.name, x.value)).collect())
+            .unwrap_or_default()
+    };
+    let ours = baselines.iter().find(|r| same(r, &m["cpu"]));
+    let baseline = ours.map(figures_of).unwrap_or_default();
+    let counted: BTreeMap<String, f64> = baselines
+        .iter()
+        .map(figures_of)
+        .find(|f| {
+            b.figures
+                .iter()
+                .any(|x| x.unit == "insns" && f.contains_key(&x.name))
+        })
         .unwrap_or_default();
+    let others: Vec<String> = baselines
+        .iter()
+        .filter(|r| !same(r, &m["cpu"]))
+        .filter_map(|r| {
+            let kind = if r["quick"].as_bool() == Some(true) {
+                "--quick"
+            } else {
+                "full"
+            };
+            Some(format!("{} ({kind})", r["machine"]["cpu"].as_str()?))
+        })
+        .collect();
     let report = serde_json::json!({ "machine": m, "quick": quick, "figures": b.figures });
     std::fs::create_dir_all(root.join("bench")).ok();
     std::fs::write(
@@ -1311,10 +1349,15 @@ fn main() {
         serde_json::to_vec_pretty(&report).unwrap(),
     )
     .ok();
+    let had_ours = !baseline.is_empty();
     if save {
-        std::fs::write(&baseline_path, serde_json::to_vec_pretty(&report).unwrap())
+        // This CPU's baseline of this kind is replaced; the other machines' stay.
+        baselines.retain(|r| !same(r, &m["cpu"]));
+        baselines.push(report.clone());
+        let all = serde_json::json!({ "baselines": baselines });
+        std::fs::write(&baseline_path, serde_json::to_vec_pretty(&all).unwrap())
             .expect("write the baseline");
-        eprintln!("saved {}", baseline_path.display());
+        eprintln!("saved {} for {}", baseline_path.display(), m["cpu"]);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -1327,11 +1370,18 @@ fn main() {
         m["kernel"],
         if quick { " (quick)" } else { "" }
     );
-    match &saved_cpu {
-        Some(cpu) if *cpu != m["cpu"] => println!(
-            "(bench/baseline.json is from {cpu}: not compared; --save-baseline records this CPU)"
-        ),
-        _ => {}
+    if !had_ours {
+        println!(
+            "(bench/baseline.json has no {} baseline for {}{}: times not compared; \
+             --save-baseline records one)",
+            if quick { "--quick" } else { "full" },
+            m["cpu"],
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!("; it has {}", others.join(", "))
+            }
+        );
     }
     let mut section = String::new();
     for f in &b.figures {
@@ -1339,7 +1389,12 @@ fn main() {
             section = f.section.clone();
             println!("\n{section}");
         }
-        let change = baseline
+        let from = if f.unit == "insns" && !baseline.contains_key(&f.name) {
+            &counted
+        } else {
+            &baseline
+        };
+        let change = from
             .get(&f.name)
             .filter(|v| **v != 0.0)
             .map_or(String::new(), |v| {
