@@ -759,59 +759,72 @@ fn throughput(b: &mut Bench) {
     let direct = backend_v4(1).to_string();
     let bare = backend_v4(2).to_string();
 
-    // The topology's own ceiling: the same hops (client -> router -> LB -> router -> backend
-    // 1), with the LB's XDP program only swapping the MACs (`XDP_TX`) and the router sending
-    // what comes back from the LB on to backend 1 by a policy route; no encapsulation. The
-    // router's entry for the LB is made permanent first: the LB bounces ARP too.
-    let ceiling = {
-        let lb_mac =
-            serde_json::from_str::<serde_json::Value>(&topo.lb.ip(&["-j", "link", "show", "eth0"]))
-                .ok()
-                .and_then(|j| j[0]["address"].as_str().map(str::to_owned));
-        match lb_mac {
-            Some(mac) => {
-                let r = &topo.router;
-                r.ip(&[
-                    "neigh",
-                    "replace",
-                    "198.18.0.2",
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    "lb",
-                    "nud",
-                    "permanent",
-                ]);
-                r.ip(&[
-                    "rule",
-                    "add",
-                    "iif",
-                    "lb",
-                    "to",
-                    &format!("{VIP}/32"),
-                    "lookup",
-                    "100",
-                    "pref",
-                    "100",
-                ]);
-                r.ip(&[
-                    "route",
-                    "add",
-                    &format!("{VIP}/32"),
-                    "via",
-                    &direct,
-                    "table",
-                    "100",
-                ]);
-                let swap = attach_reference(&topo.lb, "eth0", "xlb_macswap");
-                let m = measure(&via, &direct);
-                drop(swap);
-                r.ip(&["rule", "del", "pref", "100"]);
-                r.ip(&["route", "del", &format!("{VIP}/32"), "table", "100"]);
-                Some(m)
+    // The topology's own ceilings: the same hops (client -> router -> LB -> router ->
+    // backend 1), the router sending what comes back from the LB on to backend 1 by a
+    // policy route, no encapsulation. Twice: the LB forwarding by its kernel, no XDP
+    // program on its link (what a plain router in the LB's place costs), and the LB's XDP
+    // program only swapping the MACs (`XDP_TX`: what any XDP program there costs, the
+    // veth then turning TSO off on its peer). The router's entry for the LB is made
+    // permanent first: the MAC-swapping LB bounces ARP too.
+    let lb_mac =
+        serde_json::from_str::<serde_json::Value>(&topo.lb.ip(&["-j", "link", "show", "eth0"]))
+            .ok()
+            .and_then(|j| j[0]["address"].as_str().map(str::to_owned));
+    let (routed, ceiling) = match lb_mac {
+        Some(mac) => {
+            let r = &topo.router;
+            r.ip(&[
+                "neigh",
+                "replace",
+                "198.18.0.2",
+                "lladdr",
+                &mac,
+                "dev",
+                "lb",
+                "nud",
+                "permanent",
+            ]);
+            r.ip(&[
+                "rule",
+                "add",
+                "iif",
+                "lb",
+                "to",
+                &format!("{VIP}/32"),
+                "lookup",
+                "100",
+                "pref",
+                "100",
+            ]);
+            r.ip(&[
+                "route",
+                "add",
+                &format!("{VIP}/32"),
+                "via",
+                &direct,
+                "table",
+                "100",
+            ]);
+            // The LB's kernel routes the VIP back to the router (its default route), which
+            // it must not answer with redirects.
+            let lb = &topo.lb;
+            for s in [
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+                "net.ipv4.ip_forward=1",
+            ] {
+                lb.sysctl(s);
             }
-            None => None,
+            let routed = measure(&via, &direct);
+            lb.sysctl("net.ipv4.ip_forward=0");
+            let swap = attach_reference(lb, "eth0", "xlb_macswap");
+            let swapped = measure(&via, &direct);
+            drop(swap);
+            r.ip(&["rule", "del", "pref", "100"]);
+            r.ip(&["route", "del", &format!("{VIP}/32"), "table", "100"]);
+            (Some(routed), Some(swapped))
         }
+        None => (None, None),
     };
 
     let config = header()
@@ -852,6 +865,26 @@ fn throughput(b: &mut Bench) {
         "ratio",
         &format!("target >= 0.95; {n}"),
     );
+    match routed {
+        Some((cv, _, cr, _, _)) if !cr.is_empty() => {
+            let n = format!("median of {} alternated pairs", cr.len());
+            b.add(
+                "throughput",
+                "control: the same hops, the LB routing by its kernel (no XDP)",
+                median(cv),
+                "Gbit/s",
+                "a plain router in the LB's place",
+            );
+            b.add(
+                "throughput",
+                "routed control / direct",
+                median(cr),
+                "ratio",
+                &n,
+            );
+        }
+        _ => eprintln!("  routed control skipped: no stream completed through the routing LB"),
+    }
     match ceiling {
         Some((cv, _, cr, _, _)) if !cr.is_empty() => {
             let n = format!("median of {} alternated pairs", cr.len());
@@ -860,7 +893,7 @@ fn throughput(b: &mut Bench) {
                 "control: the same hops, the LB only swapping MACs (XDP_TX), no encapsulation",
                 median(cv),
                 "Gbit/s",
-                "the topology's ceiling",
+                "the topology's ceiling for an XDP program",
             );
             b.add(
                 "throughput",
