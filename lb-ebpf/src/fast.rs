@@ -36,7 +36,7 @@ use lb_common::{
         FILTER_F_TARGETS, FILTER_NAT, FILTER_TARGET, FILTER_VIP, filter_position_words, flow_hash,
         flow_hash_words, table_index,
     },
-    nat::update_wide,
+    nat::{Rewrite, update_wide},
     parse::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Headers, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
         L4 as Layer4, PacketBytes, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
@@ -1021,6 +1021,64 @@ fn addr_word(a: &Addr) -> u32 {
 /// loses 1 in its TTL byte (no borrow: above 1), a constant change to the header's sum.
 #[inline(always)]
 fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
+    let (macs_hi, macs_lo) = hop.macs();
+    // SAFETY: within the bytes checked.
+    unsafe {
+        word::store64_at::<0>(q, macs_hi);
+        word::store32_at::<8>(q, macs_lo);
+    }
+    translate_v4(q, old, new);
+}
+
+/// `nat::rewrite_l4`'s translation of a NAT packet the general path parsed, when it has the
+/// fast path's shape (untagged IPv4 without options, TCP or UDP, its first `L4 + 18` bytes
+/// in the frame, TTL above 1): `translate_v4` from the words in the packet to those of
+/// `to`. False (nothing written) for any other packet, which `lb_common::nat::rewrite`
+/// takes.
+#[inline(always)]
+pub fn translate_parsed_v4(pkt: &XdpPacket, h: &Headers, to: &Rewrite) -> bool {
+    if h.family != FAMILY_V4
+        || h.vlan
+        || h.l4_offset != L4 as u16
+        || (h.proto != PROTO_TCP && h.proto != PROTO_UDP)
+        || h.ttl <= 1
+    {
+        return false;
+    }
+    let Some(q) = pkt.ptr::<[u8; L4 + 18]>(0) else {
+        return false;
+    };
+    let q = q as usize;
+    // SAFETY: within the L4 + 18 bytes just checked.
+    let old = unsafe {
+        [
+            word::load32_wide_at::<{ IP as i16 + 12 }>(q),
+            word::load32_wide_at::<{ IP as i16 + 16 }>(q),
+            word::load32_wide_at::<{ L4 as i16 }>(q),
+        ]
+    };
+    // The new source, destination and ports as the packet holds them: the first words of
+    // `to`'s addresses, and its two ports (network order in memory) as one word, read from
+    // a struct aligned to 8 at offsets 0, 16 and 32 (asserted below), so every read is an
+    // aligned 4-byte load.
+    let w = (&raw const *to).cast::<u32>();
+    // SAFETY: within `to`, aligned.
+    let new = unsafe { [w.read(), w.add(4).read(), w.add(8).read()] }.map(u64::from);
+    translate_v4(q, old, new);
+    true
+}
+const _: () = assert!(
+    core::mem::offset_of!(Rewrite, src) == 0
+        && core::mem::offset_of!(Rewrite, dst) == 16
+        && core::mem::offset_of!(Rewrite, sport) == 32
+        && core::mem::offset_of!(Rewrite, dport) == 34
+        && core::mem::align_of::<Rewrite>() >= 4
+);
+
+/// The L3 and L4 half of `rewrite_v4`: addresses, ports, TTL and both checksums, from the
+/// words `old` to `new`.
+#[inline(always)]
+fn translate_v4(q: usize, old: [u64; 3], new: [u64; 3]) {
     const WORD: u64 = 0xffff_ffff;
     let addrs = 2 * WORD - old[0] - old[1] + new[0] + new[1];
     // SAFETY (every access): within the bytes checked. TTL, protocol, header checksum.
@@ -1044,10 +1102,7 @@ fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
     } else {
         (ttl_word << 16) | ip
     };
-    let (macs_hi, macs_lo) = hop.macs();
     unsafe {
-        word::store64_at::<0>(q, macs_hi);
-        word::store32_at::<8>(q, macs_lo);
         word::store32_wide_at::<{ IP as i16 + 8 }>(q, w);
         word::store32_wide_at::<{ IP as i16 + 12 }>(q, new[0]);
         word::store32_wide_at::<{ IP as i16 + 16 }>(q, new[1]);

@@ -2,7 +2,9 @@
 //! rewritten back to the client (`reply`), new connections given their translation
 //! (`establish`: the SNAT port allocation), and ICMP errors about NAT flows translated both
 //! ways (`error_to_target`, `error_to_client`). The rewriting itself (addresses, ports,
-//! incremental checksums) is `lb_common::nat`'s, host-tested. Established connections'
+//! incremental checksums) is `lb_common::nat`'s, host-tested, but for packets of the fast
+//! path's shape, which `rewrite_l4` gives the fast path's word translation
+//! (`fast::translate_parsed_v4`). Established connections'
 //! packets both ways usually take `fast::nat_established` and `fast::nat_reply` instead,
 //! whose rewrite from registers the NAT fixtures and
 //! `a_nat_connections_packets_both_ways_are_checked_and_counted_like_any_other` hold
@@ -39,7 +41,7 @@ pub use icmp::{error_to_client, error_to_target};
 
 use crate::{
     BACKEND_STATS, BACKENDS, CONFIG, FLOWS, NAT_REV, NEXT_HOPS, Outcome, REPLY_HOPS, SNAT_POOL,
-    VIP_STATS, admit,
+    VIP_STATS, admit, fast,
     forward::{CachedHop, NextHop, find_hop, nat_next_hop, send, usable},
     select::{self, Scratch},
 };
@@ -244,13 +246,16 @@ fn rewrite_and_send(
     send(ingress, hop.ifindex, h.vlan, why)
 }
 
-/// Rewrites the frame's MACs (the next hop's), addresses and ports. A subprogram: the
-/// rewrite's temporaries are not stacked on the callers'.
+/// Rewrites the frame's MACs (the next hop's), addresses and ports: by the fast path's word
+/// translation when the packet has its shape, else by `lb_common::nat::rewrite`. A
+/// subprogram: the rewrite's temporaries are not stacked on the callers'.
 #[inline(never)]
 fn rewrite_l4(ctx: *mut xdp_md, h: &Headers, to: &Rewrite, hop: &NextHop) -> bool {
     let ctx = XdpContext::new(ctx);
     let mut pkt = XdpPacket::new(&ctx);
-    pkt.write(0, &hop.dmac) && pkt.write(6, &hop.smac) && rewrite(&mut pkt, h, to)
+    pkt.write(0, &hop.dmac)
+        && pkt.write(6, &hop.smac)
+        && (fast::translate_parsed_v4(&pkt, h, to) || rewrite(&mut pkt, h, to))
 }
 
 /// Makes (or finds again) the translation of a new connection to `s.id`: reuses the
