@@ -763,9 +763,9 @@ fn throughput(b: &mut Bench) {
     // backend 1), the router sending what comes back from the LB on to backend 1 by a
     // policy route, no encapsulation. Twice: the LB forwarding by its kernel, no XDP
     // program on its link (what a plain router in the LB's place costs), and the LB's XDP
-    // program only swapping the MACs (`XDP_TX`: what any XDP program there costs, the
-    // veth then turning TSO off on its peer). The router's entry for the LB is made
-    // permanent first: the MAC-swapping LB bounces ARP too.
+    // program only swapping the MACs (`XDP_TX`: what any XDP program there costs). The
+    // router's entry for the LB is made permanent first: the MAC-swapping LB bounces ARP
+    // too.
     let lb_mac =
         serde_json::from_str::<serde_json::Value>(&topo.lb.ip(&["-j", "link", "show", "eth0"]))
             .ok()
