@@ -1035,14 +1035,18 @@ fn rewrite_v4(q: usize, hop: &CachedHop, old: [u64; 3], new: [u64; 3]) {
 /// in the frame, TTL above 1): `translate_v4` from the words in the packet to those of
 /// `to`. False (nothing written) for any other packet, which `lb_common::nat::rewrite`
 /// takes.
+///
+/// The shape is one test of values ANDed without branches: a branch per condition executed
+/// 6 instructions fewer but cost the verifier 28,000 more (914,000 of its 1,000,000 for the
+/// program, against 886,000).
 #[inline(always)]
 pub fn translate_parsed_v4(pkt: &XdpPacket, h: &Headers, to: &Rewrite) -> bool {
-    if h.family != FAMILY_V4
-        || h.vlan
-        || h.l4_offset != L4 as u16
-        || (h.proto != PROTO_TCP && h.proto != PROTO_UDP)
-        || h.ttl <= 1
-    {
+    let shaped = (h.family == FAMILY_V4)
+        & !h.vlan
+        & (h.l4_offset == L4 as u16)
+        & ((h.proto == PROTO_TCP) | (h.proto == PROTO_UDP))
+        & (h.ttl > 1);
+    if !shaped {
         return false;
     }
     let Some(q) = pkt.ptr::<[u8; L4 + 18]>(0) else {
