@@ -53,8 +53,18 @@ def main():
     udp_new = [t for t, s in all_ if has(s, "_new_datagram")]
     fill = [t for t, s in all_ if "bpf_map_update_value" in s and "__sys_bpf" in s]
     net = [t for t, s in all_ if has(s, "_xlb_balancer_bench")]
-    if not (nat_syn and udp_new and fill and net):
-        sys.exit("lru-profile: the bench's rows were not all found (was it `xlb-bench dataplane`?)")
+    missing = [
+        name
+        for name, found in [
+            ("the NAT SYN row (try_port)", nat_syn),
+            ("the new UDP flow row (new_datagram)", udp_new),
+            ("the full table's fill (bpf_map_update_value)", fill),
+            ("the net-cost rows (xlb_balancer_bench)", net),
+        ]
+        if not found
+    ]
+    if missing:
+        sys.exit(f"lru-profile: not in the samples: {', '.join(missing)} (was it `xlb-bench dataplane`?)")
     last_nat = max(nat_syn)
     windows = [
         ("table with room (1 row)", last_nat, min(t for t in udp_new if t > last_nat), 1),
