@@ -301,6 +301,9 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
                 s.vip = u32::from(b.vip);
             }
         }
+        if old.state & FLOW_F_NAT != 0 && old.backend != s.id {
+            forget(h, s, &old);
+        }
         if old.state & FLOW_F_NAT != 0
             && old.backend == s.id
             && old.generation == s.backend.generation
@@ -411,6 +414,51 @@ fn establish(h: &Headers, s: &mut Scratch, how: u32, time: u32) -> u32 {
 /// reverse entry (built in `s.rev_key`) records a reply.
 #[inline(never)]
 fn answered(h: &Headers, s: &mut Scratch, old: &FlowValue, b: &Backend) -> bool {
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM copies the key to the stack first"
+    )]
+    // SAFETY: NatReverse is plain integers, read at once.
+    let replied = old_reverse_key(h, s, old, b)
+        && unsafe { NAT_REV.get(&s.rev_key) }.is_some_and(|r| r.state & CT_F_REPLIED != 0);
+    replied
+}
+
+/// Removes the reverse entry of `old`, the translation of the connection of `h` to a target
+/// it is leaving (its SYN moved on to another, or a new connection on its port went
+/// elsewhere), when that entry is still this connection's: the old target's replies then
+/// pass untranslated. Kept, a late SYN-ACK of the old target would reach the client, which
+/// takes the first SYN-ACK it gets, acknowledges it to the target it is on now, and is
+/// reset by that one.
+#[inline(never)]
+fn forget(h: &Headers, s: &mut Scratch, old: &FlowValue) {
+    let Some(b) = BACKENDS.get(old.backend) else {
+        return;
+    };
+    if !old_reverse_key(h, s, old, b) {
+        return;
+    }
+    #[expect(
+        clippy::needless_borrows_for_generic_args,
+        reason = "by value, LLVM copies the key to the stack first"
+    )]
+    // SAFETY: NatReverse is plain integers, read at once.
+    let ours = unsafe { NAT_REV.get(&s.rev_key) }.is_some_and(|r| {
+        r.client == h.src && r.client_port == h.sport && r.vip == h.dst && r.vip_port == h.dport
+    });
+    if ours {
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, LLVM copies the key to the stack first"
+        )]
+        let _ = NAT_REV.remove(&s.rev_key);
+    }
+}
+
+/// Builds in `s.rev_key` the key of the reverse entry that translation `old` of the
+/// connection of `h` has on target `b`; false when its SNAT slot has no address.
+#[inline(always)]
+fn old_reverse_key(h: &Headers, s: &mut Scratch, old: &FlowValue, b: &Backend) -> bool {
     s.rev_key.src = b.addr;
     s.rev_key.sport = if b.port != 0 { b.port } else { h.dport };
     s.rev_key.proto = h.proto;
@@ -425,12 +473,7 @@ fn answered(h: &Headers, s: &mut Scratch, old: &FlowValue, b: &Backend) -> bool 
             None => return false,
         }
     }
-    #[expect(
-        clippy::needless_borrows_for_generic_args,
-        reason = "by value, LLVM copies the key to the stack first"
-    )]
-    // SAFETY: NatReverse is plain integers, read at once.
-    unsafe { NAT_REV.get(&s.rev_key) }.is_some_and(|r| r.state & CT_F_REPLIED != 0)
+    true
 }
 
 /// Tries (SNAT slot `slot`, port `port`) for the connection in `s` (`s.rev` and the

@@ -9,7 +9,7 @@ use lb_common::{
     stats::Reason,
 };
 use xlb_tests::{
-    fixtures::{XDP_DROP, XDP_TX, check},
+    fixtures::{XDP_DROP, XDP_PASS, XDP_TX, check},
     lab::{Lab, SNAT_V4, why},
     nat_fixtures::{nat_fixtures, target_of},
     packet::{ACK, FIN, Packet, RST, SYN},
@@ -242,12 +242,21 @@ fn a_retransmitted_nat_syn_keeps_its_target_and_translation() {
     lab.switch_table("nat4", &all);
     (b.state, b.admin) = (lb_common::BACKEND_ACTIVE, 0);
     lab.lb.set_backend(first, &b).unwrap();
-    let unanswered = (47100..47200)
-        .map(|port| Packet::tcp(ip("192.0.2.3"), port, vip, 80, SYN).tcp_seq(3000, 0))
-        .find(|s| lab.lb.predict(&s.build()).unwrap().unwrap().backend() == first)
+    let unanswered_syn = |port| Packet::tcp(ip("192.0.2.3"), port, vip, 80, SYN).tcp_seq(3000, 0);
+    let client_port = (47100..47200)
+        .find(|&port| {
+            lab.lb
+                .predict(&unanswered_syn(port).build())
+                .unwrap()
+                .unwrap()
+                .backend()
+                == first
+        })
         .expect("a port whose choice is the first target");
+    let unanswered = unanswered_syn(client_port);
     let (action, out) = lab.run(&unanswered.build());
     assert_eq!((action, dport(&out)), (XDP_TX, target.1));
+    let first_port = sport(&out);
     lab.switch_table_without("nat4", &[first]);
     (b.state, b.admin) = (lb_common::BACKEND_DRAINING, lb_common::ADMIN_F_FAILING);
     lab.lb.set_backend(first, &b).unwrap();
@@ -263,6 +272,22 @@ fn a_retransmitted_nat_syn_keeps_its_target_and_translation() {
         "not the failing target"
     );
     assert_eq!(new_flows(&lab), n1 + 1);
+    // The failing target's answer, late (its SYN-ACK lost on the way, then retransmitted):
+    // the connection is no longer there, so it must not reach the client, which would take
+    // it, acknowledge it to the target it is on now, and be reset by that one.
+    let late = Packet::tcp(target.0, target.1, snat, first_port, SYN | ACK).tcp_seq(800, 3001);
+    assert_eq!(
+        lab.run(&late.build()).0,
+        XDP_PASS,
+        "the first target's late answer is not translated to the client"
+    );
+    let answer = Packet::tcp(now.0, now.1, snat, sport(&out), SYN | ACK).tcp_seq(900, 3001);
+    let (action, back) = lab.run(&answer.build());
+    assert_eq!(
+        (action, dport(&back)),
+        (XDP_TX, client_port),
+        "the answer of the target it is on reaches the client"
+    );
 }
 
 /// A known NAT connection's packets, both ways, are decided as the general path decides
